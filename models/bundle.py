@@ -1,0 +1,191 @@
+"""The model bundle: one immutable folder holding the two models and their manifest.
+
+    vae_encoder.keras  vae_decoder.keras  dae.keras  manifest.json  COMPLETE
+
+Loading is the security boundary of vigil: only the Keras v3 ``.keras`` zip is accepted
+(tf-keras runs Lambda code from .h5 and SavedModel files even with ``safe_mode=True``),
+every file's sha256 must match the manifest, and each model's config is scanned against
+an allowlist of built-in layers *before* Keras deserialises anything.  Every failure is
+a ``BundleError`` whose message is one line naming the version, the file and the problem.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+
+import tensorflow as tf
+import tf_keras as keras
+
+from models.calibration import Calibration
+from models.config import ModelConfig
+from models.preprocessing import Preprocessing
+from models.scoring import Scorer
+from schemas.manifest import check_model_manifest
+
+MODEL_FILES = ("vae_encoder.keras", "vae_decoder.keras", "dae.keras")
+MANIFEST = "manifest.json"
+COMPLETE = "COMPLETE"
+
+# Layers a vigil network is made of; anything else in a config is refused.
+ALLOWED_CLASSES = frozenset({
+    "Functional", "Model", "InputLayer", "Dense", "Conv2D", "Conv2DTranspose", "Flatten",
+    "Reshape", "Cropping2D", "Policy", "DTypePolicy", "GlorotUniform", "Zeros", "Ones",
+    "HeNormal", "HeUniform", "RandomNormal", "RandomUniform", "Constant", "VarianceScaling",
+    "L2", "L1", "L1L2", "Dropout", "BatchNormalization", "LayerNormalization",
+    "__tuple__", "__numpy__", "__bytes__", "__typespec__", "__tensor__",
+})
+FORBIDDEN_KEYS = frozenset({"function", "function_type", "output_shape_type", "module_name"})
+
+
+class BundleError(Exception):
+    """A model version that cannot be used; the message says what to fix."""
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _scan(node, where: str) -> None:
+    """Refuse any config node that could run code on load."""
+    if isinstance(node, dict):
+        cls = node.get("class_name")
+        if isinstance(cls, str) and cls not in ALLOWED_CLASSES:
+            raise BundleError(f"{where}: layer or object '{cls}' is not on vigil's allowlist")
+        module = node.get("module")
+        if isinstance(module, str) and module.split(".")[0] not in ("keras", "tf_keras"):
+            raise BundleError(f"{where}: config names module '{module}', outside keras")
+        registered = node.get("registered_name")
+        if isinstance(registered, str) and ">" in registered:
+            raise BundleError(f"{where}: config names custom object '{registered}'")
+        for key, value in node.items():
+            if key in FORBIDDEN_KEYS:
+                raise BundleError(f"{where}: config has code-carrying key '{key}'")
+            _scan(value, where)
+    elif isinstance(node, list):
+        for value in node:
+            _scan(value, where)
+
+
+def load_keras_file(path: str, where: str) -> keras.Model:
+    """Load one ``.keras`` file after checking its format and scanning its config."""
+    if not path.endswith(".keras"):
+        raise BundleError(f"{where}: only .keras files are loaded (got {os.path.basename(path)})")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            config = json.loads(archive.read("config.json"))
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise BundleError(f"{where}: not a valid .keras archive ({exc})") from None
+    if "model.weights.h5" not in names:
+        raise BundleError(f"{where}: archive has no model.weights.h5")
+    _scan(config, where)
+    # Load from a private local copy of the bytes we checked (no check-then-swap window).
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "model.keras")
+        with open(local, "wb") as f:
+            f.write(data)
+        try:
+            return keras.models.load_model(local, safe_mode=True, compile=False)
+        except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; all mean "bad file"
+            raise BundleError(f"{where}: Keras could not load it ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def save_models(directory: str, encoder, decoder, dae) -> dict[str, str]:
+    """Write the three ``.keras`` files; returns their sha256 by file name."""
+    tf.io.gfile.makedirs(directory)
+    for name, model in zip(MODEL_FILES, (encoder, decoder, dae)):
+        # Keras writes zips through the local filesystem; copy for remote registries.
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, name)
+            model.save(local)
+            tf.io.gfile.copy(local, f"{directory}/{name}", overwrite=True)
+    return {name: sha256_of(f"{directory}/{name}") for name in MODEL_FILES}
+
+
+def read_manifest(directory: str, label: str) -> dict:
+    """Read and check the manifest of a complete version (no model loading)."""
+    if not tf.io.gfile.exists(f"{directory}/{COMPLETE}"):
+        raise BundleError(f"{label}: incomplete version (no {COMPLETE} marker); "
+                          "it was never finished publishing, choose another version")
+    try:
+        with tf.io.gfile.GFile(f"{directory}/{MANIFEST}", "r") as f:
+            manifest = json.load(f)
+    except (tf.errors.NotFoundError, ValueError) as exc:
+        raise BundleError(f"{label}/{MANIFEST}: unreadable ({type(exc).__name__})") from None
+    problems = check_model_manifest(manifest)
+    if problems:
+        raise BundleError(f"{label}/{MANIFEST}: " + "; ".join(problems))
+    with tf.io.gfile.GFile(f"{directory}/{COMPLETE}", "r") as f:
+        expected = f.read().strip()
+    if expected and expected != sha256_of(f"{directory}/{MANIFEST}"):
+        raise BundleError(f"{label}/{MANIFEST}: checksum does not match the {COMPLETE} marker")
+    return manifest
+
+
+def verify_files(directory: str, manifest: dict, label: str) -> None:
+    """Every file named in the manifest exists and has its recorded sha256."""
+    for name in MODEL_FILES:
+        if name not in manifest["files"]:
+            raise BundleError(f"{label}/{MANIFEST}: no checksum recorded for {name}")
+    for name, expected in manifest["files"].items():
+        path = f"{directory}/{name}"
+        if not tf.io.gfile.exists(path):
+            raise BundleError(f"{label}/{name}: file is missing")
+        if sha256_of(path) != expected:
+            raise BundleError(f"{label}/{name}: sha256 mismatch (file changed or truncated "
+                              "after publishing); republish the version")
+
+
+@dataclass
+class Bundle:
+    """A verified, loaded model version."""
+    path: str
+    label: str
+    manifest: dict
+    config: ModelConfig
+    preprocessing: Preprocessing
+    calibration: Calibration
+    encoder: keras.Model
+    decoder: keras.Model
+    dae: keras.Model
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    def scorer(self) -> Scorer:
+        return Scorer(self.encoder, self.decoder, self.dae, self.config,
+                      seed=int(self.manifest["training"].get("seed", 0)))
+
+
+def load_bundle(directory: str, label: str | None = None) -> Bundle:
+    """Verify and load a model version; raises ``BundleError`` with one line on any fault."""
+    label = label or directory
+    manifest = read_manifest(directory, label)
+    verify_files(directory, manifest, label)
+    try:
+        config = ModelConfig.from_dict(manifest["model_config"])
+        preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
+        calibration = Calibration.from_dict(manifest["calibration"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{label}/{MANIFEST}: bad model description ({exc})") from None
+    models = [load_keras_file(f"{directory}/{name}", f"{label}/{name}") for name in MODEL_FILES]
+    expected = tuple(config.input_shape)
+    for name, model in zip(("vae_encoder.keras", "dae.keras"), (models[0], models[2])):
+        got = tuple(model.input_shape[1:])
+        if got != expected:
+            raise BundleError(f"{label}/{name}: input shape {got} differs from the manifest's "
+                              f"{expected}")
+    return Bundle(directory, label, manifest, config, preprocessing, calibration, *models)

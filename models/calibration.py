@@ -1,0 +1,149 @@
+"""Conformal calibration: p-values, thresholds and the combined anomaly score.
+
+Two disjoint held-out splits of *normal* training data are used:
+
+* split A holds each score's calibration values.  A record's conformal p-value for a
+  score is ``p = (1 + #{calibration values at least as extreme}) / (n + 1)``, and the
+  threshold at a target false-positive rate ``alpha`` flags exactly the records with
+  ``p <= alpha``.  Under exchangeability the false-positive rate is then at most alpha.
+* split B calibrates the *combined* statistic itself.  ``anomaly_score`` is the mean of
+  each score's smoothed surprise ``-log p~`` (p~ interpolates the empirical tail of split
+  A and extends it exponentially past its largest value, so that extreme records stay
+  ranked instead of tying at p = 1/(n+1)).  Its own conformal p-value and threshold come
+  from split B, so ``is_anomaly`` keeps its false-positive guarantee without assuming the
+  scores are independent.
+
+All arrays here are oriented so that larger means more anomalous; ``SCORE_ORIENTATION``
+turns the VAE's "higher = more normal" scores around.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
+
+
+def conformal_pvalues(calibration: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(1 + #{c >= v}) / (n + 1) for each value v (larger = more anomalous)."""
+    cal = np.sort(np.asarray(calibration, dtype=np.float64))
+    n = len(cal)
+    at_least = n - np.searchsorted(cal, np.asarray(values, dtype=np.float64), side="left")
+    return (1.0 + at_least) / (n + 1.0)
+
+
+def conformal_threshold(calibration: np.ndarray, alpha: float) -> float:
+    """The value t with ``v > t  <=>  p(v) <= alpha``; +inf when alpha is out of reach.
+
+    With n calibration values, flagging needs (1 + #{c >= v}) <= alpha (n + 1), i.e. v
+    above the (m+1)-th largest value where m = floor(alpha (n+1)) - 1.  When m < 0 (fewer
+    than 1/alpha - 1 values) no record can be flagged at that rate.
+    """
+    cal = np.sort(np.asarray(calibration, dtype=np.float64))
+    m = math.floor(alpha * (len(cal) + 1) + 1e-9) - 1
+    if m < 0 or len(cal) == 0:
+        return math.inf
+    return float(cal[len(cal) - 1 - m])
+
+
+def smooth_surprise(calibration: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """-log p~(v): a continuous, monotone version of the conformal p-value."""
+    cal = np.sort(np.asarray(calibration, dtype=np.float64))
+    n = len(cal)
+    values = np.asarray(values, dtype=np.float64)
+    survival = (n - np.arange(n) + 1.0) / (n + 1.0)     # p at each calibration value
+    p = np.interp(values, cal, survival, left=1.0)
+    k = max(5, n // 20)
+    top = cal[-k:]
+    scale = float(np.mean(top - cal[-k - 1])) if n > k else float(np.std(cal))
+    if not np.isfinite(scale) or scale <= 0:
+        scale = max(float(np.std(cal)), 1e-12)
+    beyond = values > cal[-1]
+    p[beyond] = survival[-1] * np.exp(-(values[beyond] - cal[-1]) / scale)
+    # A value far past the tail (or +inf) must stay finite and still rank last.
+    return np.nan_to_num(-np.log(np.maximum(p, 1e-300)), nan=np.inf, posinf=690.0)
+
+
+def oriented(name: str, values: np.ndarray) -> np.ndarray:
+    """A score turned so that larger = more anomalous."""
+    return SCORE_ORIENTATION[name] * np.asarray(values, dtype=np.float64)
+
+
+@dataclass
+class Calibration:
+    """Calibration values of each score (split A) and of the combined statistic (split B)."""
+    scores: dict[str, np.ndarray]        # oriented, split A
+    combined: np.ndarray                 # anomaly_score on split B
+    target_fprs: tuple[float, ...] = (0.01,)
+    combine: tuple[str, ...] = SCORE_NAMES
+
+    @classmethod
+    def fit(cls, scores_a: dict[str, np.ndarray], scores_b: dict[str, np.ndarray],
+            target_fprs=(0.01,), combine=SCORE_NAMES) -> "Calibration":
+        """From raw scores of two disjoint held-out normal splits."""
+        cal = cls({n: np.sort(oriented(n, scores_a[n])) for n in SCORE_NAMES},
+                  np.array([]), tuple(target_fprs), tuple(combine))
+        cal.combined = np.sort(cal.anomaly_score(scores_b))
+        return cal
+
+    def pvalues(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Conformal p-value of each score, keyed ``<score>_pvalue``."""
+        return {f"{n}_pvalue": conformal_pvalues(self.scores[n], oriented(n, scores[n]))
+                for n in SCORE_NAMES}
+
+    def anomaly_score(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """Mean smoothed surprise over the combined scores (larger = more anomalous)."""
+        parts = [smooth_surprise(self.scores[n], oriented(n, scores[n])) for n in self.combine]
+        return np.mean(parts, axis=0)
+
+    def anomaly_pvalue(self, anomaly_score: np.ndarray) -> np.ndarray:
+        return conformal_pvalues(self.combined, anomaly_score)
+
+    def threshold(self, alpha: float) -> float:
+        """Threshold on ``anomaly_score`` at false-positive rate alpha."""
+        return conformal_threshold(self.combined, alpha)
+
+    def score_thresholds(self, alpha: float) -> dict[str, float]:
+        """Per-score thresholds at alpha, in each score's own units and orientation."""
+        out = {}
+        for n in SCORE_NAMES:
+            t = conformal_threshold(self.scores[n], alpha)
+            out[n] = SCORE_ORIENTATION[n] * t
+        return out
+
+    def describe(self) -> dict:
+        """What every threshold means, for the manifest."""
+        return {
+            "rule": "is_anomaly = anomaly_score > threshold, equivalently anomaly_pvalue <= target_fpr",
+            "anomaly_score": "mean over %s of -log p~, p~ the tail-smoothed conformal p-value "
+                             "from calibration split A" % ", ".join(self.combine),
+            "threshold": "conformal threshold of anomaly_score on calibration split B "
+                         "(FPR <= target on exchangeable normal data; inf if split B has "
+                         "fewer than 1/target - 1 rows)",
+            "score_thresholds": "per-score conformal thresholds from split A, in the score's own "
+                                "units: anomalous below for VAE log-probabilities, above for "
+                                "dae_recon_error",
+            "n_split_a": int(len(next(iter(self.scores.values())))),
+            "n_split_b": int(len(self.combined)),
+            "thresholds": {str(a): {k: (v if math.isfinite(v) else None) for k, v in
+                                    {"anomaly_score": self.threshold(a),
+                                     **self.score_thresholds(a)}.items()}
+                           for a in self.target_fprs},
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "scores": {n: v.tolist() for n, v in self.scores.items()},
+            "combined": self.combined.tolist(),
+            "target_fprs": list(self.target_fprs),
+            "combine": list(self.combine),
+            "description": self.describe(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Calibration":
+        return cls({n: np.asarray(v, dtype=np.float64) for n, v in d["scores"].items()},
+                   np.asarray(d["combined"], dtype=np.float64),
+                   tuple(d["target_fprs"]), tuple(d["combine"]))

@@ -1,0 +1,94 @@
+"""Configuration of the two models and of training, as explicit dataclasses."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+LIKELIHOODS = ("gaussian", "bernoulli")
+KINDS = ("image", "features")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the VAE and the DAE, and how they are scored."""
+    kind: str                       # "image" or "features"
+    input_shape: tuple[int, ...]    # (D,) or (H, W, C)
+    latent_dim: int = 16
+    hidden: tuple[int, ...] = (256, 128)    # dense widths (features) / conv filters (images)
+    likelihood: str = "gaussian"
+    min_scale: float = 0.03         # floor on the decoder's per-dimension std (gaussian)
+    beta: float = 1.0               # KL weight once warm-up is over
+    kl_warmup_epochs: int = 5
+    dae_noise_std: float = 0.2      # gaussian corruption of DAE inputs (training only)
+    dae_mask_prob: float = 0.1      # masking corruption of DAE inputs (training only)
+    trim_fraction: float = 0.0      # drop this share of highest-loss rows per batch
+    n_recon_samples: int = 16       # L: posterior samples for the reconstruction probability
+    n_iwae_samples: int = 64        # K: importance samples for log p(x)
+    top_k: int = 5                  # per-record explanation size
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r}; expected one of {KINDS}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood={self.likelihood!r}; expected one of {LIKELIHOODS}")
+        if self.kind == "image" and len(self.input_shape) != 3:
+            raise ValueError(f"image input_shape={self.input_shape}; expected (H, W, C)")
+        if self.kind == "features" and len(self.input_shape) != 1:
+            raise ValueError(f"features input_shape={self.input_shape}; expected (D,)")
+        for name in ("latent_dim", "n_recon_samples", "n_iwae_samples", "top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}; must be >= 1")
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"trim_fraction={self.trim_fraction}; must be in [0, 0.5)")
+        if self.min_scale <= 0:
+            raise ValueError(f"min_scale={self.min_scale}; must be > 0")
+
+    @property
+    def input_dim(self) -> int:
+        n = 1
+        for s in self.input_shape:
+            n *= s
+        return n
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["input_shape"] = tuple(d["input_shape"])
+        d["hidden"] = tuple(d["hidden"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the models are fitted and calibrated."""
+    epochs: int = 60
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    patience: int = 8
+    seed: int = 0
+    val_fraction: float = 0.1           # early stopping and promotion gates
+    calib_fraction: float = 0.15        # per-score conformal calibration
+    combined_calib_fraction: float = 0.15   # calibration of the combined statistic itself
+    target_fprs: tuple[float, ...] = (0.01,)
+    device: str = "auto"                # auto | cpu | gpu
+    mixed_precision: bool = False
+    max_calibration_rows: int = 20000
+    verbose: int = 1
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs={self.epochs}, batch_size={self.batch_size}; must be >= 1")
+        held_out = self.val_fraction + self.calib_fraction + self.combined_calib_fraction
+        if not 0 < held_out < 0.9:
+            raise ValueError(f"held-out fractions sum to {held_out:.2f}; must be in (0, 0.9)")
+        for fpr in self.target_fprs:
+            if not 0 < fpr < 0.5:
+                raise ValueError(f"target FPR {fpr}; must be in (0, 0.5)")
+        if self.device not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"device={self.device!r}; expected auto, cpu or gpu")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,61 @@
+"""The transform from decoded records to model inputs, fitted at training time.
+
+It is stored in the bundle's manifest so that scoring applies exactly the transform the
+models were trained with.  Features are centred and scaled robustly (median and IQR, so
+that contamination in the training data does not set the scale); images are resized and
+channel-converted at decode time and scaled to [0, 1] here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Preprocessing:
+    kind: str                                  # "image" | "features"
+    input_shape: tuple[int, ...]
+    feature_columns: tuple[str, ...] = ()      # features: column order the model expects
+    center: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    clip: float = 1e4                          # keeps float32 math finite on wild inputs
+
+    @classmethod
+    def fit_features(cls, x: np.ndarray, feature_columns: list[str]) -> "Preprocessing":
+        x = np.asarray(x, dtype=np.float64)
+        center = np.median(x, axis=0)
+        q75, q25 = np.percentile(x, [75, 25], axis=0)
+        scale = (q75 - q25) / 1.349             # IQR of a standard normal is 1.349
+        std = x.std(axis=0)
+        scale = np.where(scale > 1e-12, scale, std)
+        scale = np.where(scale > 1e-12, scale, 1.0)
+        return cls("features", (x.shape[1],), tuple(feature_columns), center, scale)
+
+    @classmethod
+    def for_images(cls, height: int, width: int, channels: int) -> "Preprocessing":
+        return cls("image", (height, width, channels))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Decoded records (uint8 images or float features) -> float32 model inputs."""
+        if self.kind == "image":
+            return np.asarray(x, dtype=np.float32) / 255.0
+        z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
+        return np.clip(z, -self.clip, self.clip).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        d = {"kind": self.kind, "input_shape": list(self.input_shape),
+             "feature_columns": list(self.feature_columns), "clip": self.clip}
+        if self.kind == "features":
+            d["center"] = self.center.tolist()
+            d["scale"] = self.scale.tolist()
+        else:
+            d["pixel_scale"] = "uint8 / 255"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        center = np.asarray(d["center"]) if "center" in d else None
+        scale = np.asarray(d["scale"]) if "scale" in d else None
+        return cls(d["kind"], tuple(d["input_shape"]), tuple(d.get("feature_columns", ())),
+                   center, scale, d.get("clip", 1e4))

@@ -1,0 +1,158 @@
+"""The model registry: numbered immutable versions and an atomic production pointer.
+
+    <registry>/<name>/versions/0001/ ...   complete versions (see models.bundle)
+    <registry>/<name>/versions/.staging-*  versions being written (ignored by readers)
+    <registry>/<name>/production           JSON {"version", "previous": [...]}
+
+Publishing writes the model files into a private staging folder, claims the next free
+number by renaming the folder (a rename onto an existing version fails, so two
+publishers never collide), writes the manifest and finally the ``COMPLETE`` marker that
+holds the manifest's sha256.  Readers only see versions with that marker.  The pointer
+is replaced by writing a temporary file and renaming it over the old one.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import uuid
+
+import tensorflow as tf
+
+from models.bundle import COMPLETE, MANIFEST, BundleError, load_bundle, read_manifest, sha256_of
+
+VERSION_RE = re.compile(r"^\d{4,}$")
+
+
+class RegistryError(Exception):
+    """A registry operation that cannot be done; the message says why."""
+
+
+def _model_dir(registry: str, name: str) -> str:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
+        raise RegistryError(f"model name {name!r} must be letters, digits, '_', '.', '-'")
+    return f"{registry.rstrip('/')}/{name}"
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def version_dir(registry: str, name: str, version: str) -> str:
+    return f"{_model_dir(registry, name)}/versions/{normalise_version(version)}"
+
+
+def normalise_version(version: str | int) -> str:
+    text = str(version).strip()
+    if not text.isdigit():
+        raise RegistryError(f"version {version!r} is not a number")
+    return f"{int(text):04d}"
+
+
+def list_versions(registry: str, name: str, complete_only: bool = True) -> list[str]:
+    """Version numbers, oldest first."""
+    root = f"{_model_dir(registry, name)}/versions"
+    if not tf.io.gfile.isdir(root):
+        return []
+    found = sorted(v.rstrip("/") for v in tf.io.gfile.listdir(root) if VERSION_RE.match(v.rstrip("/")))
+    if complete_only:
+        found = [v for v in found if tf.io.gfile.exists(f"{root}/{v}/{COMPLETE}")]
+    return found
+
+
+def read_pointer(registry: str, name: str) -> dict | None:
+    path = f"{_model_dir(registry, name)}/production"
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "r") as f:
+        return json.load(f)
+
+
+def production_version(registry: str, name: str) -> str | None:
+    pointer = read_pointer(registry, name)
+    return pointer["version"] if pointer else None
+
+
+def publish(registry: str, name: str, write_files, manifest: dict) -> str:
+    """Publish a new version and return its number.
+
+    ``write_files(directory) -> {file name: sha256}`` writes the model files; the
+    manifest is completed with the version, creation time and those checksums.
+    """
+    root = f"{_model_dir(registry, name)}/versions"
+    tf.io.gfile.makedirs(root)
+    staging = f"{root}/.staging-{uuid.uuid4().hex}"
+    files = write_files(staging)
+    for _ in range(1000):
+        existing = [v.rstrip("/") for v in tf.io.gfile.listdir(root) if VERSION_RE.match(v.rstrip("/"))]
+        version = f"{max((int(v) for v in existing), default=0) + 1:04d}"
+        try:
+            tf.io.gfile.rename(staging, f"{root}/{version}", overwrite=False)
+            break
+        except (tf.errors.OpError, OSError):
+            continue  # another publisher took this number; take the next
+    else:
+        raise RegistryError(f"{root}: could not claim a version number")
+    directory = f"{root}/{version}"
+    manifest = dict(manifest, name=name, version=version, files=files,
+                    created_at=_dt.datetime.now(_dt.timezone.utc).isoformat())
+    with tf.io.gfile.GFile(f"{directory}/{MANIFEST}", "w") as f:
+        json.dump(manifest, f, indent=1, allow_nan=False)
+    with tf.io.gfile.GFile(f"{directory}/{COMPLETE}", "w") as f:
+        f.write(sha256_of(f"{directory}/{MANIFEST}") + "\n")
+    return version
+
+
+def promote(registry: str, name: str, version: str) -> dict:
+    """Point production at a complete version; the old one is kept for rollback."""
+    version = normalise_version(version)
+    directory = version_dir(registry, name, version)
+    try:
+        read_manifest(directory, f"{name}/{version}")
+    except BundleError as exc:
+        raise RegistryError(f"cannot promote: {exc}") from None
+    pointer = read_pointer(registry, name) or {"version": None, "previous": []}
+    previous = list(pointer.get("previous", []))
+    if pointer.get("version") and pointer["version"] != version:
+        previous.append(pointer["version"])
+    new = {"version": version, "previous": previous,
+           "updated_at": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+    _write_atomic(f"{_model_dir(registry, name)}/production", json.dumps(new, indent=1))
+    return new
+
+
+def rollback(registry: str, name: str) -> dict:
+    """Point production back at the version that was production before this one."""
+    pointer = read_pointer(registry, name)
+    if not pointer or not pointer.get("previous"):
+        raise RegistryError(f"{name}: no earlier production version to roll back to")
+    previous = list(pointer["previous"])
+    version = previous.pop()
+    new = {"version": version, "previous": previous,
+           "updated_at": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+    _write_atomic(f"{_model_dir(registry, name)}/production", json.dumps(new, indent=1))
+    return new
+
+
+def resolve(registry: str, name: str, version: str | int | None = None) -> str:
+    """The version to use: the one asked for, else production; checked to be complete."""
+    if version is None:
+        version = production_version(registry, name)
+        if version is None:
+            have = list_versions(registry, name)
+            hint = f"; versions: {', '.join(have)} (promote one or pass --model-version)" if have \
+                else "; train one with 'vigil train'"
+            raise RegistryError(f"model '{name}' in {registry} has no production version{hint}")
+    version = normalise_version(version)
+    if not tf.io.gfile.isdir(version_dir(registry, name, version)):
+        raise RegistryError(f"model '{name}' version {version} does not exist in {registry}")
+    return version
+
+
+def load(registry: str, name: str, version: str | int | None = None):
+    """Resolve and load a version (a verified ``models.bundle.Bundle``)."""
+    version = resolve(registry, name, version)
+    return load_bundle(version_dir(registry, name, version), f"{name}/{version}")

@@ -1,0 +1,163 @@
+"""Fit both models on normal data, then calibrate them on held-out normal data.
+
+The normal rows are split once, by seed, into four disjoint parts:
+
+    train          fits the weights
+    validation     early stopping, and the promotion gates (FPR on unseen normals)
+    calibration A  per-score conformal p-values and thresholds
+    calibration B  the combined statistic's own threshold
+
+so no number in the manifest is measured on data the models were fitted to.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from models.calibration import Calibration
+from models.config import ModelConfig, TrainConfig
+from models.dae import DAE, TrimAfter
+from models.devices import DevicePlan, make_strategy, plan_devices, precision_policy, visible_gpus
+from models.networks import build_dae, build_decoder, build_encoder
+from models.preprocessing import Preprocessing
+from models.scoring import Scorer
+from models.vae import VAE, KLWarmup
+from schemas.tables import SCORE_NAMES
+
+
+@dataclass
+class TrainResult:
+    encoder: keras.Model
+    decoder: keras.Model
+    dae: keras.Model
+    preprocessing: Preprocessing
+    calibration: Calibration
+    history: dict
+    metrics: dict
+    plan: DevicePlan
+    split_sizes: dict
+    validation_scores: dict = field(repr=False, default_factory=dict)
+
+
+def split_indices(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
+    """Disjoint train / validation / calibration_a / calibration_b index arrays."""
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    sizes = {"validation": int(round(n * cfg.val_fraction)),
+             "calibration_a": int(round(n * cfg.calib_fraction)),
+             "calibration_b": int(round(n * cfg.combined_calib_fraction))}
+    out, start = {}, 0
+    for name, size in sizes.items():
+        out[name] = np.sort(perm[start:start + size])
+        start += size
+    out["train"] = np.sort(perm[start:])
+    if len(out["train"]) < 2:
+        raise ValueError(f"only {n} normal records; need enough for training and calibration")
+    # Bounded calibration sets keep the manifest small on huge inputs.
+    for name in ("calibration_a", "calibration_b"):
+        out[name] = out[name][: cfg.max_calibration_rows]
+    return out
+
+
+def data_profile(x_raw: np.ndarray, kind: str, feature_columns: list[str]) -> dict:
+    """What normal input looked like; input expectations are derived from it."""
+    if kind == "image":
+        return {"kind": "image", "shape": list(x_raw.shape[1:]), "rows": int(len(x_raw)),
+                "pixel_mean": float(np.mean(x_raw)), "pixel_std": float(np.std(x_raw))}
+    cols = {}
+    for j, name in enumerate(feature_columns):
+        v = x_raw[:, j]
+        cols[name] = {"min": float(np.min(v)), "max": float(np.max(v)),
+                      "mean": float(np.mean(v)), "std": float(np.std(v)),
+                      "q01": float(np.quantile(v, 0.01)), "q99": float(np.quantile(v, 0.99))}
+    return {"kind": "features", "rows": int(len(x_raw)), "columns": cols}
+
+
+def _float32_copy(model: keras.Model, build, config: ModelConfig) -> keras.Model:
+    """The same weights in a float32 network: bundles never depend on the training precision."""
+    copy = build(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _dataset(x: np.ndarray, batch: int, seed: int, shuffle: bool) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices(x)
+    if shuffle:
+        ds = ds.shuffle(min(len(x), 100_000), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def _fit_one(model, x_train, x_val, cfg: TrainConfig, global_batch: int, callbacks, start_from: int):
+    monitor = "val_loss" if len(x_val) else "loss"
+    stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
+                                         restore_best_weights=True, start_from_epoch=start_from)
+    history = model.fit(_dataset(x_train, global_batch, cfg.seed, True),
+                        validation_data=_dataset(x_val, global_batch, cfg.seed, False) if len(x_val) else None,
+                        epochs=cfg.epochs, callbacks=[*callbacks, stop], verbose=cfg.verbose)
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: TrainConfig,
+        preprocessing: Preprocessing) -> TrainResult:
+    """Train the VAE and the DAE on normal records and calibrate them.
+
+    ``x_raw`` is decoded records (uint8 images or raw features), ``preprocessing`` the
+    transform to model inputs (for features it is re-fitted here on the train split).
+    """
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+    splits = split_indices(len(x_raw), cfg)
+    if preprocessing.kind == "features":
+        preprocessing = Preprocessing.fit_features(x_raw[splits["train"]],
+                                                   list(preprocessing.feature_columns))
+    x = preprocessing.transform(x_raw)
+    part = {name: x[idx] for name, idx in splits.items()}
+
+    plan = plan_devices(cfg.device, visible_gpus(), cfg.mixed_precision)
+    strategy = make_strategy(plan)
+    global_batch = cfg.batch_size * strategy.num_replicas_in_sync
+    with strategy.scope(), precision_policy(plan.precision):
+        vae, dae = VAE(model_config), DAE(model_config)
+        vae.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
+        dae.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
+    started = time.time()
+    warmup = model_config.kl_warmup_epochs
+    history = {
+        "vae": _fit_one(vae, part["train"], part["validation"], cfg, global_batch, [KLWarmup()], warmup),
+        "dae": _fit_one(dae, part["train"], part["validation"], cfg, global_batch, [TrimAfter(warmup)], warmup),
+    }
+    encoder = _float32_copy(vae.encoder, build_encoder, model_config)
+    decoder = _float32_copy(vae.decoder, build_decoder, model_config)
+    dae_net = _float32_copy(dae.net, build_dae, model_config)
+
+    scorer = Scorer(encoder, decoder, dae_net, model_config, seed=cfg.seed)
+    ids = list(ids)
+    scores = {name: scorer.score_array(part[name], [ids[i] for i in splits[name]])
+              for name in ("validation", "calibration_a", "calibration_b")}
+    if len(splits["calibration_a"]) == 0 or len(splits["calibration_b"]) == 0:
+        raise ValueError(f"only {len(x_raw)} normal records: calibration splits are empty")
+    calibration = Calibration.fit(scores["calibration_a"], scores["calibration_b"], cfg.target_fprs)
+    metrics = {
+        "train_seconds": round(time.time() - started, 2),
+        "final": {m: {k: v[-1] for k, v in h.items()} for m, h in history.items()},
+        "finite": all(math.isfinite(v[-1]) for h in history.values() for v in h.values()),
+        "validation": validation_metrics(calibration, scores["validation"]),
+    }
+    return TrainResult(encoder, decoder, dae_net, preprocessing, calibration, history, metrics,
+                       plan, {k: int(len(v)) for k, v in splits.items()}, scores["validation"])
+
+
+def validation_metrics(calibration: Calibration, scores: dict[str, np.ndarray]) -> dict:
+    """False-positive rate of ``is_anomaly`` at each target on held-out normal rows."""
+    n = len(next(iter(scores.values()), []))
+    if n == 0:
+        return {"rows": 0}
+    combined = calibration.anomaly_score(scores)
+    out = {"rows": int(n), "mean": {s: float(np.mean(scores[s])) for s in SCORE_NAMES}, "fpr": {}}
+    for alpha in calibration.target_fprs:
+        out["fpr"][str(alpha)] = float(np.mean(combined > calibration.threshold(alpha)))
+    return out

@@ -1,0 +1,83 @@
+"""Arrow schemas of what a scoring run writes: the scores table and the dead-letter table."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+# The four model scores, with their orientation: +1 means higher = more anomalous.
+SCORE_ORIENTATION: dict[str, int] = {
+    "vae_recon_logprob": -1,
+    "vae_elbo": -1,
+    "vae_log_px": -1,
+    "dae_recon_error": +1,
+}
+SCORE_NAMES: tuple[str, ...] = tuple(SCORE_ORIENTATION)
+
+# Reasons a record (or a whole file) goes to the dead-letter table.  A fixed list, so
+# that reports and alerts can group on it.
+DEAD_LETTER_REASONS: dict[str, str] = {
+    "unreadable_file": "the file could not be opened or parsed at all",
+    "truncated_file": "the file ended early or is corrupt; records before the fault were kept",
+    "empty_file": "the file has no bytes",
+    "missing_id": "the record has no id",
+    "non_utf8_id": "the record id is not valid UTF-8",
+    "record_too_large": "the record is over the byte cap",
+    "undecodable_image": "the image bytes could not be decoded",
+    "image_too_large": "the image header declares more pixels than the pixel cap",
+    "wrong_shape": "the record's shape does not match the model's input",
+    "wrong_channels": "the image's channel count cannot be converted to the model's",
+    "non_finite_feature": "a feature is NaN or infinite",
+    "non_numeric_feature": "a feature is not a number",
+    "inference_failed": "the model raised on the batch holding this record",
+    "non_finite_score": "the model produced a NaN or infinite score",
+}
+
+# Stages at which a record can be dead-lettered.
+STAGES = ("read", "decode", "inference", "postprocess")
+
+TOP_FEATURE = pa.struct([("index", pa.int64()), ("contribution", pa.float64())])
+
+
+def scores_schema(label_fields: list[pa.Field] | None = None,
+                  metadata: dict[str, str] | None = None) -> pa.Schema:
+    """The schema of ``scores/part-*.parquet``; label columns are carried through at the end."""
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+    for name in SCORE_NAMES:
+        fields.append(pa.field(name, pa.float64(), nullable=False))
+    for name in SCORE_NAMES:
+        fields.append(pa.field(f"{name}_pvalue", pa.float64(), nullable=False))
+    fields += [
+        pa.field("anomaly_score", pa.float64(), nullable=False),
+        pa.field("anomaly_pvalue", pa.float64(), nullable=False),
+        pa.field("threshold", pa.float64(), nullable=False),
+        pa.field("is_anomaly", pa.bool_(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("top_features", pa.list_(TOP_FEATURE), nullable=False),
+    ]
+    fields += list(label_fields or [])
+    schema = pa.schema(fields)
+    return schema.with_metadata(metadata) if metadata else schema
+
+
+DEAD_LETTER_SCHEMA = pa.schema([
+    pa.field("id", pa.string()),          # None when the id is missing or not UTF-8
+    pa.field("id_hex", pa.string()),      # hex of the raw id bytes when not UTF-8
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("stage", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("message", pa.string(), nullable=False),
+])
+
+
+def label_field(name: str, value) -> pa.Field:
+    """An Arrow field for a carried-through label column, typed from one value."""
+    if isinstance(value, bool):
+        return pa.field(name, pa.bool_())
+    if isinstance(value, int):
+        return pa.field(name, pa.int64())
+    if isinstance(value, float):
+        return pa.field(name, pa.float64())
+    return pa.field(name, pa.string())
