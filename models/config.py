@@ -65,7 +65,7 @@ class ModelConfig:
 class TrainConfig:
     """How the models are fitted and calibrated."""
     epochs: int = 60
-    batch_size: int = 128
+    batch_size: int = 128               # at most; small data sets get smaller batches
     learning_rate: float = 1e-3
     patience: int = 8
     seed: int = 0

@@ -63,6 +63,15 @@ def split_indices(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
     return out
 
 
+def effective_batch_size(n_train: int, batch_size: int, min_steps: int = 20) -> int:
+    """At most ``batch_size``, but small enough for ``min_steps`` steps per epoch.
+
+    On small data sets a large batch leaves a handful of gradient steps per epoch and the
+    VAE collapses to the prior (KL ~ 0) before early stopping ends training.
+    """
+    return int(max(8, min(batch_size, n_train // min_steps)))
+
+
 def data_profile(x_raw: np.ndarray, kind: str, feature_columns: list[str]) -> dict:
     """What normal input looked like; input expectations are derived from it."""
     if kind == "image":
@@ -119,7 +128,8 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
 
     plan = plan_devices(cfg.device, visible_gpus(), cfg.mixed_precision)
     strategy = make_strategy(plan)
-    global_batch = cfg.batch_size * strategy.num_replicas_in_sync
+    global_batch = effective_batch_size(len(splits["train"]), cfg.batch_size) \
+        * strategy.num_replicas_in_sync
     with strategy.scope(), precision_policy(plan.precision):
         vae, dae = VAE(model_config), DAE(model_config)
         vae.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
@@ -147,6 +157,7 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
         "finite": all(math.isfinite(v[-1]) for h in history.values() for v in h.values()),
         "validation": validation_metrics(calibration, scores["validation"]),
     }
+    metrics["batch_size"] = global_batch
     return TrainResult(encoder, decoder, dae_net, preprocessing, calibration, history, metrics,
                        plan, {k: int(len(v)) for k, v in splits.items()}, scores["validation"])
 

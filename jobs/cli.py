@@ -1,0 +1,103 @@
+"""The ``vigil`` command line.
+
+Exit codes: 0 success; 1 failure (bad model, bad input, run error); 2 usage error;
+3 finished but dead letters above --max-bad-fraction (nothing published);
+4 data-quality check failed; 5 model trained but a promotion gate failed.
+Options can also come from a YAML file (--config) and from VIGIL_<COMMAND>_<OPTION>
+environment variables; the command line wins over both.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+import click
+import yaml
+
+EXIT_BAD_RECORDS, EXIT_DQ_FAILED, EXIT_GATE_FAILED = 3, 4, 5
+
+
+def _load_config(ctx: click.Context, param, path):
+    """Eager --config: a YAML mapping of option names becomes the command's defaults."""
+    if not path:
+        return path
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a mapping of option names")
+    known = {p.name for p in ctx.command.params}
+    unknown = sorted(set(k.replace("-", "_") for k in data) - known)
+    if unknown:
+        raise click.BadParameter(f"{path}: unknown option(s) {', '.join(unknown)}")
+    ctx.default_map = {**(ctx.default_map or {}), **{k.replace("-", "_"): v for k, v in data.items()}}
+    return path
+
+
+config_option = click.option("--config", type=click.Path(dir_okay=False), is_eager=True,
+                             expose_value=False, callback=_load_config,
+                             help="YAML file of option values (command line wins).")
+
+
+class _Failure(Exception):
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _run(ctx: click.Context, fn):
+    """Run fn; known errors become one line on stderr and an exit code."""
+    from models.bundle import BundleError
+    from models.registry import RegistryError
+    from pipeline.commit import RunError
+    from pipeline.preflight import InputError
+    try:
+        return fn()
+    except RunError as exc:
+        _fail(ctx, str(exc), exc.exit_code)
+    except InputError as exc:
+        _fail(ctx, str(exc), 2)
+    except (BundleError, RegistryError, ValueError, _Failure) as exc:
+        _fail(ctx, str(exc), getattr(exc, "code", 1))
+
+
+def _fail(ctx: click.Context, message: str, code: int):
+    if ctx.find_root().obj.get("verbose"):
+        traceback.print_exc()
+    click.echo(f"vigil: error: {message}", err=True)
+    ctx.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", is_flag=True, help="Show tracebacks and library logs.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool):
+    """vigil: batch anomaly detection with a VAE and a denoising autoencoder.
+
+    \b
+    Train a model, score files with it on Apache Beam, and read the Parquet results:
+      vigil train --input 'data/train/*.tfrecord' --registry models --name digits
+      vigil score --input 'data/new/*.tfrecord' --registry models --name digits --output runs
+      vigil demo                      # both, on data that ships with scikit-learn
+    """
+    ctx.obj = {"verbose": verbose}
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR,
+                        format="%(asctime)s %(name)s %(message)s")
+    for name in ("vigil.pipeline", "vigil.train", "vigil.demo"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+from jobs import commands  # noqa: E402,F401 - registers the subcommands on ``cli``
+
+
+def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    cli.main(prog_name="vigil", auto_envvar_prefix="VIGIL")
+
+
+if __name__ == "__main__":
+    main()

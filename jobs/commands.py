@@ -1,0 +1,228 @@
+"""The subcommands of ``vigil``: train, score, models, demo."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from jobs.cli import EXIT_GATE_FAILED, _Failure, _run, cli, config_option
+
+BEAM_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+def _fpr(ctx, param, values):
+    for v in values:
+        if not 0 < v < 0.5:
+            raise click.BadParameter(f"{v} must be in (0, 0.5)")
+    return values
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+        return h, w
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected HxW, e.g. 28x28") from None
+
+
+@cli.command()
+@config_option
+@click.option("--input", "inputs", multiple=True, required=True, help="Input glob (repeatable).")
+@click.option("--registry", required=True, help="Model registry root (local path or gs://).")
+@click.option("--name", required=True, help="Model name in the registry.")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "tfrecord-image", "tfrecord-features", "image", "parquet", "csv"]))
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--feature-columns", default=None, help="Comma-separated (default: all numeric).")
+@click.option("--label-column", default=None, help="Train only on rows whose label is normal.")
+@click.option("--normal-values", default=None, help="Comma-separated normal label values.")
+@click.option("--image-size", default=None, callback=_size, help="HxW (default: the first image's).")
+@click.option("--channels", type=click.IntRange(1, 3), default=None)
+@click.option("--epochs", type=click.IntRange(1), default=60, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--latent-dim", type=click.IntRange(1), default=None)
+@click.option("--likelihood", type=click.Choice(["gaussian", "bernoulli"]), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--target-fpr", multiple=True, type=float, default=(0.01,), callback=_fpr,
+              show_default=True, help="Calibrated false-positive rate (repeatable).")
+@click.option("--promote/--no-promote", default=True, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@click.option("--mixed-precision", is_flag=True, help="float16 on GPUs, bfloat16 on CPUs.")
+@click.option("--max-records", type=click.IntRange(1), default=2_000_000, show_default=True)
+@click.pass_context
+def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_column,
+          normal_values, image_size, channels, epochs, batch_size, latent_dim, likelihood, seed,
+          target_fpr, promote, device, mixed_precision, max_records):
+    """Train the VAE and the DAE on normal data and publish a model version.
+
+    The version is promoted to production when its gates pass (finite losses, held-out
+    false-positive rate within tolerance, not worse than the current production).
+
+    \b
+    Example:
+      vigil train --input 'data/train-*.tfrecord' --registry ./models --name digits \\
+                  --label-column label --normal-values 0,1,2,3,4,5,6,8,9
+    """
+    if label_column and not normal_values:
+        raise click.UsageError("--label-column needs --normal-values")
+
+    def go():
+        from jobs.train import TrainJobConfig, run_training
+        from models.config import TrainConfig
+        cfg = TrainJobConfig(
+            tuple(inputs), registry, name, fmt, id_column,
+            tuple(c.strip() for c in feature_columns.split(",")) if feature_columns else (),
+            label_column, tuple(v.strip() for v in normal_values.split(",")) if normal_values else (),
+            image_size, channels, latent_dim, likelihood, promote, max_records,
+            train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
+                              target_fprs=tuple(target_fpr), device=device,
+                              mixed_precision=mixed_precision, verbose=2))
+        out = run_training(cfg)
+        click.echo(f"published {name} version {out.version}"
+                   + (" and promoted it to production" if out.promoted else ""))
+        if out.gate_failures:
+            raise _Failure(f"version {out.version} stays a candidate: "
+                           + "; ".join(out.gate_failures), EXIT_GATE_FAILED)
+    _run(ctx, go)
+
+
+@cli.command(context_settings=BEAM_PASSTHROUGH)
+@config_option
+@click.option("--input", "inputs", multiple=True, required=True, help="Input glob (repeatable).")
+@click.option("--registry", required=True, help="Model registry root.")
+@click.option("--name", required=True, help="Model name in the registry.")
+@click.option("--model-version", default=None, help="Version to use (default: production).")
+@click.option("--output", required=True, help="Output root; the run goes to OUTPUT/RUN_ID.")
+@click.option("--run-id", default=None, help="Run id (default: UTC timestamp).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run of the same id.")
+@click.option("--target-fpr", type=float, default=0.01, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--max-bad-fraction", type=click.FloatRange(0, 1), default=0.05, show_default=True)
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "tfrecord-image", "tfrecord-features", "image", "parquet", "csv"]))
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--carry-column", multiple=True, default=("label",), show_default=True,
+              help="Label column carried through to the output (repeatable).")
+@click.pass_context
+def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite, target_fpr,
+          batch_size, max_bad_fraction, fmt, id_column, carry_column):
+    """Score files with a model version on Apache Beam and publish a run.
+
+    Any option vigil does not know goes to Beam (--runner DataflowRunner --project ...
+    --region ... --temp_location gs://... --setup_file ./setup.py). Without --runner,
+    the local Python runner is used and nothing touches the network.
+
+    \b
+    Example:
+      vigil score --input 'data/new/*.tfrecord' --registry ./models --name digits \\
+                  --output ./runs --run-id 2026-11-24
+    """
+    def go():
+        from pipeline.options import ScoreConfig, pipeline_options
+        from pipeline.run import plan_run, score as run_score
+        cfg = ScoreConfig(tuple(inputs), registry, name, output, model_version, run_id, overwrite,
+                          target_fpr, batch_size, max_bad_fraction, fmt, id_column,
+                          tuple(carry_column))
+        plan = plan_run(cfg)
+        result = run_score(plan, pipeline_options(cfg, ctx.args))
+        c = result.manifest["counts"]
+        click.echo(f"run {result.run_dir}: read {c['read']}, scored {c['scored']}, "
+                   f"dead-lettered {c['dead_lettered']}, anomalies {c['anomalies']} "
+                   f"(model {name}/{plan.version}, target FPR {target_fpr})")
+    _run(ctx, go)
+
+
+@cli.group()
+def models():
+    """List, inspect, promote and roll back model versions."""
+
+
+def _registry_options(f):
+    f = click.option("--name", required=True, help="Model name.")(f)
+    return click.option("--registry", required=True, help="Model registry root.")(f)
+
+
+@models.command("ls")
+@_registry_options
+@click.pass_context
+def models_ls(ctx, registry, name):
+    """List versions (* marks production). Example: vigil models ls --registry ./models --name digits"""
+    def go():
+        from models import registry as reg
+        prod = reg.production_version(registry, name)
+        versions = reg.list_versions(registry, name, complete_only=False)
+        if not versions:
+            raise _Failure(f"model '{name}' has no versions in {registry}")
+        complete = set(reg.list_versions(registry, name))
+        for v in versions:
+            state = "" if v in complete else "  (incomplete)"
+            click.echo(f"{'*' if v == prod else ' '} {v}{state}")
+    _run(ctx, go)
+
+
+@models.command("show")
+@_registry_options
+@click.option("--model-version", default=None, help="Default: production.")
+@click.pass_context
+def models_show(ctx, registry, name, model_version):
+    """Show a version's manifest summary. Example: vigil models show --registry ./models --name digits"""
+    def go():
+        from models import registry as reg
+        from models.bundle import read_manifest
+        v = reg.resolve(registry, name, model_version)
+        m = read_manifest(reg.version_dir(registry, name, v), f"{name}/{v}")
+        summary = {k: m[k] for k in ("name", "version", "created_at", "input", "metrics", "gates")
+                   if k in m}
+        summary["thresholds"] = m["calibration"].get("description", {}).get("thresholds")
+        click.echo(json.dumps(summary, indent=1))
+    _run(ctx, go)
+
+
+@models.command("promote")
+@_registry_options
+@click.option("--model-version", required=True)
+@click.pass_context
+def models_promote(ctx, registry, name, model_version):
+    """Make a version production. Example: vigil models promote --registry ./models --name digits --model-version 3"""
+    def go():
+        from models import registry as reg
+        click.echo(f"production is now {reg.promote(registry, name, model_version)['version']}")
+    _run(ctx, go)
+
+
+@models.command("rollback")
+@_registry_options
+@click.pass_context
+def models_rollback(ctx, registry, name):
+    """Point production back at the previous version. Example: vigil models rollback --registry ./models --name digits"""
+    def go():
+        from models import registry as reg
+        click.echo(f"production is now {reg.rollback(registry, name)['version']}")
+    _run(ctx, go)
+
+
+@cli.command()
+@click.option("--output", default="./vigil-demo", show_default=True, help="Everything goes here.")
+@click.option("--kind", type=click.Choice(["images", "features"]), default="images", show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=40, show_default=True)
+@click.pass_context
+def demo(ctx, output, kind, epochs):
+    """Train and score on data that ships with scikit-learn, and summarise the result.
+
+    images: the 8x8 handwritten digits, written as PNG TFRecord shards, one digit held out
+    of training as the anomaly. features: the breast-cancer table as Parquet, malignant
+    rows as the anomalies.
+
+    \b
+    Example:
+      vigil demo --output ./vigil-demo
+    """
+    def go():
+        from jobs.demo import run_demo
+        for line in run_demo(output, kind, epochs):
+            click.echo(line)
+    _run(ctx, go)

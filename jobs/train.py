@@ -1,0 +1,208 @@
+"""The training job: read normal data, fit both models, calibrate, publish, gate, promote.
+
+Input is read with the same readers and decoder the scoring pipeline uses, so training
+and scoring see records the same way.  Records are held in memory as decoded arrays
+(uint8 for images) up to ``max_records``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models import registry
+from models.bundle import save_models
+from models.config import ModelConfig, TrainConfig
+from models.preprocessing import Preprocessing
+from models.training import TrainResult, data_profile, fit, validation_metrics
+from pipeline.decode import DecodeSpec, decode
+from pipeline.preflight import InputError, check_columns, match_inputs, resolve_formats, table_schema
+from pipeline.readers import ReadSpec, read_file
+from pipeline.records import FileStats, RawRecord, ScoringInput
+
+LOG = logging.getLogger("vigil.train")
+CODE_VERSION = "vigil-anomaly 0.1.0"
+EXIT_GATE_FAILED = 5
+
+
+@dataclass(frozen=True)
+class TrainJobConfig:
+    inputs: tuple[str, ...]
+    registry: str
+    name: str
+    format: str = "auto"
+    id_column: str = "id"
+    feature_columns: tuple[str, ...] = ()
+    label_column: str | None = None
+    normal_values: tuple[str, ...] = ()
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    latent_dim: int | None = None
+    likelihood: str | None = None
+    promote: bool = True
+    max_records: int = 2_000_000
+    gate_margin: float = 0.02
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class TrainOutcome:
+    version: str
+    promoted: bool
+    gate_failures: list[str]
+    result: TrainResult
+
+
+def _keep(record: RawRecord, cfg: TrainJobConfig) -> bool:
+    if cfg.label_column is None:
+        return True
+    value = record.labels.get(cfg.label_column)
+    return value is not None and str(value) in cfg.normal_values
+
+
+def load_training_data(cfg: TrainJobConfig):
+    """(decoded array, ids, kind, feature columns) of the normal training records."""
+    files = resolve_formats(match_inputs(cfg.inputs, 100_000), cfg.format, None)
+    kinds = {"image" if f.format in ("image", "tfrecord-image") else "features" for f in files}
+    if len(kinds) != 1:
+        raise InputError("training inputs mix images and features; train one kind at a time")
+    kind = kinds.pop()
+    columns = list(cfg.feature_columns)
+    if kind == "features" and not columns and files[0].format in ("parquet", "csv"):
+        schema = table_schema(files[0])
+        if schema is None:
+            raise InputError(f"{files[0].uri}: cannot read its header to find feature columns")
+        skip = {cfg.id_column, cfg.label_column}
+        columns = [f.name for f in schema if f.name not in skip and
+                   (str(f.type).startswith(("int", "uint", "float", "double", "bool")))]
+    check_columns(files, cfg.id_column, columns)
+    carry = (cfg.label_column,) if cfg.label_column else ()
+    arrays, ids, shape, skipped = [], [], None, 0
+    for f in files:
+        spec = ReadSpec(f.format, cfg.id_column, tuple(columns), carry, f.root)
+        for item in read_file(f.uri, spec, FileStats(f.uri)):
+            if not isinstance(item, RawRecord) or not _keep(item, cfg):
+                skipped += not isinstance(item, RawRecord)
+                continue
+            if shape is None:
+                shape = _input_shape(item, kind, cfg)
+            out = decode(item, DecodeSpec(kind, shape))
+            if not isinstance(out, ScoringInput):
+                skipped += 1
+                continue
+            arrays.append(out.x)
+            ids.append(out.id)
+            if len(arrays) >= cfg.max_records:
+                break
+    if not arrays:
+        raise InputError("no usable normal records in the training input"
+                         + (f" (label column '{cfg.label_column}' in {list(cfg.normal_values)})"
+                            if cfg.label_column else ""))
+    if skipped:
+        LOG.warning("skipped %d unusable training records", skipped)
+    if kind == "features" and not columns:
+        columns = [f"f{i}" for i in range(shape[0])]
+    return np.stack(arrays), ids, kind, columns
+
+
+def _input_shape(first: RawRecord, kind: str, cfg: TrainJobConfig) -> tuple[int, ...]:
+    if kind == "features":
+        return (len(first.value),)
+    import io
+    from PIL import Image
+    img = Image.open(io.BytesIO(first.value))
+    h, w = cfg.image_size or (img.size[1], img.size[0])
+    channels = cfg.channels or (1 if img.mode in ("L", "I", "I;16", "1") else 3)
+    return (h, w, channels)
+
+
+def default_model_config(kind: str, shape: tuple[int, ...], cfg: TrainJobConfig) -> ModelConfig:
+    """Defaults that work without tuning on images and on tables."""
+    if kind == "image":
+        return ModelConfig("image", shape, latent_dim=cfg.latent_dim or 16, hidden=(32, 64),
+                           likelihood=cfg.likelihood or "bernoulli")
+    d = shape[0]
+    width = 128 if d >= 32 else 64
+    return ModelConfig("features", shape, latent_dim=cfg.latent_dim or max(2, min(16, d // 2)),
+                       hidden=(width, width // 2), likelihood=cfg.likelihood or "gaussian")
+
+
+def gates(result: TrainResult, cfg: TrainJobConfig, x_val_raw: np.ndarray, val_ids: list[str]) -> list[str]:
+    """Reasons not to promote; [] when every gate passes."""
+    from scipy.stats import binom
+    failures = []
+    if not result.metrics["finite"]:
+        failures.append("a training or validation loss is not finite")
+    val = result.metrics["validation"]
+    n = val.get("rows", 0)
+    for alpha, fpr in val.get("fpr", {}).items():
+        limit = binom.ppf(0.999, n, float(alpha)) / n if n else 1.0
+        if fpr > max(limit, float(alpha)):
+            failures.append(f"held-out FPR {fpr:.3%} at target {float(alpha):.1%} is above "
+                            f"the tolerance {limit:.3%} on {n} normal rows")
+    current = registry.production_version(cfg.registry, cfg.name)
+    if current and n:
+        prod = registry.load(cfg.registry, cfg.name, current)
+        if tuple(prod.config.input_shape) == tuple(result.preprocessing.input_shape):
+            raw = np.asarray(x_val_raw)
+            scores = prod.scorer().score_array(prod.preprocessing.transform(raw), val_ids)
+            prod_val = validation_metrics(prod.calibration, scores)
+            for alpha, fpr in val.get("fpr", {}).items():
+                prod_fpr = prod_val["fpr"].get(alpha, prod_val["fpr"].get(next(iter(prod_val["fpr"]))))
+                if fpr > prod_fpr + cfg.gate_margin:
+                    failures.append(f"held-out FPR {fpr:.3%} is worse than production "
+                                    f"{current}'s {prod_fpr:.3%} by more than {cfg.gate_margin:.1%}")
+    return failures
+
+
+def run_training(cfg: TrainJobConfig) -> TrainOutcome:
+    """Train, publish a version, and promote it when the gates pass."""
+    x_raw, ids, kind, columns = load_training_data(cfg)
+    shape = tuple(x_raw.shape[1:])
+    model_config = default_model_config(kind, shape, cfg)
+    pre = (Preprocessing.for_images(*shape) if kind == "image"
+           else Preprocessing("features", shape, tuple(columns)))
+    LOG.info("training on %d normal %s records of shape %s", len(x_raw), kind, shape)
+    result = fit(x_raw, ids, model_config, cfg.train, pre)
+    from models.training import split_indices
+    val_idx = split_indices(len(x_raw), cfg.train)["validation"]
+    failures = gates(result, cfg, x_raw[val_idx], [ids[i] for i in val_idx])
+    manifest = {
+        "format": 1, "code_version": CODE_VERSION,
+        "input": {"kind": kind, "shape": list(shape), "feature_columns": columns,
+                  "id_column": cfg.id_column, "channels": shape[-1] if kind == "image" else None},
+        "preprocessing": result.preprocessing.to_dict(),
+        "model_config": model_config.to_dict(),
+        "training": {"config": cfg.train.to_dict(), "seed": cfg.train.seed,
+                     "inputs": list(cfg.inputs), "label_column": cfg.label_column,
+                     "normal_values": list(cfg.normal_values), "split_sizes": result.split_sizes,
+                     "history": result.history,
+                     "device": {"strategy": result.plan.strategy, "devices": list(result.plan.devices),
+                                "precision": result.plan.precision, "reason": result.plan.reason}},
+        "metrics": _finite(result.metrics),
+        "calibration": result.calibration.to_dict(),
+        "profile": data_profile(x_raw, kind, columns),
+        "gates": {"passed": not failures, "failures": failures},
+    }
+    manifest = _finite(manifest)
+    version = registry.publish(cfg.registry, cfg.name,
+                               lambda d: save_models(d, result.encoder, result.decoder, result.dae),
+                               manifest)
+    promoted = False
+    if cfg.promote and not failures:
+        registry.promote(cfg.registry, cfg.name, version)
+        promoted = True
+    return TrainOutcome(version, promoted, failures, result)
+
+
+def _finite(obj):
+    """JSON-safe: non-finite floats become None."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

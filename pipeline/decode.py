@@ -1,0 +1,104 @@
+"""Decode and validate raw records into model-shaped arrays, or dead-letter them.
+
+Image conversion rules (documented in the README):
+* only PNG and JPEG are decoded, whatever the file extension says; anything else
+  (GIF, BMP, garbage, truncated bytes) is ``undecodable_image``;
+* the pixel count is checked from the header, before any pixel is decoded;
+* EXIF orientation is applied; 16-bit images are scaled to 8 bits (value / 257);
+* channels: grayscale models take luminance (ITU-R 601-2) of colour images, RGB models
+  replicate grayscale; alpha is dropped; CMYK is converted to RGB first;
+* images whose size differs from the model's are resized (bilinear).
+Feature rules: exactly the model's number of features, every value finite.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from pipeline.records import DeadLetter, RawRecord, ScoringInput, record_dead_letter
+
+Image.MAX_IMAGE_PIXELS = None   # vigil applies its own cap from the header, below
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    kind: str                        # "image" | "features"
+    input_shape: tuple[int, ...]
+    max_pixels: int = 50_000_000
+    max_record_bytes: int = 64 << 20
+
+
+def decode(record: RawRecord, spec: DecodeSpec) -> ScoringInput | DeadLetter:
+    """A raw record -> (id, uint8 image or float64 features) or a dead letter."""
+    if record.id is None:
+        if record.id_bytes is not None:
+            return record_dead_letter(record, "decode", "non_utf8_id", "the id is not valid UTF-8")
+        return record_dead_letter(record, "decode", "missing_id", "the record has no id")
+    if record.nbytes > spec.max_record_bytes:
+        return record_dead_letter(record, "decode", "record_too_large",
+                                  f"{record.nbytes} bytes is over the cap of {spec.max_record_bytes}")
+    if spec.kind == "image":
+        return _decode_image(record, spec)
+    return _decode_features(record, spec)
+
+
+def _decode_features(record: RawRecord, spec: DecodeSpec) -> ScoringInput | DeadLetter:
+    if record.value is None:
+        return record_dead_letter(record, "decode", "wrong_shape", "the record has no features")
+    try:
+        x = np.asarray(record.value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return record_dead_letter(record, "decode", "non_numeric_feature",
+                                  "a feature value is not a number")
+    if x.shape != tuple(spec.input_shape):
+        return record_dead_letter(record, "decode", "wrong_shape",
+                                  f"{x.size} features, the model expects {spec.input_shape[0]}")
+    if not np.all(np.isfinite(x)):
+        j = int(np.argmin(np.isfinite(x)))
+        return record_dead_letter(record, "decode", "non_finite_feature",
+                                  f"feature {j} is {x[j]}")
+    return ScoringInput(record.id, x, record.source, record.labels)
+
+
+def _decode_image(record: RawRecord, spec: DecodeSpec) -> ScoringInput | DeadLetter:
+    height, width, channels = spec.input_shape
+    if not record.value:
+        return record_dead_letter(record, "decode", "undecodable_image", "no image bytes")
+    try:
+        img = Image.open(io.BytesIO(record.value))
+        if img.format not in ("PNG", "JPEG"):
+            return record_dead_letter(record, "decode", "undecodable_image",
+                                      f"format {img.format} is not PNG or JPEG")
+        w, h = img.size
+        if w * h > spec.max_pixels:
+            return record_dead_letter(record, "decode", "image_too_large",
+                                      f"{w}x{h} pixels is over the cap of {spec.max_pixels}")
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = _to_channels(img, channels)
+        if img is None:
+            return record_dead_letter(record, "decode", "wrong_channels",
+                                      f"cannot convert this image to {channels} channels")
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.BILINEAR)
+        x = np.asarray(img, dtype=np.uint8).reshape(height, width, channels)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad bytes
+        return record_dead_letter(record, "decode", "undecodable_image",
+                                  f"{type(exc).__name__}: {str(exc)[:200]}")
+    return ScoringInput(record.id, x, record.source, record.labels)
+
+
+def _to_channels(img: Image.Image, channels: int) -> Image.Image | None:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8), "L")
+    if img.mode == "CMYK":
+        img = img.convert("RGB")
+    if channels == 1:
+        return img.convert("L")
+    if channels == 3:
+        return img.convert("RGB")
+    return None

@@ -1,0 +1,107 @@
+"""vigil's scoring options: a Beam ``PipelineOptions`` view plus the validated dataclass.
+
+Every vigil flag is prefixed ``vigil_`` inside Beam's option namespace, so none can shadow
+one of Beam's own (``--runner``, ``--project``, ``--temp_location`` ...), and the job's
+settings show up in a runner's UI with the rest of the pipeline options.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+LOCAL_RUNNER = "FnApiRunner"   # DirectRunner in Beam 2.77 first tries to download Prism
+
+
+class VigilOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--vigil_input", action="append", default=None,
+                            help="input glob (repeatable)")
+        parser.add_argument("--vigil_registry", default=None, help="model registry root")
+        parser.add_argument("--vigil_name", default=None, help="model name in the registry")
+        parser.add_argument("--vigil_model_version", default=None, help="version (default: production)")
+        parser.add_argument("--vigil_output", default=None, help="output root")
+        parser.add_argument("--vigil_run_id", default=None, help="run id (default: UTC timestamp)")
+        parser.add_argument("--vigil_overwrite", action="store_true", default=False)
+        parser.add_argument("--vigil_target_fpr", type=float, default=0.01)
+        parser.add_argument("--vigil_batch_size", type=int, default=256)
+        parser.add_argument("--vigil_max_bad_fraction", type=float, default=0.05)
+        parser.add_argument("--vigil_format", default="auto")
+        parser.add_argument("--vigil_id_column", default="id")
+        parser.add_argument("--vigil_carry_column", action="append", default=None)
+        parser.add_argument("--vigil_max_pixels", type=int, default=50_000_000)
+        parser.add_argument("--vigil_max_record_bytes", type=int, default=64 << 20)
+        parser.add_argument("--vigil_max_files", type=int, default=100_000)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Everything one scoring run needs, validated."""
+    inputs: tuple[str, ...]
+    registry: str
+    name: str
+    output: str
+    model_version: str | None = None
+    run_id: str | None = None
+    overwrite: bool = False
+    target_fpr: float = 0.01
+    batch_size: int = 256
+    max_bad_fraction: float = 0.05
+    format: str = "auto"
+    id_column: str = "id"
+    carry_columns: tuple[str, ...] = ("label",)
+    max_pixels: int = 50_000_000
+    max_record_bytes: int = 64 << 20
+    max_files: int = 100_000
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise ValueError("no --input given")
+        if not 0 < self.target_fpr < 0.5:
+            raise ValueError(f"--target-fpr {self.target_fpr}: must be in (0, 0.5)")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ValueError(f"--max-bad-fraction {self.max_bad_fraction}: must be in [0, 1]")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size {self.batch_size}: must be >= 1")
+        for name in ("max_pixels", "max_record_bytes", "max_files"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+
+    def to_flags(self) -> list[str]:
+        """The same settings as ``--vigil_*`` flags, for PipelineOptions."""
+        flags = [f"--vigil_input={i}" for i in self.inputs]
+        flags += [f"--vigil_registry={self.registry}", f"--vigil_name={self.name}",
+                  f"--vigil_output={self.output}", f"--vigil_target_fpr={self.target_fpr}",
+                  f"--vigil_batch_size={self.batch_size}",
+                  f"--vigil_max_bad_fraction={self.max_bad_fraction}",
+                  f"--vigil_format={self.format}", f"--vigil_id_column={self.id_column}",
+                  f"--vigil_max_pixels={self.max_pixels}",
+                  f"--vigil_max_record_bytes={self.max_record_bytes}",
+                  f"--vigil_max_files={self.max_files}"]
+        flags += [f"--vigil_carry_column={c}" for c in self.carry_columns]
+        if self.model_version:
+            flags.append(f"--vigil_model_version={self.model_version}")
+        if self.run_id:
+            flags.append(f"--vigil_run_id={self.run_id}")
+        if self.overwrite:
+            flags.append("--vigil_overwrite")
+        return flags
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions) -> "ScoreConfig":
+        v = options.view_as(VigilOptions)
+        return cls(tuple(v.vigil_input or ()), v.vigil_registry, v.vigil_name, v.vigil_output,
+                   v.vigil_model_version, v.vigil_run_id, v.vigil_overwrite, v.vigil_target_fpr,
+                   v.vigil_batch_size, v.vigil_max_bad_fraction, v.vigil_format,
+                   v.vigil_id_column, tuple(v.vigil_carry_column or ("label",)),
+                   v.vigil_max_pixels, v.vigil_max_record_bytes, v.vigil_max_files)
+
+
+def pipeline_options(config: ScoreConfig, beam_args: list[str]) -> PipelineOptions:
+    """Beam's options from the user's Beam flags plus vigil's; local runs stay offline."""
+    options = PipelineOptions(list(beam_args) + config.to_flags())
+    standard = options.view_as(StandardOptions)
+    if standard.runner is None:
+        standard.runner = LOCAL_RUNNER
+    return options

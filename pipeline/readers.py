@@ -1,0 +1,230 @@
+"""Read one input file into raw records, streaming, without Beam.
+
+Used by the Beam read step (one call per file, inside a DoFn, so one bad file becomes a
+dead letter) and by the training job.  A reader yields ``RawRecord``s and, for problems
+it can pin on a record or a file, ``DeadLetter``s; it fills in ``FileStats`` as it goes.
+
+Corruption policy: records read before a corruption point are kept and scored; the file
+gets one ``truncated_file`` dead letter naming it, and the manifest marks it as not fully
+read.  A file that cannot be opened at all gets one ``unreadable_file`` dead letter.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.records import DeadLetter, FileStats, RawRecord
+
+FORMATS = ("tfrecord-image", "tfrecord-features", "image", "parquet", "csv")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfrec")
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """What to read from each file."""
+    format: str
+    id_column: str = "id"
+    feature_columns: tuple[str, ...] = ()     # tabular: the columns the model expects
+    carry_columns: tuple[str, ...] = ()       # tabular: label columns carried through
+    root: str = ""                            # image files: ids are paths relative to it
+    max_record_bytes: int = 64 << 20
+    batch_rows: int = 4096
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"format={self.format!r}; expected one of {FORMATS}")
+
+
+def format_of(uri: str) -> str | None:
+    """Format from the file name: parquet, csv, image, or 'tfrecord' (kind still open)."""
+    name = uri.lower().removesuffix(".gz")
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith(IMAGE_EXTENSIONS):
+        return "image"
+    if name.endswith(TFRECORD_EXTENSIONS):
+        return "tfrecord"
+    return None
+
+
+def tfrecord_kind(uri: str) -> str | None:
+    """'tfrecord-image' or 'tfrecord-features' from the first example, None if unreadable."""
+    import tensorflow as tf
+    try:
+        for raw in _tfrecord_dataset(uri).take(1).as_numpy_iterator():
+            keys = set(tf.train.Example.FromString(raw).features.feature)
+            if "image/encoded" in keys:
+                return "tfrecord-image"
+            if "features" in keys:
+                return "tfrecord-features"
+    except Exception:  # noqa: BLE001 - any failure here is reported when the file is read
+        return None
+    return None
+
+
+def read_file(uri: str, spec: ReadSpec, stats: FileStats) -> Iterator[RawRecord | DeadLetter]:
+    """Yield the records of one file; never raises for bad data."""
+    readers = {"tfrecord-image": _read_tfrecord, "tfrecord-features": _read_tfrecord,
+               "image": _read_image_file, "parquet": _read_parquet, "csv": _read_csv}
+    try:
+        if FileSystems.match([uri])[0].metadata_list[0].size_in_bytes == 0:
+            yield _file_failure(stats, "empty_file", "the file has no bytes")
+            return
+        for item in readers[spec.format](uri, spec):
+            stats.records += 1      # a record, or a record-level dead letter: both were read
+            yield item
+    except _Truncated as exc:
+        yield _file_failure(stats, "truncated_file", f"read {stats.records} records, then: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any other failure means the file is unusable
+        reason = "truncated_file" if stats.records else "unreadable_file"
+        yield _file_failure(stats, reason, f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+class _Truncated(Exception):
+    """The file is corrupt past some point; what was read before it is good."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _file_failure(stats: FileStats, reason: str, message: str) -> DeadLetter:
+    stats.fully_read = False
+    stats.failure = reason
+    return DeadLetter(stats.uri, "read", reason, message)
+
+
+def _decode_id(raw, source: str, nbytes: int = 0, value=None, labels=None) -> RawRecord:
+    """Build a record, keeping the raw bytes of an id that is not UTF-8."""
+    if isinstance(raw, bytes):
+        try:
+            return RawRecord(raw.decode("utf-8") if raw else None, source, value, labels or {},
+                             None, nbytes)
+        except UnicodeDecodeError:
+            return RawRecord(None, source, value, labels or {}, raw, nbytes)
+    text = None if raw is None or (isinstance(raw, str) and not raw) else str(raw)
+    return RawRecord(text, source, value, labels or {}, None, nbytes)
+
+
+# ----------------------------------------------------------------------------- TFRecord
+def _tfrecord_dataset(uri: str):
+    import tensorflow as tf
+    return tf.data.TFRecordDataset(uri, compression_type="GZIP" if uri.endswith(".gz") else "")
+
+
+def _read_tfrecord(uri: str, spec: ReadSpec) -> Iterator[RawRecord]:
+    import tensorflow as tf
+    iterator = _tfrecord_dataset(uri).as_numpy_iterator()
+    while True:
+        try:
+            raw = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.DataLossError as exc:
+            raise _Truncated(_first_line(exc)) from None
+        try:
+            feats = tf.train.Example.FromString(raw).features.feature
+        except Exception as exc:  # noqa: BLE001 - a bad proto is corruption of this file
+            raise _Truncated(f"record is not a tf.train.Example ({type(exc).__name__})") from None
+        ids = feats["id"].bytes_list.value if "id" in feats else []
+        labels = {"label": int(feats["label"].int64_list.value[0])} \
+            if "label" in feats and feats["label"].int64_list.value else {}
+        if spec.format == "tfrecord-image":
+            value = bytes(feats["image/encoded"].bytes_list.value[0]) \
+                if "image/encoded" in feats and feats["image/encoded"].bytes_list.value else None
+        else:
+            value = list(feats["features"].float_list.value) if "features" in feats else None
+        yield _decode_id(ids[0] if ids else None, uri, len(raw), value, labels)
+
+
+# ----------------------------------------------------------------------------- image files
+def _read_image_file(uri: str, spec: ReadSpec) -> Iterator[RawRecord]:
+    rel = os.path.relpath(uri, spec.root) if spec.root else os.path.basename(uri)
+    size = FileSystems.match([uri])[0].metadata_list[0].size_in_bytes
+    if size > spec.max_record_bytes:
+        yield RawRecord(rel, uri, None, nbytes=size)   # flagged by decode, never read
+        return
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        data = f.read()
+    yield RawRecord(rel, uri, data, nbytes=len(data))
+
+
+# ----------------------------------------------------------------------------- tables
+def _numeric(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values with NaN for nulls, mask of values that are not numbers)."""
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) \
+            or pa.types.is_boolean(column.type) or pa.types.is_decimal(column.type):
+        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        return np.asarray(values, dtype=np.float64), np.zeros(len(values), dtype=bool)
+    texts = pc.cast(column, pa.string()).to_pylist()
+    values = np.empty(len(texts))
+    bad = np.zeros(len(texts), dtype=bool)
+    for i, t in enumerate(texts):
+        try:
+            values[i] = float(t) if t is not None else np.nan
+        except ValueError:
+            values[i], bad[i] = np.nan, True
+    return values, bad
+
+
+def _rows_from_batch(batch: pa.RecordBatch, uri: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
+    names = batch.schema.names
+    ids = batch.column(names.index(spec.id_column)).to_pylist()
+    columns = [_numeric(batch.column(names.index(c))) for c in spec.feature_columns]
+    x = np.column_stack([v for v, _ in columns]) if columns else np.zeros((len(ids), 0))
+    bad = np.column_stack([b for _, b in columns]) if columns else np.zeros((len(ids), 0), bool)
+    carried = {c: batch.column(names.index(c)).to_pylist() for c in spec.carry_columns if c in names}
+    for i, rid in enumerate(ids):
+        labels = {c: vals[i] for c, vals in carried.items()}
+        rec = _decode_id(rid.encode() if isinstance(rid, str) else rid, uri, x.shape[1] * 8, x[i], labels)
+        if bad[i].any():
+            col = spec.feature_columns[int(np.argmax(bad[i]))]
+            yield DeadLetter(uri, "decode", "non_numeric_feature",
+                             f"column '{col}' holds a value that is not a number",
+                             rec.id, rec.id_bytes.hex() if rec.id_bytes else None)
+            continue
+        yield rec
+
+
+def _read_parquet(uri: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        parquet = pq.ParquetFile(f)
+        columns = [spec.id_column, *spec.feature_columns,
+                   *[c for c in spec.carry_columns if c in parquet.schema_arrow.names]]
+        batches = parquet.iter_batches(batch_size=spec.batch_rows, columns=columns)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as exc:
+                raise _Truncated(_first_line(exc)) from None
+            yield from _rows_from_batch(batch, uri, spec)
+
+
+def _read_csv(uri: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
+    with FileSystems.open(uri) as f:
+        reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22),
+                                convert_options=pacsv.ConvertOptions(
+                                    column_types={spec.id_column: pa.string()}))
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except pa.ArrowException as exc:
+                raise _Truncated(_first_line(exc)) from None
+            yield from _rows_from_batch(batch, uri, spec)

@@ -1,0 +1,68 @@
+"""What flows between the pipeline's steps: records read from files, and dead letters."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from schemas.tables import DEAD_LETTER_REASONS, STAGES
+
+
+@dataclass
+class RawRecord:
+    """One record as read from a file, before decoding.
+
+    ``value`` is encoded image bytes (image formats) or a sequence of feature values.
+    """
+    id: str | None
+    source: str
+    value: Any
+    labels: dict = field(default_factory=dict)
+    id_bytes: bytes | None = None      # kept only when the id was not valid UTF-8
+    nbytes: int = 0                    # serialized size, for the record byte cap
+
+
+class ScoringInput(NamedTuple):
+    """A decoded, preprocessed record on its way to the model."""
+    id: str
+    x: Any                 # float32 numpy array shaped like the model input
+    source: str
+    labels: dict
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record (or a whole file) that could not be scored, and why."""
+    source: str
+    stage: str
+    reason: str
+    message: str
+    id: str | None = None
+    id_hex: str | None = None
+
+    def __post_init__(self):
+        if self.reason not in DEAD_LETTER_REASONS:
+            raise ValueError(f"unknown dead-letter reason {self.reason!r}")
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown dead-letter stage {self.stage!r}")
+
+    def to_row(self) -> dict:
+        return {"id": self.id, "id_hex": self.id_hex, "source": self.source,
+                "stage": self.stage, "reason": self.reason, "message": self.message[:500]}
+
+
+def record_dead_letter(record: RawRecord, stage: str, reason: str, message: str) -> DeadLetter:
+    return DeadLetter(record.source, stage, reason, message, record.id,
+                      record.id_bytes.hex() if record.id_bytes is not None else None)
+
+
+@dataclass
+class FileStats:
+    """How one input file was read: records yielded, and whether it was read to the end."""
+    uri: str
+    records: int = 0
+    fully_read: bool = True
+    failure: str | None = None          # dead-letter reason when not fully read
+
+    def to_dict(self) -> dict:
+        return {"uri": self.uri, "records": self.records, "fully_read": self.fully_read,
+                "failure": self.failure}

@@ -1,0 +1,155 @@
+"""Plan, build and run one scoring job; publish it only if its books balance.
+
+``plan_run`` does everything that can fail on bad options, a bad model or bad inputs
+*before* anything is written; ``build_pipeline`` wires the Beam graph; ``score`` runs it
+and publishes through ``pipeline.commit``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+import pyarrow as pa
+import tensorflow as tf
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from models import registry
+from models.bundle import Bundle
+from pipeline import commit
+from pipeline.decode import DecodeSpec
+from pipeline.handler import VigilModelHandler
+from pipeline.options import ScoreConfig
+from pipeline.preflight import (InputError, InputFile, carried_fields, check_columns,
+                                match_inputs, resolve_formats)
+from pipeline.readers import ReadSpec
+from pipeline.transforms import (DEAD_LETTER, STATS, Decode, ReadFiles, ToRow,
+                                 failed_batch_to_dead_letters)
+from schemas.tables import DEAD_LETTER_SCHEMA, scores_schema
+
+LOG = logging.getLogger("vigil.pipeline")
+EXIT_BAD_RECORDS = 3
+
+
+@dataclass
+class RunPlan:
+    config: ScoreConfig
+    run_id: str
+    version: str
+    bundle: Bundle
+    files: list[InputFile]
+    read_spec: ReadSpec
+    decode_spec: DecodeSpec
+    label_fields: list[pa.Field]
+    staging: str = ""
+
+    @property
+    def thresholds(self) -> dict:
+        cal = self.bundle.calibration
+        alpha = self.config.target_fpr
+        return {"target_fpr": alpha, "anomaly_score": cal.threshold(alpha),
+                **{f"{k}": v for k, v in cal.score_thresholds(alpha).items()}}
+
+
+def default_run_id() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def plan_run(config: ScoreConfig) -> RunPlan:
+    """Resolve and verify the model, match and check the inputs; write nothing."""
+    run_id = config.run_id or default_run_id()
+    if "/" in run_id or run_id.startswith("."):
+        raise InputError(f"--run-id {run_id!r}: must not contain '/' or start with '.'")
+    final = commit.run_dir(config.output, run_id)
+    if tf.io.gfile.exists(final) and not config.overwrite:
+        raise InputError(f"run {final} already exists; pass --overwrite to replace it")
+    version = registry.resolve(config.registry, config.name, config.model_version)
+    bundle = registry.load(config.registry, config.name, version)   # verifies everything
+    kind = bundle.config.kind
+    files = resolve_formats(match_inputs(config.inputs, config.max_files), config.format, kind)
+    features = list(bundle.preprocessing.feature_columns)
+    check_columns(files, config.id_column, features)
+    read_spec = ReadSpec("parquet" if kind == "features" else "image", config.id_column,
+                         tuple(features), config.carry_columns,
+                         max_record_bytes=config.max_record_bytes)
+    decode_spec = DecodeSpec(kind, tuple(bundle.config.input_shape), config.max_pixels,
+                             config.max_record_bytes)
+    return RunPlan(config, run_id, version, bundle, files, read_spec, decode_spec,
+                   carried_fields(files, config.carry_columns))
+
+
+def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
+    """Wire read -> decode -> RunInference -> rows -> Parquet, with every dead letter kept."""
+    cfg = plan.config
+    handler = VigilModelHandler(plan.bundle.path, plan.bundle.label, cfg.target_fpr,
+                                max_batch_size=cfg.batch_size)
+    schema = scores_schema(plan.label_fields, {"vigil.thresholds": json.dumps(plan.thresholds),
+                                               "vigil.model_version": plan.version,
+                                               "vigil.run_id": plan.run_id})
+    read = (p
+            | "Files" >> beam.Create([(f.uri, f.format, f.root) for f in plan.files])
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(ReadFiles(plan.read_spec)).with_outputs(DEAD_LETTER, STATS,
+                                                                          main="records"))
+    decoded = read.records | "Decode" >> beam.ParDo(Decode(plan.decode_spec)).with_outputs(
+        DEAD_LETTER, main="ok")
+    scored, failed = (decoded.ok | "Score" >> RunInference(KeyedModelHandler(handler))
+                      .with_exception_handling())
+    rows = scored | "ToRow" >> beam.ParDo(ToRow(plan.run_id, [f.name for f in plan.label_fields])
+                                          ).with_outputs(DEAD_LETTER, main="rows")
+    failed_rows = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_to_dead_letters)
+    dead = ((read[DEAD_LETTER], decoded[DEAD_LETTER], rows[DEAD_LETTER], failed_rows)
+            | "AllDeadLetters" >> beam.Flatten()
+            | "DeadLetterRows" >> beam.Map(lambda d: d.to_row()))
+    rows.rows | "WriteScores" >> beam.io.WriteToParquet(
+        f"{plan.staging}/scores/part", schema, codec="snappy", file_name_suffix=".parquet")
+    dead | "WriteDeadLetters" >> beam.io.WriteToParquet(
+        f"{plan.staging}/dead_letter/part", DEAD_LETTER_SCHEMA, codec="snappy",
+        file_name_suffix=".parquet")
+    (read[STATS] | "StatsJson" >> beam.Map(json.dumps)
+     | "WriteStats" >> beam.io.WriteToText(f"{plan.staging}/_stats/files", file_name_suffix=".jsonl"))
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    manifest: dict = field(default_factory=dict)
+
+
+def score(plan: RunPlan, options: PipelineOptions) -> RunResult:
+    """Run the pipeline for a plan and publish the run; raises RunError if it must not be."""
+    cfg = plan.config
+    commit.clean_stale(cfg.output, plan.run_id)
+    plan.staging = commit.staging_dir(cfg.output, plan.run_id)
+    started = time.time()
+    with beam.Pipeline(options=options) as p:
+        build_pipeline(p, plan)
+    elapsed = time.time() - started
+    try:
+        counts, stats = commit.tally(plan.staging)
+        commit.check_books(counts, cfg.max_bad_fraction, len(plan.files), EXIT_BAD_RECORDS)
+        sizes = {f.uri: f.size for f in plan.files}
+        manifest = {
+            "format": 1, "run_id": plan.run_id,
+            "model": {"registry": cfg.registry, "name": cfg.name, "version": plan.version,
+                      "label": plan.bundle.label},
+            "inputs": [dict(s, bytes=sizes.get(s["uri"])) for s in sorted(stats, key=lambda s: s["uri"])],
+            "counts": counts,
+            "thresholds": plan.thresholds,
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+            "timings": {"pipeline_seconds": round(elapsed, 3),
+                        "records_per_second": round(counts["read"] / elapsed, 1) if elapsed else None,
+                        "started_at": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat()},
+            "calibration": plan.bundle.calibration.describe(),
+        }
+    except commit.RunError as exc:
+        # The staging folder stays for inspection (it never looks published); the next
+        # run of this id removes it.
+        raise commit.RunError(f"{exc} [staging kept at {plan.staging}]", exc.exit_code) from None
+    final = commit.run_dir(cfg.output, plan.run_id)
+    commit.publish(plan.staging, final, manifest)
+    return RunResult(final, manifest)

@@ -1,0 +1,127 @@
+"""The pipeline's steps as small DoFns: read files, decode, turn predictions into rows.
+
+Each step sends what it cannot handle to a ``dead_letter`` output with a reason, so the
+run can account for every record: read = scored + dead-lettered.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from pipeline.decode import DecodeSpec, decode
+from pipeline.readers import ReadSpec, read_file
+from pipeline.records import DeadLetter, FileStats, RawRecord, ScoringInput
+from schemas.tables import SCORE_NAMES
+
+DEAD_LETTER = "dead_letter"
+STATS = "stats"
+LOG = logging.getLogger("vigil.pipeline")
+
+
+class ReadFiles(beam.DoFn):
+    """(uri, format, root) -> raw records; file problems -> dead letters; one stats per file."""
+
+    def __init__(self, spec: ReadSpec):
+        self.spec = spec
+        self.records = Metrics.counter("vigil", "records_read")
+        self.failed_files = Metrics.counter("vigil", "files_not_fully_read")
+
+    def process(self, element):
+        uri, fmt, root = element
+        spec = ReadSpec(fmt, self.spec.id_column, self.spec.feature_columns,
+                        self.spec.carry_columns, root, self.spec.max_record_bytes,
+                        self.spec.batch_rows)
+        stats = FileStats(uri)
+        for item in read_file(uri, spec, stats):
+            if isinstance(item, DeadLetter):
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+            else:
+                yield item
+        self.records.inc(stats.records)
+        if not stats.fully_read:
+            self.failed_files.inc()
+        yield beam.pvalue.TaggedOutput(STATS, stats.to_dict())
+
+
+class Decode(beam.DoFn):
+    """Raw record -> (id, ScoringInput) keyed for RunInference, or a dead letter."""
+
+    def __init__(self, spec: DecodeSpec):
+        self.spec = spec
+
+    def process(self, record: RawRecord):
+        out = decode(record, self.spec)
+        if isinstance(out, DeadLetter):
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, out)
+        else:
+            yield out.id, out
+
+
+class ToRow(beam.DoFn):
+    """(id, PredictionResult) -> a scores-table row; a non-finite score -> dead letter.
+
+    Also logs progress (records and records/s) at most every ``log_every`` seconds.
+    """
+
+    def __init__(self, run_id: str, label_names: list[str], log_every: float = 5.0):
+        self.run_id = run_id
+        self.label_names = list(label_names)
+        self.log_every = log_every
+        self.scored = Metrics.counter("vigil", "records_scored")
+        self.anomalies = Metrics.counter("vigil", "anomalies")
+
+    def setup(self):
+        self._count, self._start, self._last = 0, time.time(), time.time()
+
+    def process(self, element):
+        _, result = element
+        example: ScoringInput = result.example
+        inf = result.inference
+        values = [inf[n] for n in SCORE_NAMES] + [inf["anomaly_score"]]
+        if not all(math.isfinite(float(v)) for v in values):
+            bad = [n for n in SCORE_NAMES if not math.isfinite(float(inf[n]))] or ["anomaly_score"]
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
+                example.source, "postprocess", "non_finite_score",
+                f"{', '.join(bad)} is not finite", example.id))
+            return
+        row = {"id": example.id, "source": example.source}
+        for n in SCORE_NAMES:
+            row[n] = float(inf[n])
+            row[f"{n}_pvalue"] = float(inf[f"{n}_pvalue"])
+        row.update(anomaly_score=float(inf["anomaly_score"]),
+                   anomaly_pvalue=float(inf["anomaly_pvalue"]),
+                   threshold=float(inf["threshold"]), is_anomaly=bool(inf["is_anomaly"]),
+                   model_version=str(result.model_id), run_id=self.run_id,
+                   top_features=[{"index": int(i), "contribution": float(c)}
+                                 for i, c in zip(inf["top_index"], inf["top_contribution"])])
+        for name in self.label_names:
+            row[name] = example.labels.get(name)
+        self.scored.inc()
+        if row["is_anomaly"]:
+            self.anomalies.inc()
+        self._progress()
+        yield row
+
+    def _progress(self):
+        self._count += 1
+        now = time.time()
+        if now - self._last >= self.log_every:
+            self._last = now
+            LOG.info("scored %d records (%.0f records/s)", self._count,
+                     self._count / max(now - self._start, 1e-9))
+
+
+def failed_batch_to_dead_letters(element) -> list[DeadLetter]:
+    """RunInference's (failed batch, exception) -> one dead letter per record in it."""
+    batch, exc = element
+    message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    out = []
+    for item in batch:
+        example = item[1] if isinstance(item, tuple) else item
+        out.append(DeadLetter(example.source, "inference", "inference_failed", message, example.id))
+    return out
