@@ -8,3 +8,6 @@ import os as _os
 
 # TensorFlow's C++ start-up chatter is noise for vigil's users; set before TF loads.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN kernels make a record's float result depend on its position in the batch; vigil
+# promises bit-identical scores for a record in any batch, so it uses TF's Eigen kernels.
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

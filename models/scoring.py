@@ -43,10 +43,14 @@ class Scorer:
     """
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, dae: keras.Model,
-                 config: ModelConfig, seed: int = 0):
+                 config: ModelConfig, seed: int = 0, block: int = 64):
         self.encoder, self.decoder, self.dae = encoder, decoder, dae
         self.config = config
         self.seed = int(seed)
+        # Every call runs on exactly ``block`` rows (the last block padded): matrix kernels
+        # pick different code paths for different row counts, which would change a
+        # record's last bits with the size of the batch it arrived in.
+        self.block = int(block)
         # A fixed signature: any batch size reuses one trace.
         self._score = tf.function(self._score_batch, input_signature=[
             tf.TensorSpec([None, *config.input_shape], tf.float32),
@@ -78,7 +82,9 @@ class Scorer:
 
         dae_error = tf.reduce_mean(tf.square(x_flat - losses.flatten(self.dae(x, training=False))),
                                    axis=-1)
-        contribution = -tf.reduce_mean(ll_dim[:, :L, :], axis=1)                    # (B, D)
+        # Reduced in float64: a float32 mean's last bit depends on the row's memory position.
+        contribution = tf.cast(-tf.reduce_mean(tf.cast(ll_dim[:, :L, :], tf.float64), axis=1),
+                               tf.float32)                                          # (B, D)
         top = tf.math.top_k(contribution, k=min(cfg.top_k, cfg.input_dim))
         return {
             "vae_recon_logprob": recon_logprob,
@@ -94,8 +100,19 @@ class Scorer:
         if x.shape[1:] != tuple(self.config.input_shape):
             raise ValueError(f"batch shape {x.shape[1:]} does not match the model's input "
                              f"{tuple(self.config.input_shape)}")
-        out = self._score(tf.constant(x), tf.constant(record_seeds(ids, self.seed)))
-        return {k: v.numpy() for k, v in out.items()}
+        seeds = record_seeds(ids, self.seed)
+        parts = []
+        for start in range(0, len(x), self.block):
+            xb, sb = x[start:start + self.block], seeds[start:start + self.block]
+            n = len(xb)
+            if n < self.block:
+                xb = np.concatenate([xb, np.zeros((self.block - n, *xb.shape[1:]), np.float32)])
+                sb = np.concatenate([sb, np.zeros((self.block - n, 2), np.int64)])
+            out = self._score(tf.constant(xb), tf.constant(sb))
+            parts.append({k: v.numpy()[:n] for k, v in out.items()})
+        if not parts:
+            raise ValueError("empty batch")
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def score_array(self, x: np.ndarray, ids: list[str], batch_size: int = 256) -> dict[str, np.ndarray]:
         """Score any number of records in batches; returns concatenated arrays."""
