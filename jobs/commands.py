@@ -107,9 +107,14 @@ def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_co
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--carry-column", multiple=True, default=("label",), show_default=True,
               help="Label column carried through to the output (repeatable).")
+@click.option("--max-pixels", type=click.IntRange(1), default=50_000_000, show_default=True,
+              help="Images declaring more pixels are dead-lettered unread.")
+@click.option("--max-record-bytes", type=click.IntRange(1), default=64 << 20, show_default=True)
+@click.option("--max-files", type=click.IntRange(1), default=100_000, show_default=True)
 @click.pass_context
 def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite, target_fpr,
-          batch_size, max_bad_fraction, fmt, id_column, carry_column):
+          batch_size, max_bad_fraction, fmt, id_column, carry_column, max_pixels,
+          max_record_bytes, max_files):
     """Score files with a model version on Apache Beam and publish a run.
 
     Any option vigil does not know goes to Beam (--runner DataflowRunner --project ...
@@ -126,7 +131,7 @@ def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite,
         from pipeline.run import plan_run, score as run_score
         cfg = ScoreConfig(tuple(inputs), registry, name, output, model_version, run_id, overwrite,
                           target_fpr, batch_size, max_bad_fraction, fmt, id_column,
-                          tuple(carry_column))
+                          tuple(carry_column), max_pixels, max_record_bytes, max_files)
         plan = plan_run(cfg)
         result = run_score(plan, pipeline_options(cfg, ctx.args))
         c = result.manifest["counts"]
