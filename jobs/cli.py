@@ -72,7 +72,7 @@ def _fail(ctx: click.Context, message: str, code: int):
     ctx.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "VIGIL"})
 @click.option("--verbose", is_flag=True, help="Show tracebacks and library logs.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool):
@@ -96,7 +96,7 @@ from jobs import commands  # noqa: E402,F401 - registers the subcommands on ``cl
 
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    cli.main(prog_name="vigil", auto_envvar_prefix="VIGIL")
+    cli.main(prog_name="vigil")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ an ``id`` and an ``x`` field (``apache_beam.ml.anomaly.OfflineDetector``).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
@@ -56,21 +57,39 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
 
     def run_inference(self, batch: Sequence[Any], model: LoadedModel,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
-        ids = [str(e.id) for e in batch]
-        raw = np.stack([np.asarray(e.x) for e in batch])
-        out = score_batch(model, raw, ids, self.target_fpr)
+        ids, arrays = zip(*(_id_and_array(e, model) for e in batch))
+        out = score_batch(model, np.stack(arrays), list(ids), self.target_fpr)
         version = model.bundle.version
         for i, example in enumerate(batch):
             yield PredictionResult(example, {k: v[i] for k, v in out.items()}, version)
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
-        return sum(np.asarray(e.x).nbytes for e in batch)
+        return sum(getattr(np.asarray(getattr(e, "x", 0)), "nbytes", 0) for e in batch)
 
     def get_metrics_namespace(self) -> str:
         return "vigil"
 
     def batch_elements_kwargs(self):
         return self._batching_kwargs
+
+
+def _id_and_array(example: Any, model: LoadedModel) -> tuple[str, np.ndarray]:
+    """(id, decoded array) of a ScoringInput, or of a beam.Row from Beam's anomaly API.
+
+    A Row holds either ``x`` or the model's feature columns by name, and an optional
+    ``id``; without one, the record's content names it, so scores stay deterministic.
+    """
+    if isinstance(example, ScoringInput):
+        return example.id, np.asarray(example.x)
+    fields = example._asdict()
+    if "x" in fields:
+        x = np.asarray(fields["x"])
+    else:
+        x = np.asarray([fields[c] for c in model.bundle.preprocessing.feature_columns], np.float64)
+    rid = fields.get("id")
+    if rid is None:
+        rid = "sha256:" + hashlib.sha256(np.ascontiguousarray(x, np.float64).tobytes()).hexdigest()
+    return str(rid), x
 
 
 def score_batch(model: LoadedModel, raw: np.ndarray, ids: list[str], target_fpr: float) -> dict:

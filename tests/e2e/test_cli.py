@@ -1,0 +1,68 @@
+"""The CLI as a user meets it: help, config files, environment variables, the demo."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["score"], ["demo"], ["models", "ls"],
+                                     ["models", "promote"], ["models", "rollback"], ["models", "show"]])
+def test_help_says_what_and_shows_an_example(command):
+    res = CliRunner().invoke(cli, command + ["--help"])
+    assert res.exit_code == 0
+    assert "Example" in res.output or "vigil train" in res.output
+
+
+def _run_target(args, env=None):
+    res = CliRunner(env=env or {}).invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    run = Path(res.output.split("run ", 1)[1].split(":", 1)[0])
+    return json.loads((run / "manifest.json").read_text())["thresholds"]["target_fpr"]
+
+
+def test_precedence_cli_over_env_over_config_file(features_registry, tmp_path):
+    reg = features_registry
+    data = str(Path(reg["train_paths"][0]))
+    config = tmp_path / "score.yaml"
+    config.write_text(f"registry: {reg['registry']}\nname: cardio\ntarget-fpr: 0.05\n"
+                      f"output: {tmp_path / 'out'}\noverwrite: true\n")
+    base = ["score", "--config", str(config), "--input", data, "--run-id", "p"]
+    assert _run_target(base) == 0.05
+    assert _run_target(base, {"VIGIL_SCORE_TARGET_FPR": "0.02"}) == 0.02
+    assert _run_target(base + ["--target-fpr", "0.1"], {"VIGIL_SCORE_TARGET_FPR": "0.02"}) == 0.1
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("registry: r\ntarget_fpr_typo: 1\n")
+    res = CliRunner().invoke(cli, ["score", "--config", str(config)])
+    assert res.exit_code == 2 and "target_fpr_typo" in res.output
+
+
+def test_models_commands(features_registry):
+    reg = ["--registry", features_registry["registry"], "--name", "cardio"]
+    res = CliRunner().invoke(cli, ["models", "ls", *reg])
+    assert res.exit_code == 0 and "* 0001" in res.output
+    res = CliRunner().invoke(cli, ["models", "show", *reg])
+    assert res.exit_code == 0 and json.loads(res.output)["version"] == "0001"
+    res = CliRunner().invoke(cli, ["models", "promote", *reg, "--model-version", "9"])
+    assert res.exit_code == 1 and "incomplete version" in res.output
+
+
+def test_demo_in_a_real_subprocess(tmp_path):
+    vigil = Path(sys.executable).with_name("vigil")
+    out = subprocess.run([str(vigil), "demo", "--output", str(tmp_path / "demo"), "--epochs", "3"],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "AUROC against digit 7" in out.stdout and "anomaly_score" in out.stdout
+    assert "Traceback" not in out.stderr
+    assert (tmp_path / "demo" / "runs" / "demo" / "_SUCCESS").exists()
