@@ -1,0 +1,143 @@
+"""Detection quality on the shared protocols, through vigil's public training and scoring.
+
+Images (mnist-oneclass, mnist-anc) go in as PNG TFRecord shards, tables (adbench-unsup,
+mvtec-resnet18) as Parquet shards; `vigil train` and `vigil score` (the Beam pipeline)
+run with one default configuration per kind. Per case: AUROC/AUPRC of each score and of
+`anomaly_score`, the best peer's AUROC, and the false-positive rate of `is_anomaly` on
+the test split's normal rows.
+
+    python tests/benchmarks/accuracy.py [--protocol P ...] [--quick] [--epochs N]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import best_peers, protocols, table, write_json  # noqa: E402
+
+import models  # noqa: E402,F401
+import numpy as np  # noqa: E402
+import pyarrow.dataset as ds  # noqa: E402
+from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: E402
+
+from jobs.demo import write_image_shards, write_table_shards  # noqa: E402
+from jobs.train import TrainJobConfig, run_training  # noqa: E402
+from models.config import TrainConfig  # noqa: E402
+from pipeline.options import ScoreConfig, pipeline_options  # noqa: E402
+from pipeline.run import plan_run, score  # noqa: E402
+from schemas.tables import SCORE_NAMES, SCORE_ORIENTATION  # noqa: E402
+
+GOALS = {"mnist-oneclass": 0.97, "mnist-anc": 0.85, "adbench-unsup": 0.90, "mvtec-resnet18": 0.82}
+COLUMNS = (*SCORE_NAMES, "anomaly_score")
+
+
+def case_name(case: dict) -> str:
+    return str(case["digit"]) if "digit" in case else case["dataset"]
+
+
+def run_case(P, protocol: str, case: dict, work: Path, epochs: int | None) -> dict:
+    x_train, x_test, y_test = P.load(protocol, **case)
+    image = protocol.startswith("mnist")
+    train_ids = [f"tr-{i:06d}" for i in range(len(x_train))]
+    test_ids = [f"te-{i:06d}" for i in range(len(x_test))]
+    if image:
+        to_u8 = lambda x: np.round(x.reshape(len(x), 28, 28) * 255).astype(np.uint8)  # noqa: E731
+        write_image_shards(str(work / "train"), to_u8(x_train), np.zeros(len(x_train)), train_ids)
+        write_image_shards(str(work / "test"), to_u8(x_test), y_test, test_ids)
+        pattern = "*.tfrecord"
+    else:
+        cols = [f"f{j}" for j in range(x_train.shape[1])]
+        write_table_shards(str(work / "train"), x_train, cols, np.zeros(len(x_train)), train_ids)
+        write_table_shards(str(work / "test"), x_test, cols, y_test, test_ids)
+        pattern = "*.parquet"
+    started = time.time()
+    train_cfg = TrainConfig(verbose=0, **({"epochs": epochs} if epochs else {}))
+    trained = run_training(TrainJobConfig((str(work / "train" / pattern),), str(work / "reg"), "bench",
+                                          train=train_cfg))
+    trained_s = time.time() - started
+    cfg = ScoreConfig((str(work / "test" / pattern),), str(work / "reg"), "bench", str(work / "runs"),
+                      trained.version, run_id="bench", overwrite=True, carry_columns=("label",))
+    result = score(plan_run(cfg), pipeline_options(cfg, []))
+    t = ds.dataset(f"{result.run_dir}/scores", format="parquet").to_table().sort_by("id")
+    order = np.argsort(test_ids)
+    y = np.asarray(y_test)[order]
+    assert t.column("id").to_pylist() == sorted(test_ids), "scores must cover the test split"
+    out = {"case": case_name(case), "n_train": len(x_train), "n_test": len(x_test),
+           "train_seconds": round(trained_s, 1), "score_seconds": result.manifest["timings"]["pipeline_seconds"],
+           "auroc": {}, "auprc": {}}
+    for col in COLUMNS:
+        s = SCORE_ORIENTATION.get(col, 1) * t.column(col).to_numpy()
+        out["auroc"][col] = round(float(roc_auc_score(y, s)), 4)
+        out["auprc"][col] = round(float(average_precision_score(y, s)), 4)
+    flags = t.column("is_anomaly").to_numpy()
+    out["n_test_normal"] = int((y == 0).sum())
+    out["fpr"] = round(float(flags[y == 0].mean()), 4)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--protocol", action="append", choices=list(GOALS))
+    ap.add_argument("--quick", action="store_true", help="one case per protocol")
+    ap.add_argument("--epochs", type=int, default=None, help="override (default: vigil's)")
+    ap.add_argument("--tag", default="", help="suffix of the results file")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    P, peers = protocols(), best_peers()
+    for protocol in args.protocol or list(GOALS):
+        cases = P.cases(protocol)[:1] if args.quick else P.cases(protocol)
+        results = []
+        for case in cases:
+            with tempfile.TemporaryDirectory() as tmp:
+                r = run_case(P, protocol, case, Path(tmp), args.epochs)
+            key = r["case"] if protocol.startswith("mnist") else r["case"]
+            peer = peers.get(protocol, {}).get(key)
+            r["best_peer"] = {"name": peer[0], "auroc": peer[1]} if peer else None
+            results.append(r)
+            print(f"[{protocol}] {case} -> combined {r['auroc']['anomaly_score']:.3f} "
+                  f"(best single {max(r['auroc'][c] for c in SCORE_NAMES):.3f}, peer "
+                  f"{peer[1] if peer else 'n/a'}), fpr {r['fpr']:.4f}, "
+                  f"{r['train_seconds']}s + {r['score_seconds']}s", flush=True)
+        report(protocol, results, args)
+    return 0
+
+
+def report(protocol: str, results: list[dict], args) -> None:
+    by_case: dict[str, list[dict]] = {}
+    for r in results:
+        by_case.setdefault(r["case"], []).append(r)
+    rows = []
+    for case, rs in by_case.items():
+        mean = {c: float(np.mean([r["auroc"][c] for r in rs])) for c in COLUMNS}
+        peer = rs[0]["best_peer"]
+        rows.append([case, *(f"{mean[c]:.3f}" for c in COLUMNS),
+                     f"{peer['auroc']:.3f} {peer['name']}" if peer else "n/a",
+                     f"{np.mean([r['fpr'] for r in rs]):.4f}"])
+    means = {c: float(np.mean([np.mean([r["auroc"][c] for r in rs]) for rs in by_case.values()]))
+             for c in COLUMNS}
+    peer_means = [rs[0]["best_peer"]["auroc"] for rs in by_case.values() if rs[0]["best_peer"]]
+    rows.append(["mean", *(f"{means[c]:.3f}" for c in COLUMNS),
+                 f"{np.mean(peer_means):.3f}" if peer_means else "n/a", ""])
+    header = ["case", "recon_logprob", "elbo", "log_px", "dae_error", "combined", "best peer", "fpr@0.01"]
+    print(f"\n{protocol} (AUROC; goal for combined: >= {GOALS[protocol]})")
+    print(table(rows, header))
+    calib = [r for r in results if r["n_test_normal"] >= 500]
+    ok = all(0.005 <= r["fpr"] <= 0.015 for r in calib)
+    summary = {"protocol": protocol, "quick": args.quick, "epochs": args.epochs,
+               "mean_auroc": means, "goal": GOALS[protocol],
+               "goal_met": means["anomaly_score"] >= GOALS[protocol],
+               "fpr_within_0.5_1.5x_target": ok, "cases": results}
+    path = write_json(f"accuracy-{protocol}{args.tag}.json", summary)
+    print(f"combined mean {means['anomaly_score']:.3f} (goal {GOALS[protocol]}: "
+          f"{'met' if summary['goal_met'] else 'not met'}); FPR in [0.005, 0.015] on cases with "
+          f">=500 normals: {'yes' if ok else 'no'}; written to {path}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

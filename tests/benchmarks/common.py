@@ -1,0 +1,55 @@
+"""Shared by the benchmarks: the protocols module, peers' numbers, result tables."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SHARED_BENCH = HERE.parents[2] / "shared" / "bench"
+sys.path.insert(0, str(HERE.parents[1]))   # the repo, when run as a script
+
+
+def protocols():
+    spec = importlib.util.spec_from_file_location("protocols", SHARED_BENCH / "protocols.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def best_peers() -> dict[str, dict[str, tuple[str, float]]]:
+    """protocol -> case name -> (best peer, AUROC), parsed from peers.md."""
+    text = (SHARED_BENCH / "peers.md").read_text()
+    out, current, header = {}, None, []
+    for line in text.splitlines():
+        m = re.match(r"### (P\d) (\S+)", line)
+        if m:
+            current, header = m.group(2), []
+            out[current] = {}
+            continue
+        if current and line.startswith("| case"):
+            header = [c.strip() for c in line.strip("|").split("|")]
+        elif current and header and line.startswith("|") and not line.startswith("|---"):
+            cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+            peers = {h: float(v) for h, v in zip(header[1:-1], cells[1:-1]) if re.match(r"^[\d.]+$", v)}
+            if peers:
+                name = max(peers, key=peers.get)
+                out[current][cells[0]] = (name, peers[name])
+    return out
+
+
+def write_json(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(payload, indent=1))
+    return path
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    fmt = " | ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), "-+-".join("-" * w for w in widths)]
+    return "\n".join([*lines, *(fmt.format(*map(str, r)) for r in rows)])
