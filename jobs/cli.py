@@ -53,13 +53,14 @@ def _run(ctx: click.Context, fn):
     """Run fn; known errors become one line on stderr and an exit code."""
     from models.bundle import BundleError
     from models.registry import RegistryError
+    from jobs.specs import SpecError
     from pipeline.commit import RunError
     from pipeline.preflight import InputError
     try:
         return fn()
     except RunError as exc:
         _fail(ctx, str(exc), exc.exit_code)
-    except InputError as exc:
+    except (InputError, SpecError) as exc:
         _fail(ctx, str(exc), 2)
     except (BundleError, RegistryError, ValueError, _Failure) as exc:
         _fail(ctx, str(exc), getattr(exc, "code", 1))

@@ -127,17 +127,85 @@ def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite,
                   --output ./runs --run-id 2026-11-24
     """
     def go():
-        from pipeline.options import ScoreConfig, pipeline_options
-        from pipeline.run import plan_run, score as run_score
-        cfg = ScoreConfig(tuple(inputs), registry, name, output, model_version, run_id, overwrite,
-                          target_fpr, batch_size, max_bad_fraction, fmt, id_column,
-                          tuple(carry_column), max_pixels, max_record_bytes, max_files)
-        plan = plan_run(cfg)
-        result = run_score(plan, pipeline_options(cfg, ctx.args))
-        c = result.manifest["counts"]
-        click.echo(f"run {result.run_dir}: read {c['read']}, scored {c['scored']}, "
-                   f"dead-lettered {c['dead_lettered']}, anomalies {c['anomalies']} "
-                   f"(model {name}/{plan.version}, target FPR {target_fpr})")
+        from pipeline.options import ScoreConfig
+        _score_and_report(ScoreConfig(
+            tuple(inputs), registry, name, output, model_version, run_id, overwrite, target_fpr,
+            batch_size, max_bad_fraction, fmt, id_column, tuple(carry_column), max_pixels,
+            max_record_bytes, max_files), ctx.args)
+    _run(ctx, go)
+
+
+def _score_and_report(cfg, beam_args) -> None:
+    from pipeline.options import pipeline_options
+    from pipeline.run import plan_run, score as run_score
+    plan = plan_run(cfg)
+    result = run_score(plan, pipeline_options(cfg, beam_args))
+    c = result.manifest["counts"]
+    click.echo(f"run {result.run_dir}: read {c['read']}, scored {c['scored']}, "
+               f"dead-lettered {c['dead_lettered']}, anomalies {c['anomalies']} "
+               f"(model {cfg.name}/{plan.version}, target FPR {cfg.target_fpr})")
+
+
+@cli.command("run")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.option("--date", default=None, help="Run date YYYY-MM-DD (default: today, UTC).")
+@click.pass_context
+def run_spec(ctx, spec, date):
+    """Run a scheduled job from a YAML spec, for one date.
+
+    A scoring job writes OUTPUT/DATE and replaces that date's run if it exists, so a
+    re-run for the same date gives the same result. See jobs/specs/ for examples.
+
+    \b
+    Example:
+      vigil run jobs/specs/nightly-score.yaml --date 2026-11-24
+    """
+    def go():
+        import datetime as dt
+        from jobs.specs import load_spec
+        day = date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+        job = load_spec(spec, day)
+        o = dict(job.options)
+        if job.kind == "score":
+            from pipeline.options import ScoreConfig
+            carry = tuple(o.pop("carry_columns", ("label",)))
+            cfg = ScoreConfig(job.inputs, job.registry, job.name, job.output, run_id=day,
+                              overwrite=True, carry_columns=carry, **o)
+            _score_and_report(cfg, list(job.beam_args))
+            return
+        from jobs.train import TrainJobConfig, run_training
+        from models.config import TrainConfig
+        train_keys = {"epochs", "batch_size", "seed", "target_fprs", "device", "mixed_precision"}
+        tc = TrainConfig(verbose=2, **{k: (tuple(v) if isinstance(v, list) else v)
+                                       for k, v in o.items() if k in train_keys})
+        rest = {k: (tuple(str(x) for x in v) if isinstance(v, list) else v)
+                for k, v in o.items() if k not in train_keys}
+        out = run_training(TrainJobConfig(job.inputs, job.registry, job.name, train=tc, **rest))
+        click.echo(f"published {job.name} version {out.version}"
+                   + (" and promoted it" if out.promoted else ""))
+        if out.gate_failures:
+            raise _Failure(f"version {out.version} stays a candidate: "
+                           + "; ".join(out.gate_failures), EXIT_GATE_FAILED)
+    _run(ctx, go)
+
+
+@cli.command()
+@click.argument("run_dir")
+@click.option("--label-column", required=True, help="Column holding the true labels.")
+@click.option("--normal-values", default=None,
+              help="Comma-separated label values that are normal (default: anomaly = 1/true).")
+@click.pass_context
+def evaluate(ctx, run_dir, label_column, normal_values):
+    """AUROC, AUPRC and precision/recall/F1 of a labelled run; writes evaluation.json.
+
+    \b
+    Example:
+      vigil evaluate ./runs/2026-11-24 --label-column label --normal-values 0
+    """
+    def go():
+        from jobs.evaluate import evaluate as run_eval, format_table
+        values = tuple(v.strip() for v in normal_values.split(",")) if normal_values else ()
+        click.echo(format_table(run_eval(run_dir, label_column, values)))
     _run(ctx, go)
 
 

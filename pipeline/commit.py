@@ -134,3 +134,25 @@ def clean_stale(output: str, run_id: str) -> None:
         name = name.rstrip("/")
         if name.startswith(f".staging-{run_id}-") or name.startswith(f"{run_id}.replaced-"):
             tf.io.gfile.rmtree(f"{output.rstrip('/')}/{name}")
+
+
+def require_published(directory: str) -> str:
+    """The run folder, or RunError if it has no _SUCCESS (a partial or failed run)."""
+    directory = directory.rstrip("/")
+    if not tf.io.gfile.isdir(directory):
+        raise RunError(f"{directory}: no such run folder")
+    if not is_published(directory):
+        raise RunError(f"{directory}: has no {SUCCESS} marker; the run did not finish "
+                       "publishing and must not be read (re-run it)")
+    return directory
+
+
+def load_run(directory: str):
+    """(scores table, run manifest) of a published run."""
+    import pyarrow.dataset as ds
+    directory = require_published(directory)
+    with tf.io.gfile.GFile(f"{directory}/{MANIFEST}", "r") as f:
+        manifest = json.load(f)
+    files = parquet_files(f"{directory}/scores")
+    table = ds.dataset(files, format="parquet").to_table() if files else None
+    return table, manifest

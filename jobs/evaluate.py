@@ -1,0 +1,61 @@
+"""``vigil evaluate``: how good was a run, against labels it carried through?"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
+
+from pipeline.commit import load_run
+from schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
+
+
+def evaluate(run_dir: str, label_column: str, normal_values: tuple[str, ...] = ()) -> dict:
+    """AUROC, AUPRC and precision/recall/F1 at the run's thresholds, per score and combined.
+
+    A row is an anomaly when its label is not in ``normal_values``; without them, when
+    the label is truthy (1, true, "1").
+    """
+    table, manifest = load_run(run_dir)
+    if table is None or table.num_rows == 0:
+        raise ValueError(f"{run_dir}: the run has no scored rows to evaluate")
+    if label_column not in table.schema.names:
+        raise ValueError(f"{run_dir}: no column '{label_column}' in the scores "
+                         f"(columns: {', '.join(table.schema.names[-3:])} ...)")
+    labels = table.column(label_column).to_pylist()
+    keep = np.array([v is not None for v in labels])
+    if normal_values:
+        y = np.array([str(v) not in normal_values for v in labels], dtype=int)
+    else:
+        y = np.array([str(v).lower() in ("1", "true") for v in labels], dtype=int)
+    y = y[keep]
+    if len(set(y)) < 2:
+        raise ValueError(f"{run_dir}: labels hold only one class; AUROC needs both")
+    thresholds = manifest["thresholds"]
+    out = {"run": run_dir, "rows": int(keep.sum()), "anomalies": int(y.sum()),
+           "target_fpr": thresholds.get("target_fpr"), "scores": {}}
+    for col in (*SCORE_NAMES, "anomaly_score"):
+        sign = SCORE_ORIENTATION.get(col, 1)
+        s = sign * table.column(col).to_numpy()[keep]
+        t = thresholds.get(col)
+        flags = table.column("is_anomaly").to_numpy()[keep] if col == "anomaly_score" else \
+            (s > sign * t if t is not None else np.zeros(len(s), bool))
+        p, r, f1, _ = precision_recall_fscore_support(y, flags, average="binary", zero_division=0)
+        out["scores"][col] = {"auroc": float(roc_auc_score(y, s)),
+                              "auprc": float(average_precision_score(y, s)),
+                              "precision": float(p), "recall": float(r), "f1": float(f1),
+                              "fpr": float(flags[y == 0].mean())}
+    with tf.io.gfile.GFile(f"{run_dir.rstrip('/')}/evaluation.json", "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'score':<20} {'AUROC':>6} {'AUPRC':>6} {'prec':>6} {'recall':>6} {'F1':>6} {'FPR':>6}"]
+    for col, m in result["scores"].items():
+        lines.append(f"{col:<20} {m['auroc']:6.3f} {m['auprc']:6.3f} {m['precision']:6.3f} "
+                     f"{m['recall']:6.3f} {m['f1']:6.3f} {m['fpr']:6.3f}")
+    lines.append(f"{result['rows']} labelled rows, {result['anomalies']} anomalies; "
+                 f"thresholds at target FPR {result['target_fpr']}")
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""Job specs: YAML files that describe a scheduled scoring or training job.
+
+    kind: score                    # or: train
+    inputs: ["data/incoming/{date}/*.tfrecord"]
+    registry: ./models
+    name: digits
+    output: ./runs                 # score only; the run id is the date
+    options: {target_fpr: 0.01}    # any option of `vigil score` / `vigil train`
+    beam_args: [--runner, DataflowRunner, --project, my-project]
+
+``{date}`` in any string is replaced by the run date, so a re-run for the same date
+replaces that date's run exactly. Specs are read with ``yaml.safe_load``; unknown keys,
+oversize files and deep nesting are refused with the offending key named.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+import yaml
+
+MAX_BYTES = 64 * 1024
+MAX_DEPTH = 6
+TOP_KEYS = {"kind", "inputs", "registry", "name", "output", "options", "beam_args", "description"}
+SCORE_OPTIONS = {"target_fpr", "batch_size", "max_bad_fraction", "format", "id_column",
+                 "carry_columns", "max_pixels", "max_record_bytes", "max_files", "model_version"}
+TRAIN_OPTIONS = {"format", "id_column", "feature_columns", "label_column", "normal_values",
+                 "image_size", "channels", "epochs", "batch_size", "latent_dim", "likelihood",
+                 "seed", "target_fprs", "promote", "device", "mixed_precision", "max_records"}
+
+
+class SpecError(ValueError):
+    """A spec that cannot be run; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    kind: str
+    inputs: tuple[str, ...]
+    registry: str
+    name: str
+    output: str | None = None
+    options: dict = field(default_factory=dict)
+    beam_args: tuple[str, ...] = ()
+
+
+def _depth(node, level=0) -> int:
+    if isinstance(node, dict):
+        return max([_depth(v, level + 1) for v in node.values()] or [level + 1])
+    if isinstance(node, list):
+        return max([_depth(v, level + 1) for v in node] or [level + 1])
+    return level
+
+
+def _normalise(path: str) -> str:
+    """Local paths are normalised; URLs (gs://, s3://) are left as written."""
+    return path if re.match(r"^[a-z][a-z0-9+.-]*://", path) else os.path.normpath(os.path.expanduser(path))
+
+
+def _fill(value, date: str):
+    if isinstance(value, str):
+        return value.replace("{date}", date)
+    if isinstance(value, list):
+        return [_fill(v, date) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, date) for k, v in value.items()}
+    return value
+
+
+def load_spec(path: str, date: str) -> JobSpec:
+    """Read, validate and fill in a spec for one date (YYYY-MM-DD)."""
+    if not re.match(r"^\d{4}-\d{2}-\d{2}$", date):
+        raise SpecError(f"--date {date!r}: expected YYYY-MM-DD")
+    try:
+        if os.path.getsize(path) > MAX_BYTES:
+            raise SpecError(f"{path}: larger than {MAX_BYTES} bytes; not a job spec")
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise SpecError(f"{path}: must be a mapping of keys")
+    if _depth(doc) > MAX_DEPTH:
+        raise SpecError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    unknown = sorted(set(doc) - TOP_KEYS)
+    if unknown:
+        raise SpecError(f"{path}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(TOP_KEYS))})")
+    kind = doc.get("kind")
+    if kind not in ("score", "train"):
+        raise SpecError(f"{path}: 'kind' must be score or train, not {kind!r}")
+    for key in ("inputs", "registry", "name") + (("output",) if kind == "score" else ()):
+        if not doc.get(key):
+            raise SpecError(f"{path}: missing key '{key}'")
+    options = doc.get("options") or {}
+    if not isinstance(options, dict):
+        raise SpecError(f"{path}: 'options' must be a mapping")
+    allowed = SCORE_OPTIONS if kind == "score" else TRAIN_OPTIONS
+    bad = sorted(set(options) - allowed)
+    if bad:
+        raise SpecError(f"{path}: unknown option 'options.{bad[0]}' for a {kind} job")
+    inputs = doc["inputs"] if isinstance(doc["inputs"], list) else [doc["inputs"]]
+    doc = _fill(doc, date)
+    inputs = _fill(inputs, date)
+    return JobSpec(kind, tuple(_normalise(str(i)) for i in inputs), _normalise(str(doc["registry"])),
+                   str(doc["name"]), _normalise(str(doc["output"])) if doc.get("output") else None,
+                   _fill(options, date), tuple(str(a) for a in doc.get("beam_args") or ()))

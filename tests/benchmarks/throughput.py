@@ -1,0 +1,130 @@
+"""Scoring throughput: the Beam pipeline against the bare scoring function, and memory.
+
+Builds MNIST-sized PNG TFRecord shards (the 10,000 shared MNIST images, repeated with new
+ids), trains a small image model once, then measures
+  * bare:     records/s of ``Scorer`` on preprocessed arrays (same L, K, batch size);
+  * pipeline: steady-state records/s of ``vigil score`` = (N - n) / (t(N) - t(n)), which
+              cancels start-up (TF import, model load, pipeline construction);
+  * peak RSS of a whole scoring run at two sizes (each in a fresh process).
+
+    python tests/benchmarks/throughput.py [--records 100000] [--small 10000] [--rss 100000,1000000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import table, write_json  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_shards(directory: Path, n: int, shards: int = 8) -> str:
+    import numpy as np
+    import tensorflow as tf
+    from tests.helpers import example, mnist, png
+    images, labels = mnist(10_000)
+    encoded = [png(img) for img in images]
+    directory.mkdir(parents=True, exist_ok=True)
+    writers = [tf.io.TFRecordWriter(str(directory / f"part-{s:03d}.tfrecord")) for s in range(shards)]
+    for i in range(n):
+        writers[i % shards].write(example(f"r{i:08d}".encode(), encoded[i % 10_000], int(labels[i % 10_000])))
+    for w in writers:
+        w.close()
+    return str(directory / "*.tfrecord")
+
+
+def train(directory: Path) -> str:
+    from jobs.train import TrainJobConfig, run_training
+    from models.config import TrainConfig
+    glob = make_shards(directory / "train", 2000, shards=2)
+    run_training(TrainJobConfig((glob,), str(directory / "reg"), "tp", train=TrainConfig(epochs=2, verbose=0)))
+    return str(directory / "reg")
+
+
+def bare_rate(registry: str, n: int, batch: int) -> float:
+    import numpy as np
+    from models import registry as reg
+    from tests.helpers import mnist
+    bundle = reg.load(registry, "tp")
+    scorer = bundle.scorer()
+    images, _ = mnist(10_000)
+    x = bundle.preprocessing.transform(images[..., None])
+    ids = [f"r{i:08d}" for i in range(n)]
+    scorer(x[:batch], ids[:batch])                       # trace once
+    started = time.time()
+    for i in range(0, n, batch):
+        j = np.arange(i, min(i + batch, n)) % 10_000
+        scorer(x[j], ids[i:i + len(j)])
+    return n / (time.time() - started)
+
+
+CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, {repo!r})
+import models
+from pipeline.options import ScoreConfig, pipeline_options
+from pipeline.run import plan_run, score
+cfg = ScoreConfig(({glob!r},), {reg!r}, "tp", {out!r}, run_id="tp", overwrite=True, batch_size={batch})
+t = time.time()
+result = score(plan_run(cfg), pipeline_options(cfg, []))
+print(json.dumps({{"seconds": time.time() - t, "scored": result.manifest["counts"]["scored"],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def pipeline_run(glob: str, registry: str, out: str, batch: int) -> dict:
+    code = CHILD.format(repo=str(REPO), glob=glob, reg=registry, out=out, batch=batch)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--small", type=int, default=10_000)
+    ap.add_argument("--rss", default="100000,1000000", help="two run sizes for peak RSS")
+    ap.add_argument("--batch", type=int, default=256)
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    import models  # noqa: F401
+    rss_sizes = [int(v) for v in args.rss.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        registry = train(tmp)
+        bare = bare_rate(registry, min(args.records, 20_000), args.batch)
+        runs = {}
+        for n in sorted({args.small, args.records, *rss_sizes}):
+            glob = make_shards(tmp / f"in-{n}", n)
+            runs[n] = pipeline_run(glob, registry, str(tmp / f"out-{n}"), args.batch)
+            assert runs[n]["scored"] == n
+            print(f"{n} records: {runs[n]['seconds']:.1f}s, peak RSS {runs[n]['peak_rss_mb']:.0f} MB", flush=True)
+    steady = (args.records - args.small) / (runs[args.records]["seconds"] - runs[args.small]["seconds"])
+    rss_ratio = runs[rss_sizes[1]]["peak_rss_mb"] / runs[rss_sizes[0]]["peak_rss_mb"]
+    result = {"bare_records_per_s": bare, "pipeline_steady_records_per_s": steady,
+              "pipeline_over_bare": steady / bare, "runs": runs, "rss_sizes": rss_sizes,
+              "peak_rss_ratio": rss_ratio, "batch_size": args.batch,
+              "targets": {"pipeline_over_bare": 0.8, "peak_rss_ratio": 1.2}}
+    rows = [["bare Scorer", f"{bare:.0f}", ""],
+            [f"pipeline steady ({args.small}->{args.records})", f"{steady:.0f}", f"{steady / bare:.2f}x bare (target >= 0.8)"],
+            [f"peak RSS {rss_sizes[0]} -> {rss_sizes[1]}",
+             f"{runs[rss_sizes[0]]['peak_rss_mb']:.0f} -> {runs[rss_sizes[1]]['peak_rss_mb']:.0f} MB",
+             f"{rss_ratio:.2f}x (target <= 1.2)"]]
+    print(table(rows, ["measure", "value", "vs target"]))
+    print("written to", write_json("throughput.json", result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
