@@ -5,7 +5,7 @@ import json
 
 import click
 
-from jobs.cli import EXIT_GATE_FAILED, _Failure, _run, cli, config_option
+from jobs.cli import EXIT_DQ_FAILED, EXIT_GATE_FAILED, _Failure, _run, cli, config_option
 
 BEAM_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
@@ -111,10 +111,12 @@ def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_co
               help="Images declaring more pixels are dead-lettered unread.")
 @click.option("--max-record-bytes", type=click.IntRange(1), default=64 << 20, show_default=True)
 @click.option("--max-files", type=click.IntRange(1), default=100_000, show_default=True)
+@click.option("--no-report", is_flag=True, help="Skip the data-quality report.")
+@click.option("--fail-on-dq", is_flag=True, help="Exit 4 when a critical data-quality check fails.")
 @click.pass_context
 def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite, target_fpr,
           batch_size, max_bad_fraction, fmt, id_column, carry_column, max_pixels,
-          max_record_bytes, max_files):
+          max_record_bytes, max_files, no_report, fail_on_dq):
     """Score files with a model version on Apache Beam and publish a run.
 
     Any option vigil does not know goes to Beam (--runner DataflowRunner --project ...
@@ -131,11 +133,25 @@ def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite,
         _score_and_report(ScoreConfig(
             tuple(inputs), registry, name, output, model_version, run_id, overwrite, target_fpr,
             batch_size, max_bad_fraction, fmt, id_column, tuple(carry_column), max_pixels,
-            max_record_bytes, max_files), ctx.args)
+            max_record_bytes, max_files), ctx.args, not no_report, fail_on_dq)
     _run(ctx, go)
 
 
-def _score_and_report(cfg, beam_args) -> None:
+def _report(run_dir: str, fail_on_dq: bool, max_anomaly_multiple: float = 3.0) -> None:
+    from pipeline.report.run_report import build_run_report
+    result = build_run_report(run_dir, max_anomaly_multiple)
+    failed = [c for c in result.checks if not c.success]
+    click.echo(f"report {run_dir}/report/index.html: {len(result.checks) - len(failed)} of "
+               f"{len(result.checks)} checks passed")
+    for c in failed:
+        click.echo(f"  {'CRITICAL' if c.critical else 'warning'}: {c.frame} {c.expectation}"
+                   f"{' ' + c.column if c.column else ''} ({c.why}; {c.observed})")
+    if fail_on_dq and result.critical_failures:
+        raise _Failure(f"{len(result.critical_failures)} critical data-quality check(s) failed",
+                       EXIT_DQ_FAILED)
+
+
+def _score_and_report(cfg, beam_args, report: bool = True, fail_on_dq: bool = False) -> None:
     from pipeline.options import pipeline_options
     from pipeline.run import plan_run, score as run_score
     plan = plan_run(cfg)
@@ -144,6 +160,8 @@ def _score_and_report(cfg, beam_args) -> None:
     click.echo(f"run {result.run_dir}: read {c['read']}, scored {c['scored']}, "
                f"dead-lettered {c['dead_lettered']}, anomalies {c['anomalies']} "
                f"(model {cfg.name}/{plan.version}, target FPR {cfg.target_fpr})")
+    if report:
+        _report(result.run_dir, fail_on_dq)
 
 
 @cli.command("run")
@@ -207,6 +225,22 @@ def evaluate(ctx, run_dir, label_column, normal_values):
         values = tuple(v.strip() for v in normal_values.split(",")) if normal_values else ()
         click.echo(format_table(run_eval(run_dir, label_column, values)))
     _run(ctx, go)
+
+
+@cli.command()
+@click.argument("run_dir")
+@click.option("--fail-on-dq", is_flag=True, help="Exit 4 when a critical check fails.")
+@click.option("--max-anomaly-multiple", type=click.FloatRange(1), default=3.0, show_default=True,
+              help="Anomaly rate allowed, as a multiple of the target FPR.")
+@click.pass_context
+def report(ctx, run_dir, fail_on_dq, max_anomaly_multiple):
+    """Build RUN_DIR/report/: great-expectations checks, Data Docs, plots, index.html.
+
+    \b
+    Example:
+      vigil report ./runs/2026-11-24 --fail-on-dq
+    """
+    _run(ctx, lambda: _report(run_dir, fail_on_dq, max_anomaly_multiple))
 
 
 @cli.group()

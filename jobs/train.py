@@ -79,12 +79,18 @@ def load_training_data(cfg: TrainJobConfig):
                    (str(f.type).startswith(("int", "uint", "float", "double", "bool")))]
     check_columns(files, cfg.id_column, columns)
     carry = (cfg.label_column,) if cfg.label_column else ()
-    arrays, ids, shape, skipped = [], [], None, 0
+    arrays, ids, shape, skipped, others = [], [], None, 0, []
     for f in files:
         spec = ReadSpec(f.format, cfg.id_column, tuple(columns), carry, f.root)
         for item in read_file(f.uri, spec, FileStats(f.uri)):
-            if not isinstance(item, RawRecord) or not _keep(item, cfg):
-                skipped += not isinstance(item, RawRecord)
+            if not isinstance(item, RawRecord):
+                skipped += 1
+                continue
+            if not _keep(item, cfg):
+                if len(others) < 500 and shape is not None:   # for the report's latent map
+                    other = decode(item, DecodeSpec(kind, shape))
+                    if isinstance(other, ScoringInput):
+                        others.append(other.x)
                 continue
             if shape is None:
                 shape = _input_shape(item, kind, cfg)
@@ -104,7 +110,7 @@ def load_training_data(cfg: TrainJobConfig):
         LOG.warning("skipped %d unusable training records", skipped)
     if kind == "features" and not columns:
         columns = [f"f{i}" for i in range(shape[0])]
-    return np.stack(arrays), ids, kind, columns
+    return np.stack(arrays), ids, kind, columns, (np.stack(others) if others else None)
 
 
 def _input_shape(first: RawRecord, kind: str, cfg: TrainJobConfig) -> tuple[int, ...]:
@@ -161,7 +167,7 @@ def gates(result: TrainResult, cfg: TrainJobConfig, x_val_raw: np.ndarray, val_i
 
 def run_training(cfg: TrainJobConfig) -> TrainOutcome:
     """Train, publish a version, and promote it when the gates pass."""
-    x_raw, ids, kind, columns = load_training_data(cfg)
+    x_raw, ids, kind, columns, x_other = load_training_data(cfg)
     shape = tuple(x_raw.shape[1:])
     model_config = default_model_config(kind, shape, cfg)
     pre = (Preprocessing.for_images(*shape) if kind == "image"
@@ -189,9 +195,16 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
         "gates": {"passed": not failures, "failures": failures},
     }
     manifest = _finite(manifest)
-    version = registry.publish(cfg.registry, cfg.name,
-                               lambda d: save_models(d, result.encoder, result.decoder, result.dae),
-                               manifest)
+    def write_files(directory: str) -> dict[str, str]:
+        import tensorflow as tf
+        from models.bundle import sha256_of
+        from pipeline.report.training_report import render
+        files = save_models(directory, result.encoder, result.decoder, result.dae)
+        other = result.preprocessing.transform(x_other) if x_other is not None else None
+        with tf.io.gfile.GFile(f"{directory}/report.html", "w") as f:
+            f.write(render(cfg.name, result, result.preprocessing.transform(x_raw[val_idx]), other))
+        return {**files, "report.html": sha256_of(f"{directory}/report.html")}
+    version = registry.publish(cfg.registry, cfg.name, write_files, manifest)
     promoted = False
     if cfg.promote and not failures:
         registry.promote(cfg.registry, cfg.name, version)

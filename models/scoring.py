@@ -114,6 +114,13 @@ class Scorer:
             raise ValueError("empty batch")
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
+    def reconstruct(self, x: np.ndarray) -> np.ndarray:
+        """The VAE's mean reconstruction at the posterior mean (for pictures, not scores)."""
+        z_mean, _ = self.encoder(np.asarray(x, np.float32), training=False)
+        out = self.decoder(z_mean, training=False)
+        mean = tf.sigmoid(out) if self.config.likelihood == "bernoulli" else out[0]
+        return mean.numpy().reshape(np.shape(x))
+
     def score_array(self, x: np.ndarray, ids: list[str], batch_size: int = 256) -> dict[str, np.ndarray]:
         """Score any number of records in batches; returns concatenated arrays."""
         parts = [self(x[i:i + batch_size], ids[i:i + batch_size])

@@ -132,12 +132,12 @@ def score(plan: RunPlan, options: PipelineOptions) -> RunResult:
     try:
         counts, stats = commit.tally(plan.staging)
         commit.check_books(counts, cfg.max_bad_fraction, len(plan.files), EXIT_BAD_RECORDS)
-        sizes = {f.uri: f.size for f in plan.files}
+        info = {f.uri: {"bytes": f.size, "format": f.format, "root": f.root} for f in plan.files}
         manifest = {
             "format": 1, "run_id": plan.run_id,
             "model": {"registry": cfg.registry, "name": cfg.name, "version": plan.version,
                       "label": plan.bundle.label},
-            "inputs": [dict(s, bytes=sizes.get(s["uri"])) for s in sorted(stats, key=lambda s: s["uri"])],
+            "inputs": [dict(s, **info.get(s["uri"], {})) for s in sorted(stats, key=lambda s: s["uri"])],
             "counts": counts,
             "thresholds": plan.thresholds,
             "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},

@@ -1,0 +1,1 @@
+"""Reports of scoring runs and trained models: great-expectations checks, plots, HTML."""

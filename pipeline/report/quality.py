@@ -1,0 +1,148 @@
+"""Run great-expectations over a published run and build its Data Docs in the run folder.
+
+GX Core 1.x in an ephemeral context with pandas assets; the suites come from
+``schemas.expectations``.  GX never sees the whole run: ``pipeline.report.sample`` feeds
+it bounded samples plus exact counts.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from schemas import expectations as suites
+
+
+@dataclass
+class CheckResult:
+    frame: str
+    expectation: str
+    column: str | None
+    success: bool
+    critical: bool
+    why: str
+    observed: str = ""
+
+
+@dataclass
+class QualityReport:
+    checks: list[CheckResult] = field(default_factory=list)
+    docs_index: str = ""
+
+    @property
+    def success(self) -> bool:
+        return all(c.success for c in self.checks)
+
+    @property
+    def critical_failures(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.critical and not c.success]
+
+
+def _observed(result) -> str:
+    r = result.result or {}
+    for key in ("observed_value", "unexpected_percent", "unexpected_count"):
+        if key in r and r[key] is not None:
+            value = r[key]
+            return f"{key.replace('_', ' ')}: {value:.4g}" if isinstance(value, float) else \
+                f"{key.replace('_', ' ')}: {value}"
+    return ""
+
+
+def validate(frames: dict[str, pd.DataFrame], specs: dict[str, list[dict]], docs_dir: str) -> QualityReport:
+    """Validate each frame against its suite; Data Docs go to ``docs_dir``."""
+    import logging
+    import great_expectations as gx
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    context.add_data_docs_site("vigil", {
+        "class_name": "SiteBuilder",
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir}})
+    source = context.data_sources.add_pandas("vigil")
+    report = QualityReport()
+    definitions, batches = [], {}
+    for frame, spec in specs.items():
+        if frame not in frames or not spec:
+            continue
+        batch = source.add_dataframe_asset(frame).add_batch_definition_whole_dataframe(frame)
+        suite = context.suites.add(gx.ExpectationSuite(name=f"vigil-{frame}"))
+        for item in spec:
+            cls = getattr(gx.expectations, item["expectation"])
+            suite.add_expectation(cls(**item["kwargs"], meta={"critical": item["critical"],
+                                                              "why": item["why"]}))
+        vd = context.validation_definitions.add(gx.ValidationDefinition(
+            data=batch, suite=suite, name=f"vigil-{frame}"))
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=f"vigil-{frame}", validation_definitions=[vd],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["vigil"])],
+            result_format={"result_format": "SUMMARY"}))
+        result = checkpoint.run(batch_parameters={"dataframe": frames[frame]})
+        for suite_result in result.run_results.values():
+            for r in suite_result.results:
+                cfg = r.expectation_config
+                column = cfg.kwargs.get("column")
+                observed = _observed(r)
+                if len(frames[frame]) == 1 and column in frames[frame]:
+                    observed = f"value: {frames[frame][column].iloc[0]:.4g}"   # exact counts
+                report.checks.append(CheckResult(
+                    frame, cfg.type, column, bool(r.success), bool(cfg.meta.get("critical")),
+                    cfg.meta.get("why", ""), observed))
+    report.docs_index = f"{docs_dir}/index.html"
+    return report
+
+
+def frames_for_run(scores: pd.DataFrame, manifest: dict, duplicates: int,
+                   inputs: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    counts = manifest["counts"]
+    frames = {
+        "scores": scores,
+        "summary": pd.DataFrame([{
+            "duplicate_ids": duplicates,
+            "anomaly_rate": counts["anomalies"] / counts["scored"] if counts["scored"] else 0.0,
+            "bad_fraction": counts["dead_lettered"] / counts["read"] if counts["read"] else 0.0}]),
+        "files": pd.DataFrame([{"uri": i["uri"], "fully_read": bool(i["fully_read"])}
+                               for i in manifest["inputs"]] or [{"uri": "", "fully_read": True}]),
+    }
+    if inputs is not None:
+        frames["inputs"] = inputs
+    return frames
+
+
+def specs_for_run(manifest: dict, model_manifest: dict, max_anomaly_multiple: float) -> dict:
+    opts = manifest["options"]
+    return {"scores": suites.scores_suite(),
+            "summary": suites.summary_suite(opts["target_fpr"], max_anomaly_multiple,
+                                            opts["max_bad_fraction"]),
+            "files": suites.files_suite(),
+            "inputs": suites.inputs_suite(model_manifest["profile"], model_manifest["input"]["shape"])}
+
+
+def input_frame(records, kind: str, feature_columns: list[str]) -> pd.DataFrame:
+    """Sampled raw records as a frame: features with non-finite values as nulls, or image shapes."""
+    if kind == "image":
+        import io
+        from PIL import Image
+        shapes = []
+        for r in records:
+            try:
+                img = Image.open(io.BytesIO(r.value))
+                channels = {"L": 1, "I;16": 1, "I": 1, "RGB": 3, "RGBA": 4, "CMYK": 4}.get(img.mode, 0)
+                shapes.append(f"{img.size[1]}x{img.size[0]}x{channels}")
+            except Exception:  # noqa: BLE001 - undecodable images are dead letters already
+                shapes.append("undecodable")
+        return pd.DataFrame({"shape": shapes})
+    rows = [np.asarray(r.value, dtype=np.float64) for r in records if r.value is not None]
+    x = np.stack(rows) if rows else np.zeros((0, len(feature_columns)))
+    x[~np.isfinite(x)] = np.nan
+    return pd.DataFrame(x, columns=feature_columns)
+
+
+def to_json(report: QualityReport) -> str:
+    return json.dumps({"success": report.success,
+                       "checks": [c.__dict__ for c in report.checks],
+                       "docs_index": report.docs_index}, indent=1,
+                      default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else str(v))

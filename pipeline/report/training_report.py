@@ -1,0 +1,117 @@
+"""``report.html`` inside each model version: how training went, in pictures.
+
+One self-contained file (images inlined), so that it is covered by the version's
+checksums like every other file of the bundle.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from schemas.tables import SCORE_NAMES  # noqa: E402
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _losses(history: dict) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+    for ax, model in zip(axes, ("vae", "dae")):
+        for key in ("loss", "val_loss"):
+            if key in history.get(model, {}):
+                ax.plot(history[model][key], label=key)
+        ax.set_title(f"{model} loss per epoch", fontsize=9)
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _calibration(calibration) -> str:
+    alpha = calibration.target_fprs[0]
+    fig, axes = plt.subplots(1, len(SCORE_NAMES) + 1, figsize=(16, 3))
+    thresholds = calibration.score_thresholds(alpha)
+    for ax, name in zip(axes, SCORE_NAMES):
+        sign = -1 if name.startswith("vae") else 1
+        ax.hist(sign * calibration.scores[name], bins=40, color="#4c72b0")
+        if math.isfinite(thresholds[name]):
+            ax.axvline(thresholds[name], color="#c44e52", linestyle="--")
+        ax.set_title(f"{name} (split A)", fontsize=8)
+    axes[-1].hist(calibration.combined, bins=40, color="#55a868")
+    t = calibration.threshold(alpha)
+    if math.isfinite(t):
+        axes[-1].axvline(t, color="#c44e52", linestyle="--")
+    axes[-1].set_title(f"anomaly_score (split B), threshold @ {alpha:g}", fontsize=8)
+    return _png(fig)
+
+
+def _grid(images: np.ndarray, title: str) -> str:
+    n = len(images)
+    cols = min(n, 8)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.3), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img in zip(axes.ravel(), images):
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else np.clip(img, 0, 1),
+                  cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=1)
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def _latent(z_normal: np.ndarray, z_other: np.ndarray | None) -> str:
+    both = z_normal if z_other is None or not len(z_other) else np.concatenate([z_normal, z_other])
+    center = both.mean(axis=0)
+    _, _, vt = np.linalg.svd(both - center, full_matrices=False)
+    proj = lambda z: (z - center) @ vt[:2].T  # noqa: E731
+    fig, ax = plt.subplots(figsize=(5, 4))
+    p = proj(z_normal)
+    ax.scatter(p[:, 0], p[:, 1], s=5, alpha=0.5, label="normal (validation)")
+    if z_other is not None and len(z_other):
+        q = proj(z_other)
+        ax.scatter(q[:, 0], q[:, 1], s=5, alpha=0.6, color="#c44e52", label="labelled anomalous")
+    ax.set_title("latent means (first two principal axes)", fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def render(name: str, result, x_val: np.ndarray, x_other: np.ndarray | None) -> str:
+    """HTML of a training report; inputs are preprocessed arrays."""
+    figures = [("Loss curves", _losses(result.history)),
+               ("Calibration (held-out normal data)", _calibration(result.calibration))]
+    z_val = result.encoder(x_val[:1000], training=False)[0].numpy()
+    z_other = result.encoder(x_other[:500], training=False)[0].numpy() \
+        if x_other is not None and len(x_other) else None
+    if x_val.ndim == 4:
+        rng = np.random.default_rng(0)
+        z = rng.normal(size=(16, result.encoder.output_shape[0][-1])).astype(np.float32)
+        out = result.decoder(z, training=False)
+        samples = (1 / (1 + np.exp(-out.numpy())) if not isinstance(out, (list, tuple))
+                   else out[0].numpy()).reshape((16, *x_val.shape[1:]))
+        figures.append(("VAE samples from the prior", _grid(samples, "z ~ N(0, I)")))
+        z_rec = result.encoder(x_val[:8], training=False)[0]
+        rec = result.decoder(z_rec, training=False)
+        rec = (1 / (1 + np.exp(-rec.numpy())) if not isinstance(rec, (list, tuple))
+               else rec[0].numpy()).reshape((-1, *x_val.shape[1:]))
+        figures.append(("Validation images and reconstructions",
+                        _grid(np.concatenate([x_val[:8], rec]), "top: input · bottom: reconstruction")))
+    figures.append(("Latent space", _latent(z_val, z_other)))
+    m = result.metrics
+    body = "".join(f"<h2>{html.escape(t)}</h2><img src='{src}' alt='{html.escape(t)}'>" for t, src in figures)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>vigil model {html.escape(name)}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}img{max-width:100%}</style></head><body>"
+            f"<h1>vigil model {html.escape(name)}</h1><p>split sizes {html.escape(str(result.split_sizes))}; "
+            f"device {html.escape(result.plan.strategy)} ({html.escape(result.plan.precision)}); "
+            f"held-out FPR {html.escape(str(m['validation'].get('fpr')))}; "
+            f"training {m['train_seconds']}s</p>{body}</body></html>")

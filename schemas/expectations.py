@@ -1,0 +1,76 @@
+"""The data-quality suites of a scoring run, as plain data.
+
+Each expectation is ``{"expectation": <GX class name>, "kwargs": {...}, "critical": bool,
+"why": str}``; ``pipeline.report.quality`` turns them into great-expectations objects.
+Three frames are validated:
+
+* ``scores``  a bounded sample of the scores table;
+* ``summary`` one row of exact run counts (from the manifest and a full id scan);
+* ``files``   one row per input file;
+* ``inputs``  a bounded sample of the input records, checked against the training profile.
+"""
+from __future__ import annotations
+
+from schemas.tables import SCORE_NAMES
+
+NON_FINITE_TOLERANCE = 0.01     # share of non-finite values a feature may have
+RANGE_SLACK = 0.5               # ranges widen by this share of the training range
+RANGE_MOSTLY = 0.99
+
+
+def _e(expectation: str, critical: bool, why: str, **kwargs) -> dict:
+    return {"expectation": expectation, "kwargs": kwargs, "critical": critical, "why": why}
+
+
+def scores_suite() -> list[dict]:
+    out = []
+    for name in (*SCORE_NAMES, "anomaly_score"):
+        out.append(_e("ExpectColumnValuesToNotBeNull", True, "scores are finite", column=name))
+        out.append(_e("ExpectColumnValuesToBeBetween", True, "scores are finite", column=name,
+                      min_value=-1.7e308, max_value=1.7e308))
+    for name in (*(f"{n}_pvalue" for n in SCORE_NAMES), "anomaly_pvalue"):
+        out.append(_e("ExpectColumnValuesToBeBetween", True, "p-values lie in [0, 1]",
+                      column=name, min_value=0.0, max_value=1.0))
+    out.append(_e("ExpectColumnUniqueValueCountToBeBetween", True,
+                  "one model version scored the whole run", column="model_version",
+                  min_value=1, max_value=1))
+    return out
+
+
+def summary_suite(target_fpr: float, max_anomaly_multiple: float, max_bad_fraction: float) -> list[dict]:
+    return [
+        _e("ExpectColumnValuesToBeBetween", False, "ids are unique (duplicates are scored twice)",
+           column="duplicate_ids", min_value=0, max_value=0),
+        _e("ExpectColumnValuesToBeBetween", True,
+           f"anomaly rate at most {max_anomaly_multiple:g} x the target FPR; a jump means "
+           "drift or a broken input", column="anomaly_rate", min_value=0.0,
+           max_value=max_anomaly_multiple * target_fpr),
+        _e("ExpectColumnValuesToBeBetween", True, "dead-letter fraction under its limit",
+           column="bad_fraction", min_value=0.0, max_value=max_bad_fraction),
+    ]
+
+
+def files_suite() -> list[dict]:
+    return [_e("ExpectColumnValuesToBeInSet", True, "every input file was read to the end",
+               column="fully_read", value_set=[True])]
+
+
+def inputs_suite(profile: dict, input_shape: list[int]) -> list[dict]:
+    """Derived from the training profile in the model bundle."""
+    if profile.get("kind") == "image":
+        return [_e("ExpectColumnValuesToBeInSet", False,
+                   "images have the shape the model was trained on (others are resized)",
+                   column="shape", value_set=["x".join(map(str, input_shape))], mostly=0.95)]
+    out = []
+    for name, stats in profile.get("columns", {}).items():
+        out.append(_e("ExpectColumnToExist", True, "the model's feature columns are present",
+                      column=name))
+        out.append(_e("ExpectColumnValuesToNotBeNull", True,
+                      f"at most {NON_FINITE_TOLERANCE:.0%} missing or non-finite values",
+                      column=name, mostly=1 - NON_FINITE_TOLERANCE))
+        span = max(stats["max"] - stats["min"], 1e-9)
+        out.append(_e("ExpectColumnValuesToBeBetween", False,
+                      "values stay near the training range", column=name,
+                      min_value=stats["min"] - RANGE_SLACK * span,
+                      max_value=stats["max"] + RANGE_SLACK * span, mostly=RANGE_MOSTLY))
+    return out
