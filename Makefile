@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench bench-accuracy bench-throughput clean
+.PHONY: demo test bench bench-accuracy bench-throughput bench-report audit clean
 
 $(STAMP): setup.py
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,5 +27,17 @@ bench-accuracy: $(STAMP)
 bench-throughput: $(STAMP)
 	$(BIN)/python tests/benchmarks/throughput.py $(BENCH_ARGS)
 
+bench-report: $(STAMP)
+	$(BIN)/python tests/benchmarks/report_memory.py $(BENCH_ARGS)
+
+# Known advisories in the exact dependency set the project installs (pip-audit runs in a
+# venv of its own so that it does not change that set).  Needs PyPI's or OSV's advisory API.
+audit: $(STAMP)
+	@test -x .venv-audit/bin/pip-audit || ($(PY) -m venv .venv-audit || python3 -m venv .venv-audit) \
+		&& .venv-audit/bin/pip install --quiet pip-audit
+	$(BIN)/pip freeze --exclude-editable > $(VENV)/frozen-requirements.txt
+	.venv-audit/bin/pip-audit --strict --progress-spinner off --no-deps --disable-pip \
+		-r $(VENV)/frozen-requirements.txt
+
 clean:
-	rm -rf $(VENV) vigil-demo build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-audit vigil-demo build *.egg-info .pytest_cache

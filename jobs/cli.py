@@ -64,6 +64,9 @@ def _run(ctx: click.Context, fn):
         _fail(ctx, str(exc), 2)
     except (BundleError, RegistryError, ValueError, _Failure) as exc:
         _fail(ctx, str(exc), getattr(exc, "code", 1))
+    except OSError as exc:
+        # Disk full, permissions, a vanished bucket: nothing was published, re-run is safe.
+        _fail(ctx, f"{type(exc).__name__}: {exc}; nothing was published", 1)
 
 
 def _fail(ctx: click.Context, message: str, code: int):

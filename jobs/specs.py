@@ -7,10 +7,15 @@
     output: ./runs                 # score only; the run id is the date
     options: {target_fpr: 0.01}    # any option of `vigil score` / `vigil train`
     beam_args: [--runner, DataflowRunner, --project, my-project]
+    roots: [/srv/vigil, /data]     # optional; default: the folder the job is launched from
 
 ``{date}`` in any string is replaced by the run date, so a re-run for the same date
 replaces that date's run exactly. Specs are read with ``yaml.safe_load``; unknown keys,
 oversize files and deep nesting are refused with the offending key named.
+
+Every local path in a spec (inputs, registry, output) must resolve, after ``..`` and
+symlinks, inside one of ``roots``; a spec cannot reach outside the folders it was
+allowed, however its paths are spelled.  Remote URLs (gs://, s3://) are not confined.
 """
 from __future__ import annotations
 
@@ -22,9 +27,11 @@ import yaml
 
 MAX_BYTES = 64 * 1024
 MAX_DEPTH = 6
-TOP_KEYS = {"kind", "inputs", "registry", "name", "output", "options", "beam_args", "description"}
+TOP_KEYS = {"kind", "inputs", "registry", "name", "output", "options", "beam_args", "description",
+            "roots"}
 SCORE_OPTIONS = {"target_fpr", "batch_size", "max_bad_fraction", "format", "id_column",
-                 "carry_columns", "max_pixels", "max_record_bytes", "max_files", "model_version"}
+                 "carry_columns", "max_pixels", "max_record_bytes", "max_files", "model_version",
+                 "num_shards"}
 TRAIN_OPTIONS = {"format", "id_column", "feature_columns", "label_column", "normal_values",
                  "image_size", "channels", "epochs", "batch_size", "latent_dim", "likelihood",
                  "seed", "target_fprs", "promote", "device", "mixed_precision", "max_records"}
@@ -53,9 +60,30 @@ def _depth(node, level=0) -> int:
     return level
 
 
+def _is_url(path: str) -> bool:
+    return bool(re.match(r"^[a-z][a-z0-9+.-]*://", path))
+
+
 def _normalise(path: str) -> str:
     """Local paths are normalised; URLs (gs://, s3://) are left as written."""
-    return path if re.match(r"^[a-z][a-z0-9+.-]*://", path) else os.path.normpath(os.path.expanduser(path))
+    return path if _is_url(path) else os.path.normpath(os.path.expanduser(path))
+
+
+def _confine(spec_path: str, key: str, path: str, roots: list[str]) -> None:
+    """Refuse a local path that resolves (through '..' and symlinks) outside every root.
+
+    A glob is checked up to its first wildcard; the files it matches are checked again
+    when read (``pipeline.readers``), so a symlink inside an input folder cannot escape.
+    """
+    if _is_url(path):
+        return
+    static = re.split(r"[*?\[{]", path, maxsplit=1)[0]
+    real = os.path.realpath(static or ".")
+    for root in roots:
+        if os.path.commonpath([real, root]) == root:
+            return
+    raise SpecError(f"{spec_path}: {key} '{path}' resolves to {real}, outside the allowed roots "
+                    f"({', '.join(roots)}); move it or add its folder to 'roots'")
 
 
 def _fill(value, date: str):
@@ -103,7 +131,15 @@ def load_spec(path: str, date: str) -> JobSpec:
         raise SpecError(f"{path}: unknown option 'options.{bad[0]}' for a {kind} job")
     inputs = doc["inputs"] if isinstance(doc["inputs"], list) else [doc["inputs"]]
     doc = _fill(doc, date)
-    inputs = _fill(inputs, date)
-    return JobSpec(kind, tuple(_normalise(str(i)) for i in inputs), _normalise(str(doc["registry"])),
-                   str(doc["name"]), _normalise(str(doc["output"])) if doc.get("output") else None,
+    inputs = [_normalise(str(i)) for i in _fill(inputs, date)]
+    registry = _normalise(str(doc["registry"]))
+    output = _normalise(str(doc["output"])) if doc.get("output") else None
+    roots = doc.get("roots") or [os.getcwd()]
+    if not isinstance(roots, list) or not all(isinstance(r, str) and r for r in roots):
+        raise SpecError(f"{path}: 'roots' must be a list of folders")
+    roots = [os.path.realpath(_normalise(r)) for r in roots]
+    for key, value in [*(("inputs", i) for i in inputs), ("registry", registry),
+                       *((("output", output),) if output else ())]:
+        _confine(path, key, value, roots)
+    return JobSpec(kind, tuple(inputs), registry, str(doc["name"]), output,
                    _fill(options, date), tuple(str(a) for a in doc.get("beam_args") or ()))

@@ -58,11 +58,13 @@ def _scan(node, where: str) -> None:
     """Refuse any config node that could run code on load."""
     if isinstance(node, dict):
         cls = node.get("class_name")
-        if isinstance(cls, str) and cls not in ALLOWED_CLASSES:
-            raise BundleError(f"{where}: layer or object '{cls}' is not on vigil's allowlist")
         module = node.get("module")
         if isinstance(module, str) and module.split(".")[0] not in ("keras", "tf_keras"):
-            raise BundleError(f"{where}: config names module '{module}', outside keras")
+            raise BundleError(f"{where}: config names module '{module}'"
+                              + (f" (object '{cls}')" if isinstance(cls, str) else "")
+                              + ", outside keras; refusing to load it")
+        if isinstance(cls, str) and cls not in ALLOWED_CLASSES:
+            raise BundleError(f"{where}: layer or object '{cls}' is not on vigil's allowlist")
         registered = node.get("registered_name")
         if isinstance(registered, str) and ">" in registered:
             raise BundleError(f"{where}: config names custom object '{registered}'")

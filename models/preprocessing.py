@@ -40,7 +40,8 @@ class Preprocessing:
         """Decoded records (uint8 images or float features) -> float32 model inputs."""
         if self.kind == "image":
             return np.asarray(x, dtype=np.float32) / 255.0
-        z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
+        with np.errstate(over="ignore", invalid="ignore"):   # clipped just below
+            z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
         return np.clip(z, -self.clip, self.clip).astype(np.float32)
 
     def to_dict(self) -> dict:

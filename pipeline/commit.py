@@ -2,10 +2,11 @@
 
 The pipeline writes into ``<output>/.staging-<run_id>-<nonce>/``.  After it finishes, the
 driver counts rows from the Parquet footers and per-file read stats, checks
-``read == scored + dead_lettered`` and the bad fraction, writes ``manifest.json`` and
-``_SUCCESS`` into the staging folder, and renames it to ``<output>/<run_id>`` (an older
-run of the same id is moved aside first and deleted after).  A run that fails any check
-leaves nothing under ``<output>/<run_id>``.  Readers refuse folders without ``_SUCCESS``.
+``read == scored + dead_lettered`` and the bad fraction, writes ``manifest.json`` into
+the staging folder, renames it to ``<output>/<run_id>`` (an older run of the same id is
+moved aside first and deleted after) and writes ``_SUCCESS`` last.  A run that fails any
+check leaves nothing under ``<output>/<run_id>``; readers refuse folders without
+``_SUCCESS``, and a re-run replaces such a folder without needing ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -106,18 +107,23 @@ def check_books(counts: dict, max_bad_fraction: float, n_files: int, exit_code_b
 
 
 def publish(staging: str, final: str, manifest: dict) -> None:
-    """Write the manifest and _SUCCESS, then rename staging to the run folder."""
+    """Write the manifest, rename staging to the run folder, then write _SUCCESS.
+
+    _SUCCESS comes last because a folder rename is not atomic on object stores (GCS
+    copies then deletes): readers trust only _SUCCESS, so a crash at any point leaves
+    nothing they will read, and the next run of this id replaces what is left.
+    """
     if tf.io.gfile.isdir(f"{staging}/_stats"):
         tf.io.gfile.rmtree(f"{staging}/_stats")
     with tf.io.gfile.GFile(f"{staging}/{MANIFEST}", "w") as f:
         json.dump(manifest, f, indent=1, default=str)
-    with tf.io.gfile.GFile(f"{staging}/{SUCCESS}", "w") as f:
-        f.write("")
     trash = None
     if tf.io.gfile.exists(final):
         trash = f"{final.rstrip('/')}.replaced-{uuid.uuid4().hex[:8]}"
         tf.io.gfile.rename(final, trash)
     tf.io.gfile.rename(staging, final)
+    with tf.io.gfile.GFile(f"{final}/{SUCCESS}", "w") as f:
+        f.write("")
     if trash:
         tf.io.gfile.rmtree(trash)
 

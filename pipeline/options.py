@@ -33,6 +33,8 @@ class VigilOptions(PipelineOptions):
         parser.add_argument("--vigil_max_pixels", type=int, default=50_000_000)
         parser.add_argument("--vigil_max_record_bytes", type=int, default=64 << 20)
         parser.add_argument("--vigil_max_files", type=int, default=100_000)
+        parser.add_argument("--vigil_num_shards", type=int, default=0,
+                            help="scores/dead-letter files per run (0: the runner decides)")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ScoreConfig:
     max_pixels: int = 50_000_000
     max_record_bytes: int = 64 << 20
     max_files: int = 100_000
+    num_shards: int = 0             # output files per table; 0 lets the runner decide
 
     def __post_init__(self):
         if not self.inputs:
@@ -67,6 +70,8 @@ class ScoreConfig:
         for name in ("max_pixels", "max_record_bytes", "max_files"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.num_shards < 0:
+            raise ValueError(f"--num-shards {self.num_shards}: must be >= 0 (0: the runner decides)")
 
     def to_flags(self) -> list[str]:
         """The same settings as ``--vigil_*`` flags, for PipelineOptions."""
@@ -78,7 +83,8 @@ class ScoreConfig:
                   f"--vigil_format={self.format}", f"--vigil_id_column={self.id_column}",
                   f"--vigil_max_pixels={self.max_pixels}",
                   f"--vigil_max_record_bytes={self.max_record_bytes}",
-                  f"--vigil_max_files={self.max_files}"]
+                  f"--vigil_max_files={self.max_files}",
+                  f"--vigil_num_shards={self.num_shards}"]
         flags += [f"--vigil_carry_column={c}" for c in self.carry_columns]
         if self.model_version:
             flags.append(f"--vigil_model_version={self.model_version}")
@@ -95,7 +101,8 @@ class ScoreConfig:
                    v.vigil_model_version, v.vigil_run_id, v.vigil_overwrite, v.vigil_target_fpr,
                    v.vigil_batch_size, v.vigil_max_bad_fraction, v.vigil_format,
                    v.vigil_id_column, tuple(v.vigil_carry_column or ("label",)),
-                   v.vigil_max_pixels, v.vigil_max_record_bytes, v.vigil_max_files)
+                   v.vigil_max_pixels, v.vigil_max_record_bytes, v.vigil_max_files,
+                   v.vigil_num_shards)
 
 
 def pipeline_options(config: ScoreConfig, beam_args: list[str]) -> PipelineOptions:

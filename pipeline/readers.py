@@ -10,6 +10,7 @@ read.  A file that cannot be opened at all gets one ``unreadable_file`` dead let
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -78,7 +79,12 @@ def read_file(uri: str, spec: ReadSpec, stats: FileStats) -> Iterator[RawRecord 
     """Yield the records of one file; never raises for bad data."""
     readers = {"tfrecord-image": _read_tfrecord, "tfrecord-features": _read_tfrecord,
                "image": _read_image_file, "parquet": _read_parquet, "csv": _read_csv}
+    if not _inside_root(uri, spec.root):
+        yield _file_failure(stats, "outside_root",
+                            f"resolves outside its input folder {spec.root} (a symlink or '..')")
+        return
     try:
+        stats.sha256 = file_sha256(uri)
         if FileSystems.match([uri])[0].metadata_list[0].size_in_bytes == 0:
             yield _file_failure(stats, "empty_file", "the file has no bytes")
             return
@@ -90,6 +96,23 @@ def read_file(uri: str, spec: ReadSpec, stats: FileStats) -> Iterator[RawRecord 
     except Exception as exc:  # noqa: BLE001 - any other failure means the file is unusable
         reason = "truncated_file" if stats.records else "unreadable_file"
         yield _file_failure(stats, reason, f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+def file_sha256(uri: str, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, streamed, so the manifest pins exactly which bytes were scored."""
+    digest = hashlib.sha256()
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _inside_root(uri: str, root: str) -> bool:
+    """A local file matched under ``root`` must really live there: no symlink escapes."""
+    if not root or "://" in uri:
+        return True
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([os.path.realpath(uri), real_root]) == real_root
 
 
 class _Truncated(Exception):

@@ -62,7 +62,8 @@ class FileStats:
     records: int = 0
     fully_read: bool = True
     failure: str | None = None          # dead-letter reason when not fully read
+    sha256: str | None = None           # of the file's bytes, as read
 
     def to_dict(self) -> dict:
         return {"uri": self.uri, "records": self.records, "fully_read": self.fully_read,
-                "failure": self.failure}
+                "failure": self.failure, "sha256": self.sha256}

@@ -65,14 +65,19 @@ def plan_run(config: ScoreConfig) -> RunPlan:
     if "/" in run_id or run_id.startswith("."):
         raise InputError(f"--run-id {run_id!r}: must not contain '/' or start with '.'")
     final = commit.run_dir(config.output, run_id)
-    if tf.io.gfile.exists(final) and not config.overwrite:
+    if commit.is_published(final) and not config.overwrite:
         raise InputError(f"run {final} already exists; pass --overwrite to replace it")
     version = registry.resolve(config.registry, config.name, config.model_version)
     bundle = registry.load(config.registry, config.name, version)   # verifies everything
     kind = bundle.config.kind
-    files = resolve_formats(match_inputs(config.inputs, config.max_files), config.format, kind)
+    files = match_inputs(config.inputs, config.max_files)
     features = list(bundle.preprocessing.feature_columns)
-    check_columns(files, config.id_column, features)
+    try:
+        files = resolve_formats(files, config.format, kind)
+        check_columns(files, config.id_column, features)
+    except InputError as exc:
+        raise InputError(f"{exc} (model {config.name}/{version} takes {kind} input "
+                         f"{tuple(bundle.config.input_shape)})") from None
     read_spec = ReadSpec("parquet" if kind == "features" else "image", config.id_column,
                          tuple(features), config.carry_columns,
                          max_record_bytes=config.max_record_bytes)
@@ -106,10 +111,11 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
             | "AllDeadLetters" >> beam.Flatten()
             | "DeadLetterRows" >> beam.Map(lambda d: d.to_row()))
     rows.rows | "WriteScores" >> beam.io.WriteToParquet(
-        f"{plan.staging}/scores/part", schema, codec="snappy", file_name_suffix=".parquet")
+        f"{plan.staging}/scores/part", schema, codec="snappy", file_name_suffix=".parquet",
+        num_shards=cfg.num_shards)
     dead | "WriteDeadLetters" >> beam.io.WriteToParquet(
         f"{plan.staging}/dead_letter/part", DEAD_LETTER_SCHEMA, codec="snappy",
-        file_name_suffix=".parquet")
+        file_name_suffix=".parquet", num_shards=cfg.num_shards)
     (read[STATS] | "StatsJson" >> beam.Map(json.dumps)
      | "WriteStats" >> beam.io.WriteToText(f"{plan.staging}/_stats/files", file_name_suffix=".jsonl"))
 

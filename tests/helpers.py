@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +91,24 @@ def table_shards(directory: Path, x: np.ndarray, y: np.ndarray | None = None, sh
     return paths
 
 
+def score_cli(reg: dict, inputs: list[str], out, *extra: str, run_id: str = "run1"):
+    """``vigil score`` through click's CliRunner, on a registry fixture."""
+    from click.testing import CliRunner
+    from jobs.cli import cli
+    args = ["score", "--registry", reg["registry"], "--name", reg["name"], "--output", str(out),
+            "--run-id", run_id, "--no-report"]
+    for i in inputs:
+        args += ["--input", str(i)]
+    return CliRunner().invoke(cli, args + list(extra))
+
+
+def scores_equal(a_dir: str, b_dir: str) -> bool:
+    """Two runs wrote the same rows (ignoring run_id and file layout)."""
+    a = read_run(a_dir)[0].sort_by([("source", "ascending"), ("id", "ascending")])
+    b = read_run(b_dir)[0].sort_by([("source", "ascending"), ("id", "ascending")])
+    return a.drop(["run_id"]).to_pylist() == b.drop(["run_id"]).to_pylist()
+
+
 def read_run(run_dir: str) -> tuple[pa.Table, pa.Table, dict]:
     scores = ds.dataset(f"{run_dir}/scores", format="parquet").to_table()
     dead = ds.dataset(f"{run_dir}/dead_letter", format="parquet").to_table()
@@ -96,35 +116,79 @@ def read_run(run_dir: str) -> tuple[pa.Table, pa.Table, dict]:
     return scores, dead, manifest
 
 
-def count_input_records(paths: list[str]) -> int:
-    """Records in input files, counted by an independent scan (not by the pipeline)."""
+def _id_key(raw) -> str | None:
+    if raw is None or raw == b"" or raw == "":
+        return None
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.hex()
+    return str(raw)
+
+
+def input_keys(paths: list[str], root: str | None = None, refused: tuple[str, ...] = ()) -> Counter:
+    """(source, id) of every input record by an independent scan, not by the pipeline.
+
+    A file that cannot be read to its end adds one ``(source, None)`` key: the file-level
+    dead letter the run must hold for it.  ``refused`` files (refused by policy, e.g. a
+    symlink out of the input folder) count as that one key only.
+    """
     import tensorflow as tf
-    total = 0
+    keys: Counter = Counter()
     for p in paths:
-        if p.endswith(".parquet"):
+        if p in refused or os.path.getsize(p) == 0:
+            keys[(p, None)] += 1
+            continue
+        if p.endswith(".parquet") or p.endswith(".csv"):
             try:
-                total += pq.ParquetFile(p).metadata.num_rows
-            except Exception:  # unreadable: the run has one file-level dead letter for it
-                total += 1
+                if p.endswith(".parquet"):
+                    ids = pq.read_table(p, columns=["id"]).column("id").to_pylist()
+                else:
+                    import pyarrow.csv as pacsv
+                    ids = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(
+                        column_types={"id": pa.string()})).column("id").to_pylist()
+                keys.update((p, _id_key(i)) for i in ids)
+            except Exception:  # noqa: BLE001 - unreadable: one file-level key
+                keys[(p, None)] += 1
         elif p.endswith(".tfrecord"):
-            n = 0
             try:
-                for _ in tf.data.TFRecordDataset(p):
-                    n += 1
-                total += n
+                for raw in tf.data.TFRecordDataset(p).as_numpy_iterator():
+                    f = tf.train.Example.FromString(raw).features.feature
+                    keys[(p, _id_key(f["id"].bytes_list.value[0] if "id" in f else None))] += 1
             except tf.errors.DataLossError:
-                total += n + 1     # the good prefix plus one file-level dead letter
-        else:
-            total += 1
-    return total
+                keys[(p, None)] += 1
+        else:   # an image file: its id is its path under the glob root
+            keys[(p, os.path.relpath(p, root) if root else os.path.basename(p))] += 1
+    return keys
 
 
-def check_invariant(run_dir: str, inputs: list[str]) -> None:
-    """input records == scored + dead-lettered, and every scored id appears once."""
+def output_keys(run_dir: str) -> Counter:
+    scores, dead, _ = read_run(run_dir)
+    keys = Counter(zip(scores.column("source").to_pylist(), scores.column("id").to_pylist()))
+    for row in dead.select(["source", "id", "id_hex"]).to_pylist():
+        keys[(row["source"], row["id"] or row["id_hex"])] += 1
+    return keys
+
+
+def check_invariant(run_dir: str, inputs: list[str], root: str | None = None,
+                    refused: tuple[str, ...] = ()) -> None:
+    """input records == scored + dead-lettered, each input key exactly once in the output.
+
+    Inputs are counted by an independent scan of the files; the run must be published.
+    """
     scores, dead, manifest = read_run(run_dir)
     assert Path(run_dir, "_SUCCESS").exists()
-    expected = count_input_records(inputs)
-    assert scores.num_rows + dead.num_rows == expected, (scores.num_rows, dead.num_rows, expected)
+    expected = input_keys(inputs, root, refused)
+    got = output_keys(run_dir)
+    assert got == expected, {"missing": dict(expected - got), "extra": dict(got - expected)}
+    total = sum(expected.values())
     c = manifest["counts"]
-    assert c["read"] == c["scored"] + c["dead_lettered"] == expected
+    assert c["read"] == c["scored"] + c["dead_lettered"] == total
     assert c["scored"] == scores.num_rows and c["dead_lettered"] == dead.num_rows
+    listed = {i["uri"]: i for i in manifest["inputs"]}
+    assert set(listed) == set(inputs), set(listed) ^ set(inputs)
+    for p in inputs:
+        if p not in refused:
+            assert listed[p]["sha256"] == hashlib.sha256(Path(p).read_bytes()).hexdigest(), p
+            assert listed[p]["bytes"] == os.path.getsize(p), p

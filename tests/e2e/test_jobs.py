@@ -19,7 +19,8 @@ def _spec(tmp_path, features_registry, extra=""):
     spec = tmp_path / "nightly.yaml"
     spec.write_text(f"kind: score\ninputs: ['{tmp_path}/incoming/{{date}}/*.parquet']\n"
                     f"registry: {features_registry['registry']}\nname: cardio\n"
-                    f"output: {tmp_path}/runs\noptions: {{target_fpr: 0.05}}\n{extra}")
+                    f"output: {tmp_path}/runs\noptions: {{target_fpr: 0.05}}\n"
+                    f"roots: ['{tmp_path}', '{features_registry['root']}']\n{extra}")
     return spec
 
 

@@ -1,0 +1,180 @@
+"""Bad feature files and records: each is named in a dead letter, the rest is scored.
+
+One real run over a folder of Parquet, CSV and TFRecord files with every defect below;
+each test checks one defect and the run invariant.  Policy (README "Input rules"):
+records before a corruption point are kept and scored, and the file gets one
+``truncated_file`` dead letter; duplicate ids are scored once per occurrence (the key is
+(source, id)) and the report warns about them.
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests import helpers
+
+
+def _features_tfrecord(path, x, prefix):
+    return helpers.write_tfrecord(path, [helpers.example(f"{prefix}-{i}".encode(), features=list(row))
+                                         for i, row in enumerate(x)])
+
+
+def _record_offset(data: bytes, index: int) -> int:
+    """Byte offset of record ``index``'s payload in a TFRecord file."""
+    pos = 0
+    for _ in range(index):
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        pos += 12 + length + 4
+    return pos + 12
+
+
+@pytest.fixture(scope="module")
+def bad_run(features_registry, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad_tables")
+    d = tmp / "in"
+    x, y = features_registry["x"], features_registry["y"]
+    cols = features_registry["columns"]
+    files = helpers.table_shards(d, x[:200], y[:200], shards=2, prefix="good")
+    # Values: NaN, +Inf, -Inf, no id, a non-UTF-8 id, values a float32 model overflows on,
+    # and an extra column the model does not use.
+    v = x[200:208].copy()
+    v[0, 3], v[1, 4], v[2, 5] = np.nan, np.inf, -np.inf
+    v[6, :] = 1e308
+    ids = [b"nan", b"pinf", b"ninf", None, b"\xff\xfe-id", b"ok-1", b"overflow", b"ok-2"]
+    pq.write_table(pa.table({"id": pa.array(ids, pa.binary()),
+                             **{c: v[:, j] for j, c in enumerate(cols)},
+                             "label": y[200:208], "notes": ["x"] * 8}), d / "values.parquet")
+    # Retyped columns: numbers written as text (one is not a number), an int column.
+    t = {"id": ["txt-ok", "txt-bad"], **{c: x[208:210, j] for j, c in enumerate(cols)}}
+    t["f2"] = [str(x[208, 2]), "abc"]
+    t["f4"] = np.round(x[208:210, 4]).astype(np.int64)
+    pq.write_table(pa.table(t), d / "retyped.parquet")
+    # The same ids as in another shard.
+    pq.write_table(pq.read_table(files[0]).slice(0, 5), d / "dup.parquet")
+    # A truncated footer; 0-byte files of every tabular format.
+    (d / "trunc-footer.parquet").write_bytes((d / "part-0.parquet").read_bytes()[:-20])
+    for name in ("zero.parquet", "zero.csv", "zero.tfrecord"):
+        (d / name).write_bytes(b"")
+    # TFRecord features: a flipped bit in record 5, and a tail cut inside record 9.
+    flip = _features_tfrecord(d / "flipped.tfrecord", x[210:220], "flip")
+    data = bytearray(open(flip, "rb").read())
+    data[_record_offset(bytes(data), 5) + 20] ^= 0x10
+    open(flip, "wb").write(bytes(data))
+    cut = _features_tfrecord(d / "cut.tfrecord", x[220:230], "cut")
+    data = open(cut, "rb").read()
+    open(cut, "wb").write(data[:-10])
+    # A plain CSV.
+    with open(d / "rows.csv", "w") as f:
+        f.write(",".join(["id", *cols]) + "\n")
+        for i in range(5):
+            f.write(",".join([f"csv-{i}", *map(repr, x[230 + i])]) + "\n")
+    # A symlink that leads out of the input folder.
+    outside = tmp / "outside.parquet"
+    pq.write_table(pq.read_table(files[1]).slice(0, 3), outside)
+    os.symlink(outside, d / "escape.parquet")
+    out = tmp / "out"
+    res = helpers.score_cli(features_registry, [f"{d}/*.parquet", f"{d}/*.tfrecord", f"{d}/*.csv"],
+                            out, "--max-bad-fraction", "0.5")
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    inputs = sorted(str(p) for p in d.iterdir())
+    scores, dead, manifest = helpers.read_run(f"{out}/run1")
+    return {"run": f"{out}/run1", "inputs": inputs, "dir": str(d), "scores": scores,
+            "dead": dead.to_pylist(), "manifest": manifest,
+            "refused": (str(d / "escape.parquet"),)}
+
+
+def _dead(run, source_name=None, record_id=None):
+    return [r for r in run["dead"] if (source_name is None or r["source"].endswith("/" + source_name))
+            and (record_id is None or r["id"] == record_id)]
+
+
+def _check(run):
+    helpers.check_invariant(run["run"], run["inputs"], refused=run["refused"])
+
+
+def test_nan_and_infinite_features_are_dead_lettered(bad_run):
+    for rid in ("nan", "pinf", "ninf"):
+        [d] = _dead(bad_run, "values.parquet", rid)
+        assert d["reason"] == "non_finite_feature" and d["stage"] == "decode"
+    _check(bad_run)
+
+
+def test_missing_and_non_utf8_ids(bad_run):
+    reasons = {d["reason"]: d for d in _dead(bad_run, "values.parquet")}
+    assert reasons["missing_id"]["id"] is None
+    assert reasons["non_utf8_id"]["id_hex"] == b"\xff\xfe-id".hex()
+    _check(bad_run)
+
+
+def test_model_output_that_is_not_finite_is_never_a_score(bad_run):
+    [d] = _dead(bad_run, "values.parquet", "overflow")
+    assert d["reason"] == "non_finite_score" and d["stage"] == "postprocess", d
+    for name in ("vae_recon_logprob", "vae_elbo", "vae_log_px", "dae_recon_error", "anomaly_score"):
+        assert np.isfinite(bad_run["scores"].column(name).to_numpy()).all()
+    _check(bad_run)
+
+
+def test_extra_columns_are_ignored_and_retyped_columns_parsed(bad_run):
+    ids = set(bad_run["scores"].column("id").to_pylist())
+    assert {"ok-1", "ok-2", "txt-ok"} <= ids
+    [d] = _dead(bad_run, "retyped.parquet")
+    assert d["id"] == "txt-bad" and d["reason"] == "non_numeric_feature" and "'f2'" in d["message"]
+    _check(bad_run)
+
+
+def test_duplicate_ids_across_shards_are_scored_per_occurrence(bad_run):
+    s = bad_run["scores"]
+    dup_ids = pq.read_table(f"{bad_run['dir']}/dup.parquet").column("id").to_pylist()
+    for rid in dup_ids:
+        sources = [src for src, i in zip(s.column("source").to_pylist(), s.column("id").to_pylist())
+                   if i == rid]
+        assert sorted(os.path.basename(x) for x in sources) == ["dup.parquet", "part-0.parquet"]
+    _check(bad_run)
+
+
+@pytest.mark.parametrize("name,reason,kept", [
+    ("trunc-footer.parquet", "unreadable_file", 0),
+    ("zero.parquet", "empty_file", 0), ("zero.csv", "empty_file", 0),
+    ("zero.tfrecord", "empty_file", 0),
+    ("flipped.tfrecord", "truncated_file", 5),
+    ("cut.tfrecord", "truncated_file", 9),
+])
+def test_damaged_files_are_named_and_the_rest_scored(bad_run, name, reason, kept):
+    [d] = _dead(bad_run, name)
+    assert d["reason"] == reason and d["stage"] == "read" and d["id"] is None
+    [info] = [i for i in bad_run["manifest"]["inputs"] if i["uri"].endswith("/" + name)]
+    assert not info["fully_read"] and info["failure"] == reason
+    scored_here = [src for src in bad_run["scores"].column("source").to_pylist() if src.endswith("/" + name)]
+    assert len(scored_here) == kept
+    assert len(d["message"]) < 400
+    _check(bad_run)
+
+
+def test_symlink_out_of_the_input_folder_is_not_read(bad_run):
+    [d] = _dead(bad_run, "escape.parquet")
+    assert d["reason"] == "outside_root"
+    assert not any(src.endswith("escape.parquet") for src in bad_run["scores"].column("source").to_pylist())
+    _check(bad_run)
+
+
+def test_dead_letters_hold_no_payload(bad_run):
+    for d in bad_run["dead"]:
+        assert set(d) == {"id", "id_hex", "source", "stage", "reason", "message"}
+        assert "1e+308" not in d["message"] and "abc" not in d["message"]
+    _check(bad_run)
+
+
+def test_missing_renamed_column_stops_before_anything_is_written(features_registry, tmp_path):
+    x = features_registry["x"][:5]
+    cols = {c: x[:, j] for j, c in enumerate(features_registry["columns"])}
+    cols["f7_renamed"] = cols.pop("f7")
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(5)], **cols}), tmp_path / "renamed.parquet")
+    res = helpers.score_cli(features_registry, [str(tmp_path / "renamed.parquet")], tmp_path / "out")
+    assert res.exit_code == 2
+    assert f"{tmp_path}/renamed.parquet: missing column 'f7'" in res.output
+    assert res.output.strip().count("\n") == 0 and not (tmp_path / "out").exists()
