@@ -71,7 +71,7 @@ def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_co
         raise click.UsageError("--label-column needs --normal-values")
 
     def go():
-        from jobs.train import TrainJobConfig, run_training
+        from jobs.train import TrainJobConfig
         from models.config import TrainConfig
         cfg = TrainJobConfig(
             tuple(inputs), registry, name, fmt, id_column,
@@ -81,13 +81,19 @@ def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_co
             train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
                               target_fprs=tuple(target_fpr), device=device,
                               mixed_precision=mixed_precision, verbose=2))
-        out = run_training(cfg)
-        click.echo(f"published {name} version {out.version}"
-                   + (" and promoted it to production" if out.promoted else ""))
-        if out.gate_failures:
-            raise _Failure(f"version {out.version} stays a candidate: "
-                           + "; ".join(out.gate_failures), EXIT_GATE_FAILED)
+        _train_and_report(cfg)
     _run(ctx, go)
+
+
+def _train_and_report(cfg) -> None:
+    """Train, publish, and say what happened; a failed gate is its own exit code."""
+    from jobs.train import run_training
+    out = run_training(cfg)
+    click.echo(f"published {cfg.name} version {out.version}"
+               + (" and promoted it to production" if out.promoted else ""))
+    if out.gate_failures:
+        raise _Failure(f"version {out.version} stays a candidate: "
+                       + "; ".join(out.gate_failures), EXIT_GATE_FAILED)
 
 
 @cli.command(context_settings=BEAM_PASSTHROUGH)
@@ -193,19 +199,14 @@ def run_spec(ctx, spec, date):
                               overwrite=True, carry_columns=carry, **o)
             _score_and_report(cfg, list(job.beam_args))
             return
-        from jobs.train import TrainJobConfig, run_training
+        from jobs.train import TrainJobConfig
         from models.config import TrainConfig
         train_keys = {"epochs", "batch_size", "seed", "target_fprs", "device", "mixed_precision"}
         tc = TrainConfig(verbose=2, **{k: (tuple(v) if isinstance(v, list) else v)
                                        for k, v in o.items() if k in train_keys})
         rest = {k: (tuple(str(x) for x in v) if isinstance(v, list) else v)
                 for k, v in o.items() if k not in train_keys}
-        out = run_training(TrainJobConfig(job.inputs, job.registry, job.name, train=tc, **rest))
-        click.echo(f"published {job.name} version {out.version}"
-                   + (" and promoted it" if out.promoted else ""))
-        if out.gate_failures:
-            raise _Failure(f"version {out.version} stays a candidate: "
-                           + "; ".join(out.gate_failures), EXIT_GATE_FAILED)
+        _train_and_report(TrainJobConfig(job.inputs, job.registry, job.name, train=tc, **rest))
     _run(ctx, go)
 
 

@@ -47,9 +47,13 @@ class TrainResult:
 def split_indices(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
     """Disjoint train / validation / calibration_a / calibration_b index arrays."""
     perm = np.random.default_rng(cfg.seed).permutation(n)
+    # A conformal threshold at rate alpha needs at least 1/alpha - 1 calibration values
+    # (else nothing can be flagged); small data sets give calibration that floor, as long
+    # as half of the rows are left for training and validation.
+    floor = min(math.ceil(1 / min(cfg.target_fprs)), n // 4)
     sizes = {"validation": int(round(n * cfg.val_fraction)),
-             "calibration_a": int(round(n * cfg.calib_fraction)),
-             "calibration_b": int(round(n * cfg.combined_calib_fraction))}
+             "calibration_a": max(int(round(n * cfg.calib_fraction)), floor),
+             "calibration_b": max(int(round(n * cfg.combined_calib_fraction)), floor)}
     out, start = {}, 0
     for name, size in sizes.items():
         out[name] = np.sort(perm[start:start + size])
