@@ -38,14 +38,17 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
         at launch so that a pointer change mid-run cannot mix versions.
       label: ``name/version``, used in errors and as the model id.
       target_fpr: the false-positive rate ``threshold`` and ``is_anomaly`` are set at.
-      min_batch_size, max_batch_size: passed to ``BatchElements``.
+      min_batch_size, max_batch_size: passed to ``BatchElements``.  The scorer runs on
+        fixed 64-row blocks (for bit-identical scores), so batches smaller than a block
+        waste the padding: the default minimum is one block.
       large_model, model_copies: share one model per machine (see Beam's ModelHandler).
     """
 
     def __init__(self, bundle_dir: str, label: str, target_fpr: float = 0.01, *,
-                 min_batch_size: int = 1, max_batch_size: int = 256,
+                 min_batch_size: int = 64, max_batch_size: int = 256,
                  large_model: bool = False, model_copies: Optional[int] = None):
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+        super().__init__(min_batch_size=min(min_batch_size, max_batch_size),
+                         max_batch_size=max_batch_size,
                          large_model=large_model, model_copies=model_copies)
         self.bundle_dir = bundle_dir
         self.label = label
