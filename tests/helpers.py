@@ -14,7 +14,17 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+def shared_root() -> Path:
+    """The team's shared folder: $VIGIL_SHARED, else ``../shared`` beside the checkout."""
+    candidates = [os.environ.get("VIGIL_SHARED"), Path(__file__).resolve().parents[2] / "shared",
+                  "/work/shared"]
+    for c in candidates:
+        if c and Path(c, "data").is_dir():
+            return Path(c)
+    raise FileNotFoundError("shared data not found; set VIGIL_SHARED to the folder holding data/")
+
+
+SHARED = shared_root() / "data"
 
 
 def mnist(n: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:

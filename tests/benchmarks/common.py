@@ -9,8 +9,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SHARED_BENCH = HERE.parents[2] / "shared" / "bench"
 sys.path.insert(0, str(HERE.parents[1]))   # the repo, when run as a script
+from tests.helpers import shared_root  # noqa: E402
+
+SHARED_BENCH = shared_root() / "bench"
 
 
 def protocols():
