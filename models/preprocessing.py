@@ -2,8 +2,12 @@
 
 It is stored in the bundle's manifest so that scoring applies exactly the transform the
 models were trained with.  Features are centred and scaled robustly (median and IQR, so
-that contamination in the training data does not set the scale); images are resized and
-channel-converted at decode time and scaled to [0, 1] here.
+that contamination in the training data does not set the scale), and values beyond
+``tail`` robust units grow only logarithmically: spiky features (mostly constant, with
+rare huge values) otherwise reach z of thousands, and a Gaussian decoder trained on them
+diverges to NaN.  The squashing is monotone, so a more extreme value still looks more
+anomalous.  Images are resized and channel-converted at decode time and scaled to [0, 1]
+here.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ class Preprocessing:
     center: np.ndarray | None = None
     scale: np.ndarray | None = None
     clip: float = 1e4                          # keeps float32 math finite on wild inputs
+    tail: float | None = None                  # |z| beyond this grows as log (None: linear)
 
     @classmethod
     def fit_features(cls, x: np.ndarray, feature_columns: list[str]) -> "Preprocessing":
@@ -30,7 +35,7 @@ class Preprocessing:
         std = x.std(axis=0)
         scale = np.where(scale > 1e-12, scale, std)
         scale = np.where(scale > 1e-12, scale, 1.0)
-        return cls("features", (x.shape[1],), tuple(feature_columns), center, scale)
+        return cls("features", (x.shape[1],), tuple(feature_columns), center, scale, tail=5.0)
 
     @classmethod
     def for_images(cls, height: int, width: int, channels: int) -> "Preprocessing":
@@ -42,11 +47,15 @@ class Preprocessing:
             return np.asarray(x, dtype=np.float32) / 255.0
         with np.errstate(over="ignore", invalid="ignore"):   # clipped just below
             z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
-        return np.clip(z, -self.clip, self.clip).astype(np.float32)
+        z = np.clip(z, -self.clip, self.clip)
+        if self.tail is not None:
+            excess = np.maximum(np.abs(z) - self.tail, 0.0)
+            z = np.where(excess > 0, np.sign(z) * (self.tail + np.log1p(excess)), z)
+        return z.astype(np.float32)
 
     def to_dict(self) -> dict:
         d = {"kind": self.kind, "input_shape": list(self.input_shape),
-             "feature_columns": list(self.feature_columns), "clip": self.clip}
+             "feature_columns": list(self.feature_columns), "clip": self.clip, "tail": self.tail}
         if self.kind == "features":
             d["center"] = self.center.tolist()
             d["scale"] = self.scale.tolist()
@@ -59,4 +68,4 @@ class Preprocessing:
         center = np.asarray(d["center"]) if "center" in d else None
         scale = np.asarray(d["scale"]) if "scale" in d else None
         return cls(d["kind"], tuple(d["input_shape"]), tuple(d.get("feature_columns", ())),
-                   center, scale, d.get("clip", 1e4))
+                   center, scale, d.get("clip", 1e4), d.get("tail"))

@@ -49,8 +49,10 @@ def split_indices(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
     perm = np.random.default_rng(cfg.seed).permutation(n)
     # A conformal threshold at rate alpha needs at least 1/alpha - 1 calibration values
     # (else nothing can be flagged); small data sets give calibration that floor, as long
-    # as half of the rows are left for training and validation.
-    floor = min(math.ceil(1 / min(cfg.target_fprs)), n // 4)
+    # as half of the rows are left for training and validation.  Smaller ones keep the
+    # fractions: their thresholds are out of reach either way (and say so).
+    need = math.ceil(1 / min(cfg.target_fprs))
+    floor = need if n // 4 >= need else 0     # below that, the floor would buy nothing
     sizes = {"validation": int(round(n * cfg.val_fraction)),
              "calibration_a": max(int(round(n * cfg.calib_fraction)), floor),
              "calibration_b": max(int(round(n * cfg.combined_calib_fraction)), floor)}

@@ -38,17 +38,28 @@ def _losses(history: dict) -> str:
     return _png(fig)
 
 
+def _hist(ax, values, color: str) -> None:
+    """A histogram of the finite values; a model that diverged still gets its report."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if len(finite):
+        ax.hist(finite, bins=40, color=color)
+    if len(finite) < len(values):
+        ax.text(0.5, 0.9, f"{len(values) - len(finite)} non-finite", transform=ax.transAxes,
+                ha="center", color="#c44e52", fontsize=8)
+
+
 def _calibration(calibration) -> str:
     alpha = calibration.target_fprs[0]
     fig, axes = plt.subplots(1, len(SCORE_NAMES) + 1, figsize=(16, 3))
     thresholds = calibration.score_thresholds(alpha)
     for ax, name in zip(axes, SCORE_NAMES):
         sign = -1 if name.startswith("vae") else 1
-        ax.hist(sign * calibration.scores[name], bins=40, color="#4c72b0")
+        _hist(ax, sign * calibration.scores[name], "#4c72b0")
         if math.isfinite(thresholds[name]):
             ax.axvline(thresholds[name], color="#c44e52", linestyle="--")
         ax.set_title(f"{name} (split A)", fontsize=8)
-    axes[-1].hist(calibration.combined, bins=40, color="#55a868")
+    _hist(axes[-1], calibration.combined, "#55a868")
     t = calibration.threshold(alpha)
     if math.isfinite(t):
         axes[-1].axvline(t, color="#c44e52", linestyle="--")

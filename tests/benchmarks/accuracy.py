@@ -41,7 +41,8 @@ def case_name(case: dict) -> str:
     return str(case["digit"]) if "digit" in case else case["dataset"]
 
 
-def run_case(P, protocol: str, case: dict, work: Path, epochs: int | None) -> dict:
+def run_case(P, protocol: str, case: dict, work: Path, epochs: int | None,
+             dump: str | None = None) -> dict:
     x_train, x_test, y_test = P.load(protocol, **case)
     image = protocol.startswith("mnist")
     train_ids = [f"tr-{i:06d}" for i in range(len(x_train))]
@@ -75,6 +76,13 @@ def run_case(P, protocol: str, case: dict, work: Path, epochs: int | None) -> di
         s = SCORE_ORIENTATION.get(col, 1) * t.column(col).to_numpy()
         out["auroc"][col] = round(float(roc_auc_score(y, s)), 4)
         out["auprc"][col] = round(float(average_precision_score(y, s)), 4)
+    if dump:    # raw scores and split-A calibration, to study score combinations offline
+        from models import registry
+        cal = registry.load(str(work / "reg"), "bench", trained.version).calibration
+        Path(dump).mkdir(parents=True, exist_ok=True)
+        np.savez(Path(dump) / f"{protocol}-{case_name(case)}-{case.get('seed', 0)}.npz", y=y,
+                 **{f"test_{c}": t.column(c).to_numpy() for c in COLUMNS},
+                 **{f"cal_{n}": v for n, v in cal.scores.items()})
     flags = t.column("is_anomaly").to_numpy()
     out["n_test_normal"] = int((y == 0).sum())
     out["fpr"] = round(float(flags[y == 0].mean()), 4)
@@ -87,6 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="one case per protocol")
     ap.add_argument("--epochs", type=int, default=None, help="override (default: vigil's)")
     ap.add_argument("--tag", default="", help="suffix of the results file")
+    ap.add_argument("--dump", default=None, help="folder for per-case raw scores (.npz)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     P, peers = protocols(), best_peers()
@@ -95,7 +104,7 @@ def main(argv=None) -> int:
         results = []
         for case in cases:
             with tempfile.TemporaryDirectory() as tmp:
-                r = run_case(P, protocol, case, Path(tmp), args.epochs)
+                r = run_case(P, protocol, case, Path(tmp), args.epochs, args.dump)
             key = r["case"] if protocol.startswith("mnist") else r["case"]
             peer = peers.get(protocol, {}).get(key)
             r["best_peer"] = {"name": peer[0], "auroc": peer[1]} if peer else None

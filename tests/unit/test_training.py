@@ -74,3 +74,19 @@ def test_mixed_precision_trains_with_finite_losses():
     assert res.plan.precision == "mixed_bfloat16" and res.metrics["finite"]
     # The bundle's networks are float32 whatever the training precision.
     assert all(w.dtype == np.float32 for w in res.encoder.get_weights())
+
+
+def test_spiky_features_stay_bounded_and_ordered():
+    from models.preprocessing import Preprocessing
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 3))
+    x[:, 1] = np.where(rng.random(500) < 0.97, 0.0, rng.exponential(50.0, 500))   # mostly 0
+    pre = Preprocessing.fit_features(x, ["a", "b", "c"])
+    probe = np.array([[0.0, v, 0.0] for v in (0.0, 1e3, 1e6, 1e300, np.inf)])
+    z = pre.transform(probe)[:, 1]
+    assert np.isfinite(z).all() and np.all(np.diff(z) >= 0) and z.max() < 20
+    linear = (x - pre.center) / pre.scale
+    inside = np.abs(linear) < pre.tail          # ordinary values are only centred and scaled
+    assert np.allclose(pre.transform(x)[inside], linear[inside], atol=1e-5)
+    round_trip = Preprocessing.from_dict(pre.to_dict())
+    assert np.array_equal(round_trip.transform(probe), pre.transform(probe))
