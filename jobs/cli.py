@@ -8,9 +8,12 @@ environment variables; the command line wins over both.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import re
 import sys
+import threading
 import traceback
 
 import click
@@ -98,8 +101,42 @@ def cli(ctx: click.Context, verbose: bool):
 from jobs import commands  # noqa: E402,F401 - registers the subcommands on ``cli``
 
 
+# Lines TensorFlow's and CUDA's native code write to stderr at start-up (absl and tsl
+# logging, which TF_CPP_MIN_LOG_LEVEL does not always reach).
+NATIVE_NOISE = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog|"
+                          rb"[IWE]\d{4} [\d:.]+ +\d+ \S+\.(cc|h):\d+\])")
+
+
+def _filter_native_stderr() -> None:
+    """Route fd 2 through a filter that drops native start-up noise and keeps the rest.
+
+    Native code writes to the file descriptor, below Python's logging, so the filter sits
+    on the descriptor; worker processes Beam starts inherit it.
+    """
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump():
+        with os.fdopen(read_end, "rb") as pipe, os.fdopen(real, "wb", buffering=0) as out:
+            for line in pipe:
+                if not NATIVE_NOISE.match(line):
+                    out.write(line)
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+
+    def restore():
+        sys.stderr.flush()
+        os.close(2)               # the last write end: the pump sees EOF and drains
+        thread.join(timeout=5)
+    atexit.register(restore)
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "--verbose" not in sys.argv[1:]:
+        _filter_native_stderr()
     cli.main(prog_name="vigil")
 
 
