@@ -25,6 +25,7 @@ from pipeline.records import FileStats, RawRecord, ScoringInput
 LOG = logging.getLogger("vigil.train")
 CODE_VERSION = "vigil-anomaly 0.1.0"
 EXIT_GATE_FAILED = 5
+METADATA_COLUMNS = ("label",)      # never picked as features unless named in --feature-columns
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,13 @@ def load_training_data(cfg: TrainJobConfig):
         schema = table_schema(files[0])
         if schema is None:
             raise InputError(f"{files[0].uri}: cannot read its header to find feature columns")
-        skip = {cfg.id_column, cfg.label_column}
+        # "label" is metadata by convention (scoring carries it through by default); a
+        # label used as a feature would leak the answer into the model.
+        skip = {cfg.id_column, cfg.label_column, *METADATA_COLUMNS}
         columns = [f.name for f in schema if f.name not in skip and
                    (str(f.type).startswith(("int", "uint", "float", "double", "bool")))]
+        LOG.info("feature columns (%d): %s", len(columns), ", ".join(columns[:20])
+                 + (" ..." if len(columns) > 20 else ""))
     check_columns(files, cfg.id_column, columns)
     carry = (cfg.label_column,) if cfg.label_column else ()
     arrays, ids, shape, skipped, others = [], [], None, 0, []

@@ -90,3 +90,13 @@ def test_spiky_features_stay_bounded_and_ordered():
     assert np.allclose(pre.transform(x)[inside], linear[inside], atol=1e-5)
     round_trip = Preprocessing.from_dict(pre.to_dict())
     assert np.array_equal(round_trip.transform(probe), pre.transform(probe))
+
+
+def test_label_column_is_never_a_feature_by_default(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from jobs.train import TrainJobConfig, load_training_data
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "x1": [1.0, 2.0, 3.0], "x2": [0, 1, 0],
+                             "label": [0, 0, 1]}), tmp_path / "t.parquet")
+    loaded = load_training_data(TrainJobConfig((str(tmp_path / "t.parquet"),), str(tmp_path / "r"), "m"))
+    assert list(loaded[3]) == ["x1", "x2"]
