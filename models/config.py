@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 KINDS = ("image", "features")
+COMBINE_RULES = ("mean", "max_model")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class ModelConfig:
     n_recon_samples: int = 16       # L: posterior samples for the reconstruction probability
     n_iwae_samples: int = 64        # K: importance samples for log p(x)
     top_k: int = 5                  # per-record explanation size
+    combine: str = "mean"           # anomaly_score: "mean" of the four surprises, or
+                                    # "max_model": the larger of the VAE's and the DAE's
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -40,6 +43,8 @@ class ModelConfig:
                 raise ValueError(f"{name}={getattr(self, name)}; must be >= 1")
         if not 0.0 <= self.trim_fraction < 0.5:
             raise ValueError(f"trim_fraction={self.trim_fraction}; must be in [0, 0.5)")
+        if self.combine not in COMBINE_RULES:
+            raise ValueError(f"combine={self.combine!r}; expected one of {COMBINE_RULES}")
         if self.min_scale <= 0:
             raise ValueError(f"min_scale={self.min_scale}; must be > 0")
 

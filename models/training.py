@@ -156,7 +156,8 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
               for name in ("validation", "calibration_a", "calibration_b")}
     if len(splits["calibration_a"]) == 0 or len(splits["calibration_b"]) == 0:
         raise ValueError(f"only {len(x_raw)} normal records: calibration splits are empty")
-    calibration = Calibration.fit(scores["calibration_a"], scores["calibration_b"], cfg.target_fprs)
+    calibration = Calibration.fit(scores["calibration_a"], scores["calibration_b"], cfg.target_fprs,
+                                  rule=model_config.combine)
     metrics = {
         "train_seconds": round(time.time() - started, 2),
         "final": {m: {k: v[-1] for k, v in h.items()} for m, h in history.items()},

@@ -105,19 +105,19 @@ def main(argv=None) -> int:
         for case in cases:
             with tempfile.TemporaryDirectory() as tmp:
                 r = run_case(P, protocol, case, Path(tmp), args.epochs, args.dump)
-            key = r["case"] if protocol.startswith("mnist") else r["case"]
-            peer = peers.get(protocol, {}).get(key)
+            peer = peers.get(protocol, {}).get(r["case"])
             r["best_peer"] = {"name": peer[0], "auroc": peer[1]} if peer else None
             results.append(r)
             print(f"[{protocol}] {case} -> combined {r['auroc']['anomaly_score']:.3f} "
                   f"(best single {max(r['auroc'][c] for c in SCORE_NAMES):.3f}, peer "
                   f"{peer[1] if peer else 'n/a'}), fpr {r['fpr']:.4f}, "
                   f"{r['train_seconds']}s + {r['score_seconds']}s", flush=True)
-        report(protocol, results, args)
+            # Written after every case, so a stopped run still leaves what it measured.
+            report(protocol, results, args, complete=len(results) == len(cases))
     return 0
 
 
-def report(protocol: str, results: list[dict], args) -> None:
+def report(protocol: str, results: list[dict], args, complete: bool = True) -> None:
     by_case: dict[str, list[dict]] = {}
     for r in results:
         by_case.setdefault(r["case"], []).append(r)
@@ -134,15 +134,20 @@ def report(protocol: str, results: list[dict], args) -> None:
     rows.append(["mean", *(f"{means[c]:.3f}" for c in COLUMNS),
                  f"{np.mean(peer_means):.3f}" if peer_means else "n/a", ""])
     header = ["case", "recon_logprob", "elbo", "log_px", "dae_error", "combined", "best peer", "fpr@0.01"]
-    print(f"\n{protocol} (AUROC; goal for combined: >= {GOALS[protocol]})")
-    print(table(rows, header))
+    if complete:
+        print(f"\n{protocol} (AUROC; goal for combined: >= {GOALS[protocol]})")
+        print(table(rows, header))
     calib = [r for r in results if r["n_test_normal"] >= 500]
     ok = all(0.005 <= r["fpr"] <= 0.015 for r in calib)
     summary = {"protocol": protocol, "quick": args.quick, "epochs": args.epochs,
                "mean_auroc": means, "goal": GOALS[protocol],
                "goal_met": means["anomaly_score"] >= GOALS[protocol],
-               "fpr_within_0.5_1.5x_target": ok, "cases": results}
+               "fpr_within_0.5_1.5x_target": ok, "complete": complete,
+               "total_seconds": round(sum(r["train_seconds"] + r["score_seconds"] for r in results), 1),
+               "cases": results}
     path = write_json(f"accuracy-{protocol}{args.tag}.json", summary)
+    if not complete:
+        return
     print(f"combined mean {means['anomaly_score']:.3f} (goal {GOALS[protocol]}: "
           f"{'met' if summary['goal_met'] else 'not met'}); FPR in [0.005, 0.015] on cases with "
           f">=500 normals: {'yes' if ok else 'no'}; written to {path}\n")

@@ -75,3 +75,19 @@ def test_calibration_round_trips_through_json():
     cal = Calibration.fit(scores, scores, (0.01,))
     back = Calibration.from_dict(cal.to_dict())
     np.testing.assert_allclose(back.anomaly_score(scores), cal.anomaly_score(scores))
+
+
+def test_max_model_rule_lets_either_model_decide():
+    from models.calibration import Calibration
+    rng = np.random.default_rng(0)
+    names = ("vae_recon_logprob", "vae_elbo", "vae_log_px", "dae_recon_error")
+    normal = lambda n: {k: rng.normal(size=n) for k in names}  # noqa: E731
+    cal = Calibration.fit(normal(2000), normal(2000), rule="max_model")
+    odd_dae = {k: np.zeros(1) for k in names}
+    odd_dae["dae_recon_error"] = np.array([6.0])          # only the DAE is surprised
+    mean_cal = Calibration(cal.scores, cal.combined, rule="mean")
+    assert cal.anomaly_score(odd_dae)[0] > 3 * mean_cal.anomaly_score(odd_dae)[0]
+    assert Calibration.from_dict(cal.to_dict()).rule == "max_model"
+    held_out = normal(20000)
+    fpr = np.mean(cal.anomaly_score(held_out) > cal.threshold(0.01))
+    assert fpr <= 0.013

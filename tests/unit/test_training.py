@@ -84,7 +84,8 @@ def test_spiky_features_stay_bounded_and_ordered():
     pre = Preprocessing.fit_features(x, ["a", "b", "c"])
     probe = np.array([[0.0, v, 0.0] for v in (0.0, 1e3, 1e6, 1e300, np.inf)])
     z = pre.transform(probe)[:, 1]
-    assert np.isfinite(z).all() and np.all(np.diff(z) >= 0) and z.max() < 20
+    assert np.isfinite(z).all() and np.all(np.diff(z) >= 0)
+    assert z.max() <= pre.tail + np.log1p(pre.clip)
     linear = (x - pre.center) / pre.scale
     inside = np.abs(linear) < pre.tail          # ordinary values are only centred and scaled
     assert np.allclose(pre.transform(x)[inside], linear[inside], atol=1e-5)
