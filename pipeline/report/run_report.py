@@ -98,6 +98,12 @@ def _page(manifest: dict, result: quality.QualityReport, top: list[dict]) -> str
     thresholds = "".join(f"<tr><td>{esc(k)}</td><td>{v if v is not None else 'none'}</td></tr>"
                          for k, v in t.items())
     tops = "".join(f"<li>{esc(r['id'])} — {r['anomaly_score']:.4g}</li>" for r in top)
+    partial = [i for i in manifest["inputs"] if not i["fully_read"]]
+    files = ("<h2>Files not fully read</h2><table><tr><th>file</th><th>records kept</th>"
+             "<th>reason</th></tr>" + "".join(
+                 f"<tr class='warn'><td>{esc(i['uri'])}</td><td>{i['records']}</td>"
+                 f"<td>{esc(str(i['failure']))}</td></tr>" for i in partial) + "</table>"
+             ) if partial else ""
     status = "passed" if result.success else (
         "FAILED (critical)" if result.critical_failures else "passed with warnings")
     return f"""<!doctype html>
@@ -114,6 +120,7 @@ anomalies {c['anomalies']} ({rate:.2%} at target FPR {t['target_fpr']})</p>
 <a href="validation.json">validation results (JSON)</a> · <a href="../manifest.json">run manifest</a></p>
 <table><tr><th></th><th>frame</th><th>expectation</th><th>column</th><th>why</th><th>level</th><th>observed</th></tr>
 {rows}</table>
+{files}
 <h2>Thresholds</h2><table>{thresholds}</table>
 <h2>Scores</h2><img src="plots/scores.png" alt="score histograms">
 <h2>Anomaly rate across runs</h2><img src="plots/anomaly_rate.png" alt="anomaly rate history">

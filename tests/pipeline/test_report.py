@@ -48,6 +48,8 @@ def test_known_defects_fail_exactly_the_expected_checks(defective_run):
         ("files", "expect_column_values_to_be_in_set", "fully_read"),
     }
     assert "CRITICAL" in output and (run / "report" / "data_docs" / "index.html").exists()
+    page = (run / "report" / "index.html").read_text()
+    assert "Files not fully read" in page and "part-9.parquet" in page
 
 
 def test_exit_code_follows_fail_on_dq(defective_run):
