@@ -84,8 +84,10 @@ def read_file(uri: str, spec: ReadSpec, stats: FileStats) -> Iterator[RawRecord 
                             f"resolves outside its input folder {spec.root} (a symlink or '..')")
         return
     try:
-        stats.sha256 = file_sha256(uri)
-        if FileSystems.match([uri])[0].metadata_list[0].size_in_bytes == 0:
+        size = FileSystems.match([uri])[0].metadata_list[0].size_in_bytes
+        if not (spec.format == "image" and size > spec.max_record_bytes):   # never read
+            stats.sha256 = file_sha256(uri)
+        if size == 0:
             yield _file_failure(stats, "empty_file", "the file has no bytes")
             return
         for item in readers[spec.format](uri, spec):
