@@ -75,14 +75,15 @@ from pipeline.options import ScoreConfig, pipeline_options
 from pipeline.run import plan_run, score
 cfg = ScoreConfig(({glob!r},), {reg!r}, "tp", {out!r}, run_id="tp", overwrite=True, batch_size={batch})
 t = time.time()
-result = score(plan_run(cfg), pipeline_options(cfg, []))
+result = score(plan_run(cfg), pipeline_options(cfg, {beam_args!r}))
 print(json.dumps({{"seconds": time.time() - t, "scored": result.manifest["counts"]["scored"],
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
 
-def pipeline_run(glob: str, registry: str, out: str, batch: int) -> dict:
-    code = CHILD.format(repo=str(REPO), glob=glob, reg=registry, out=out, batch=batch)
+def pipeline_run(glob: str, registry: str, out: str, batch: int, beam_args: list[str]) -> dict:
+    code = CHILD.format(repo=str(REPO), glob=glob, reg=registry, out=out, batch=batch,
+                        beam_args=beam_args)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if proc.returncode:
@@ -96,6 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--small", type=int, default=10_000)
     ap.add_argument("--rss", default="100000,1000000", help="two run sizes for peak RSS")
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--beam-args", default="", help="extra Beam flags for the pipeline runs")
+    ap.add_argument("--tag", default="", help="suffix of the results file")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
     import models  # noqa: F401
@@ -107,14 +110,15 @@ def main(argv=None) -> int:
         runs = {}
         for n in sorted({args.small, args.records, *rss_sizes}):
             glob = make_shards(tmp / f"in-{n}", n)
-            runs[n] = pipeline_run(glob, registry, str(tmp / f"out-{n}"), args.batch)
+            runs[n] = pipeline_run(glob, registry, str(tmp / f"out-{n}"), args.batch,
+                                   args.beam_args.split())
             assert runs[n]["scored"] == n
             print(f"{n} records: {runs[n]['seconds']:.1f}s, peak RSS {runs[n]['peak_rss_mb']:.0f} MB", flush=True)
     steady = (args.records - args.small) / (runs[args.records]["seconds"] - runs[args.small]["seconds"])
     rss_ratio = runs[rss_sizes[1]]["peak_rss_mb"] / runs[rss_sizes[0]]["peak_rss_mb"]
     result = {"bare_records_per_s": bare, "pipeline_steady_records_per_s": steady,
               "pipeline_over_bare": steady / bare, "runs": runs, "rss_sizes": rss_sizes,
-              "peak_rss_ratio": rss_ratio, "batch_size": args.batch,
+              "peak_rss_ratio": rss_ratio, "batch_size": args.batch, "beam_args": args.beam_args,
               "targets": {"pipeline_over_bare": 0.8, "peak_rss_ratio": 1.2}}
     rows = [["bare Scorer", f"{bare:.0f}", ""],
             [f"pipeline steady ({args.small}->{args.records})", f"{steady:.0f}", f"{steady / bare:.2f}x bare (target >= 0.8)"],
@@ -122,7 +126,7 @@ def main(argv=None) -> int:
              f"{runs[rss_sizes[0]]['peak_rss_mb']:.0f} -> {runs[rss_sizes[1]]['peak_rss_mb']:.0f} MB",
              f"{rss_ratio:.2f}x (target <= 1.2)"]]
     print(table(rows, ["measure", "value", "vs target"]))
-    print("written to", write_json("throughput.json", result))
+    print("written to", write_json(f"throughput{args.tag}.json", result))
     return 0
 
 
