@@ -161,3 +161,25 @@ def test_two_trainings_at_once_get_distinct_complete_versions(features_registry,
                                 tmp_path / "out", "--model-version", v, run_id=f"v{v}")
         assert res.exit_code == 0, res.output
         helpers.check_invariant(f"{tmp_path}/out/v{v}", sorted(inputs))
+
+
+def test_model_output_that_is_not_finite_is_never_a_score(features_registry, inputs, tmp_path):
+    import tf_keras as keras
+    import numpy as np
+    reg = copy_registry(features_registry["registry"], tmp_path)
+    d1 = Path(registry.version_dir(reg, "cardio", "0001"))
+    dae = keras.models.load_model(d1 / "dae.keras", compile=False, safe_mode=True)
+    weights = dae.get_weights()
+    weights[-1] = np.full_like(weights[-1], np.nan)     # a diverged model, promoted by hand
+    dae.set_weights(weights)
+    dae.save(tmp_path / "nan.keras")
+    v = republish(reg, "cardio", {"dae.keras": (tmp_path / "nan.keras").read_bytes()})
+    registry.promote(reg, "cardio", v)
+    res = helpers.score_cli({"registry": reg, "name": "cardio"}, [str(tmp_path / "in" / "*.parquet")],
+                            tmp_path / "out", "--max-bad-fraction", "1")
+    assert res.exit_code == 0, res.output
+    scores, dead, _ = helpers.read_run(f"{tmp_path}/out/run1")
+    assert scores.num_rows == 0
+    assert set(dead.column("reason").to_pylist()) == {"non_finite_score"}
+    assert set(dead.column("stage").to_pylist()) == {"postprocess"}
+    helpers.check_invariant(f"{tmp_path}/out/run1", sorted(inputs))
