@@ -138,3 +138,8 @@ def run_demo(output: str, kind: str = "images", epochs: int = 40, overrides: dic
         aurocs[col] = roc_auc_score(truth, sign * np.array(table.column(col).to_pylist()))
         yield f"    {col:<20} {aurocs[col]:.3f}"
     yield f"  best score:  {max(aurocs, key=aurocs.get)} ({max(aurocs.values()):.3f})"
+    from pipeline.report.run_report import build_run_report
+    checks = build_run_report(result.run_dir).checks
+    yield (f"  report:      {result.run_dir}/report/index.html "
+           f"({sum(c.success for c in checks)} of {len(checks)} data-quality checks passed)")
+    yield f"  model:       {registry}/{name}/versions/{trained.version}/report.html"

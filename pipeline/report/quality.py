@@ -55,6 +55,9 @@ def validate(frames: dict[str, pd.DataFrame], specs: dict[str, list[dict]], docs
     """Validate each frame against its suite; Data Docs go to ``docs_dir``."""
     import logging
     import great_expectations as gx
+    # GX sets INFO on some of its module loggers itself (the temporary Data Docs folder).
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")]:
+        logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}

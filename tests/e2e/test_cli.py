@@ -74,3 +74,7 @@ def test_demo_in_a_real_subprocess(tmp_path):
     assert res.returncode == 2 and res.stderr.strip().startswith("vigil: error: --input")
     assert res.stderr.strip().count("\n") == 0
     assert (tmp_path / "demo" / "runs" / "demo" / "_SUCCESS").exists()
+    report = tmp_path / "demo" / "runs" / "demo" / "report" / "index.html"
+    assert f"report:      {report}" in out.stdout and report.exists()
+    assert "versions/0001/report.html" in out.stdout
+    assert "great_expectations" not in out.stdout + out.stderr      # no library chatter
