@@ -58,7 +58,6 @@ def validate(frames: dict[str, pd.DataFrame], specs: dict[str, list[dict]], docs
     # GX sets INFO on some of its module loggers itself (the temporary Data Docs folder).
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")]:
         logging.getLogger(name).setLevel(logging.ERROR)
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
     context.add_data_docs_site("vigil", {
