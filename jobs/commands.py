@@ -43,6 +43,9 @@ def _size(ctx, param, value):
 @click.option("--image-size", default=None, callback=_size, help="HxW (default: the first image's).")
 @click.option("--channels", type=click.IntRange(1, 3), default=None)
 @click.option("--epochs", type=click.IntRange(1), default=60, show_default=True)
+@click.option("--max-examples", type=click.IntRange(0), default=None,
+              help="Examples each model sees at most (caps epochs, never below 10); "
+                   "0 = no cap. Default: 130000 for images, no cap for tables.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--latent-dim", type=click.IntRange(1), default=None)
 @click.option("--likelihood", type=click.Choice(["gaussian", "bernoulli"]), default=None)
@@ -55,8 +58,8 @@ def _size(ctx, param, value):
 @click.option("--max-records", type=click.IntRange(1), default=2_000_000, show_default=True)
 @click.pass_context
 def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_column,
-          normal_values, image_size, channels, epochs, batch_size, latent_dim, likelihood, seed,
-          target_fpr, promote, device, mixed_precision, max_records):
+          normal_values, image_size, channels, epochs, max_examples, batch_size, latent_dim,
+          likelihood, seed, target_fpr, promote, device, mixed_precision, max_records):
     """Train the VAE and the DAE on normal data and publish a model version.
 
     The version is promoted to production when its gates pass (finite losses, held-out
@@ -78,7 +81,7 @@ def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_co
             tuple(c.strip() for c in feature_columns.split(",")) if feature_columns else (),
             label_column, tuple(v.strip() for v in normal_values.split(",")) if normal_values else (),
             image_size, channels, latent_dim, likelihood, promote, max_records,
-            train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
+            train=TrainConfig(epochs=epochs, max_examples=max_examples, batch_size=batch_size, seed=seed,
                               target_fprs=tuple(target_fpr), device=device,
                               mixed_precision=mixed_precision, verbose=2))
         _train_and_report(cfg)
@@ -201,7 +204,8 @@ def run_spec(ctx, spec, date):
             return
         from jobs.train import TrainJobConfig
         from models.config import TrainConfig
-        train_keys = {"epochs", "batch_size", "seed", "target_fprs", "device", "mixed_precision"}
+        train_keys = {"epochs", "max_examples", "batch_size", "seed", "target_fprs", "device",
+                      "mixed_precision"}
         tc = TrainConfig(verbose=2, **{k: (tuple(v) if isinstance(v, list) else v)
                                        for k, v in o.items() if k in train_keys})
         rest = {k: (tuple(str(x) for x in v) if isinstance(v, list) else v)

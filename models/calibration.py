@@ -20,6 +20,10 @@ Two disjoint held-out splits of *normal* training data are used:
     whichever model is surprised decides.  On images the DAE's error is the sharper signal
     and ``mean`` gave it a quarter of the weight (mnist-oneclass: 0.951 against 0.935).
 
+With ``adjust_complexity`` (images), each score is first replaced by its residual from a
+straight-line fit on the input's compressed size over split A (``models.complexity``):
+the p-values then ask "is this score unusual for a normal image this complex?".
+
 All arrays here are oriented so that larger means more anomalous; ``SCORE_ORIENTATION``
 turns the VAE's "higher = more normal" scores around.
 """
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.complexity import INPUT_BITS
 from schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
 
 
@@ -78,32 +83,64 @@ def oriented(name: str, values: np.ndarray) -> np.ndarray:
     return SCORE_ORIENTATION[name] * np.asarray(values, dtype=np.float64)
 
 
+def complexity_slope(values: np.ndarray, bits: np.ndarray) -> float:
+    """Least-squares slope of a score on the input's compressed size (0 if undefined)."""
+    bits = np.asarray(bits, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(values) & np.isfinite(bits)
+    spread = np.var(bits[ok]) if ok.sum() > 2 else 0.0
+    if spread <= 0:
+        return 0.0
+    return float(np.mean((bits[ok] - bits[ok].mean()) * (values[ok] - values[ok].mean())) / spread)
+
+
 @dataclass
 class Calibration:
     """Calibration values of each score (split A) and of the combined statistic (split B)."""
-    scores: dict[str, np.ndarray]        # oriented, split A
+    scores: dict[str, np.ndarray]        # oriented (and complexity-adjusted), split A
     combined: np.ndarray                 # anomaly_score on split B
     target_fprs: tuple[float, ...] = (0.01,)
     combine: tuple[str, ...] = SCORE_NAMES
     rule: str = "mean"
+    slopes: dict[str, float] = field(default_factory=dict)   # per score, per input bit
 
     @classmethod
     def fit(cls, scores_a: dict[str, np.ndarray], scores_b: dict[str, np.ndarray],
-            target_fprs=(0.01,), combine=SCORE_NAMES, rule: str = "mean") -> "Calibration":
-        """From raw scores of two disjoint held-out normal splits."""
-        cal = cls({n: np.sort(oriented(n, scores_a[n])) for n in SCORE_NAMES},
-                  np.array([]), tuple(target_fprs), tuple(combine), rule)
+            target_fprs=(0.01,), combine=SCORE_NAMES, rule: str = "mean",
+            adjust_complexity: bool = False) -> "Calibration":
+        """From raw scores of two disjoint held-out normal splits.
+
+        With ``adjust_complexity`` both dicts must also hold ``input_bits``.
+        """
+        slopes = {n: complexity_slope(oriented(n, scores_a[n]), scores_a[INPUT_BITS])
+                  for n in SCORE_NAMES} if adjust_complexity else {}
+        cal = cls({}, np.array([]), tuple(target_fprs), tuple(combine), rule, slopes)
+        cal.scores = {n: np.sort(cal.adjusted(n, scores_a)) for n in SCORE_NAMES}
         cal.combined = np.sort(cal.anomaly_score(scores_b))
         return cal
 
+    @property
+    def needs_input_bits(self) -> bool:
+        return bool(self.slopes)
+
+    def adjusted(self, name: str, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """A score oriented (larger = more anomalous), minus what its complexity explains."""
+        values = oriented(name, scores[name])
+        if not self.slopes:
+            return values
+        if INPUT_BITS not in scores:
+            raise ValueError(f"this calibration adjusts for input complexity; pass "
+                             f"'{INPUT_BITS}' (models.complexity.input_bits) with the scores")
+        return values - self.slopes[name] * np.asarray(scores[INPUT_BITS], dtype=np.float64)
+
     def pvalues(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Conformal p-value of each score, keyed ``<score>_pvalue``."""
-        return {f"{n}_pvalue": conformal_pvalues(self.scores[n], oriented(n, scores[n]))
+        return {f"{n}_pvalue": conformal_pvalues(self.scores[n], self.adjusted(n, scores))
                 for n in SCORE_NAMES}
 
     def anomaly_score(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Pooled smoothed surprise of the combined scores (larger = more anomalous)."""
-        surprise = {n: smooth_surprise(self.scores[n], oriented(n, scores[n])) for n in self.combine}
+        surprise = {n: smooth_surprise(self.scores[n], self.adjusted(n, scores)) for n in self.combine}
         if self.rule == "max_model":
             by_model = [np.mean([v for n, v in surprise.items() if n.startswith(m)], axis=0)
                         for m in ("vae_", "dae_") if any(n.startswith(m) for n in surprise)]
@@ -118,7 +155,11 @@ class Calibration:
         return conformal_threshold(self.combined, alpha)
 
     def score_thresholds(self, alpha: float) -> dict[str, float]:
-        """Per-score thresholds at alpha, in each score's own units and orientation."""
+        """Per-score thresholds at alpha, in each score's own units and orientation.
+
+        With a complexity adjustment they apply to ``score - slope * input_bits`` (VAE
+        scores: ``score + slope * input_bits``, the orientation turned back).
+        """
         out = {}
         for n in SCORE_NAMES:
             t = conformal_threshold(self.scores[n], alpha)
@@ -138,7 +179,12 @@ class Calibration:
                          "fewer than 1/target - 1 rows)",
             "score_thresholds": "per-score conformal thresholds from split A, in the score's own "
                                 "units: anomalous below for VAE log-probabilities, above for "
-                                "dae_recon_error",
+                                "dae_recon_error" + (
+                                    "; each applies to the complexity-adjusted score: "
+                                    "dae_recon_error - slope * input_bits, VAE scores + "
+                                    "slope * input_bits (input_bits: the image's PNG size; "
+                                    "slopes in 'complexity_slopes')" if self.slopes else ""),
+            "complexity_slopes": dict(self.slopes),
             "n_split_a": int(len(next(iter(self.scores.values())))),
             "n_split_b": int(len(self.combined)),
             "thresholds": {str(a): {k: (v if math.isfinite(v) else None) for k, v in
@@ -154,6 +200,7 @@ class Calibration:
             "target_fprs": list(self.target_fprs),
             "combine": list(self.combine),
             "rule": self.rule,
+            "slopes": dict(self.slopes),
             "description": self.describe(),
         }
 
@@ -161,4 +208,5 @@ class Calibration:
     def from_dict(cls, d: dict) -> "Calibration":
         return cls({n: np.asarray(v, dtype=np.float64) for n, v in d["scores"].items()},
                    np.asarray(d["combined"], dtype=np.float64),
-                   tuple(d["target_fprs"]), tuple(d["combine"]), d.get("rule", "mean"))
+                   tuple(d["target_fprs"]), tuple(d["combine"]), d.get("rule", "mean"),
+                   {n: float(v) for n, v in d.get("slopes", {}).items()})

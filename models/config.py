@@ -28,6 +28,8 @@ class ModelConfig:
     top_k: int = 5                  # per-record explanation size
     combine: str = "mean"           # anomaly_score: "mean" of the four surprises, or
                                     # "max_model": the larger of the VAE's and the DAE's
+    adjust_complexity: bool = False  # images: judge scores against normal images of the
+                                     # same compressed size (models.complexity)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -45,6 +47,8 @@ class ModelConfig:
             raise ValueError(f"trim_fraction={self.trim_fraction}; must be in [0, 0.5)")
         if self.combine not in COMBINE_RULES:
             raise ValueError(f"combine={self.combine!r}; expected one of {COMBINE_RULES}")
+        if self.adjust_complexity and self.kind != "image":
+            raise ValueError("adjust_complexity=True needs kind='image' (it compresses images)")
         if self.min_scale <= 0:
             raise ValueError(f"min_scale={self.min_scale}; must be > 0")
 
@@ -70,6 +74,8 @@ class ModelConfig:
 class TrainConfig:
     """How the models are fitted and calibrated."""
     epochs: int = 60
+    max_examples: int | None = None     # per model: caps epochs at max_examples / train rows
+                                        # (never below 10); None = the kind's default, 0 = none
     batch_size: int = 128               # at most; small data sets get smaller batches
     learning_rate: float = 1e-3
     patience: int = 8
@@ -84,6 +90,8 @@ class TrainConfig:
     verbose: int = 1
 
     def __post_init__(self):
+        if self.max_examples is not None and self.max_examples < 0:
+            raise ValueError(f"max_examples={self.max_examples}; must be >= 0 (0 = no cap)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs={self.epochs}, batch_size={self.batch_size}; must be >= 1")
         held_out = self.val_fraction + self.calib_fraction + self.combined_calib_fraction

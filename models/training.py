@@ -20,6 +20,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from models.calibration import Calibration
+from models.complexity import INPUT_BITS, input_bits
 from models.config import ModelConfig, TrainConfig
 from models.dae import DAE, TrimAfter
 from models.devices import DevicePlan, make_strategy, plan_devices, precision_policy, visible_gpus
@@ -78,6 +79,18 @@ def effective_batch_size(n_train: int, batch_size: int, min_steps: int = 20) -> 
     return int(max(8, min(batch_size, n_train // min_steps)))
 
 
+def epoch_count(n_train: int, cfg: TrainConfig, min_epochs: int = 10) -> int:
+    """``cfg.epochs``, capped so each model sees about ``cfg.max_examples`` examples.
+
+    Early stopping rarely ends image training (validation loss creeps down for all 60
+    epochs) while each conv epoch costs seconds per thousand images, so large image sets
+    get a budget in examples instead; the floor leaves the KL warm-up room to finish.
+    """
+    if not cfg.max_examples:
+        return cfg.epochs
+    return int(min(cfg.epochs, max(min_epochs, math.ceil(cfg.max_examples / max(n_train, 1)))))
+
+
 def data_profile(x_raw: np.ndarray, kind: str, feature_columns: list[str]) -> dict:
     """What normal input looked like; input expectations are derived from it."""
     if kind == "image":
@@ -112,7 +125,8 @@ def _fit_one(model, x_train, x_val, cfg: TrainConfig, global_batch: int, callbac
                                          restore_best_weights=True, start_from_epoch=start_from)
     history = model.fit(_dataset(x_train, global_batch, cfg.seed, True),
                         validation_data=_dataset(x_val, global_batch, cfg.seed, False) if len(x_val) else None,
-                        epochs=cfg.epochs, callbacks=[*callbacks, stop], verbose=cfg.verbose)
+                        epochs=epoch_count(len(x_train), cfg), callbacks=[*callbacks, stop],
+                        verbose=cfg.verbose)
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
@@ -152,12 +166,16 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
 
     scorer = Scorer(encoder, decoder, dae_net, model_config, seed=cfg.seed)
     ids = list(ids)
-    scores = {name: scorer.score_array(part[name], [ids[i] for i in splits[name]])
-              for name in ("validation", "calibration_a", "calibration_b")}
+    scores = {}
+    for name in ("validation", "calibration_a", "calibration_b"):
+        scores[name] = scorer.score_array(part[name], [ids[i] for i in splits[name]])
+        if model_config.adjust_complexity:
+            scores[name][INPUT_BITS] = input_bits(x_raw[splits[name]])
     if len(splits["calibration_a"]) == 0 or len(splits["calibration_b"]) == 0:
         raise ValueError(f"only {len(x_raw)} normal records: calibration splits are empty")
     calibration = Calibration.fit(scores["calibration_a"], scores["calibration_b"], cfg.target_fprs,
-                                  rule=model_config.combine)
+                                  rule=model_config.combine,
+                                  adjust_complexity=model_config.adjust_complexity)
     metrics = {
         "train_seconds": round(time.time() - started, 2),
         "final": {m: {k: v[-1] for k, v in h.items()} for m, h in history.items()},

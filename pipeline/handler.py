@@ -19,6 +19,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from models.bundle import Bundle, load_bundle
+from models.complexity import INPUT_BITS, input_bits
 from models.scoring import Scorer
 from pipeline.records import ScoringInput
 from schemas.tables import SCORE_NAMES
@@ -100,7 +101,9 @@ def score_batch(model: LoadedModel, raw: np.ndarray, ids: list[str], target_fpr:
     cal = model.bundle.calibration
     out = model.scorer(model.bundle.preprocessing.transform(raw), ids)
     scores = {n: out[n].astype(np.float64) for n in SCORE_NAMES}
-    result = dict(scores)
+    if cal.needs_input_bits:
+        scores[INPUT_BITS] = input_bits(raw)
+    result = {n: scores[n] for n in SCORE_NAMES}
     result.update(cal.pvalues(scores))
     anomaly_score = cal.anomaly_score(scores)
     threshold = cal.threshold(target_fpr)

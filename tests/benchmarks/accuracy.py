@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     P, peers = protocols(), best_peers()
     for protocol in args.protocol or list(GOALS):
         cases = P.cases(protocol)[:1] if args.quick else P.cases(protocol)
-        results = []
+        results, started = [], time.time()
         for case in cases:
             with tempfile.TemporaryDirectory() as tmp:
                 r = run_case(P, protocol, case, Path(tmp), args.epochs, args.dump)
@@ -113,11 +113,13 @@ def main(argv=None) -> int:
                   f"{peer[1] if peer else 'n/a'}), fpr {r['fpr']:.4f}, "
                   f"{r['train_seconds']}s + {r['score_seconds']}s", flush=True)
             # Written after every case, so a stopped run still leaves what it measured.
-            report(protocol, results, args, complete=len(results) == len(cases))
+            report(protocol, results, args, time.time() - started,
+                   complete=len(results) == len(cases))
     return 0
 
 
-def report(protocol: str, results: list[dict], args, complete: bool = True) -> None:
+def report(protocol: str, results: list[dict], args, wall_seconds: float,
+           complete: bool = True) -> None:
     by_case: dict[str, list[dict]] = {}
     for r in results:
         by_case.setdefault(r["case"], []).append(r)
@@ -144,6 +146,7 @@ def report(protocol: str, results: list[dict], args, complete: bool = True) -> N
                "goal_met": means["anomaly_score"] >= GOALS[protocol],
                "fpr_within_0.5_1.5x_target": ok, "complete": complete,
                "total_seconds": round(sum(r["train_seconds"] + r["score_seconds"] for r in results), 1),
+               "wall_seconds": round(wall_seconds, 1),     # with data loading and shard writing
                "cases": results}
     path = write_json(f"accuracy-{protocol}{args.tag}.json", summary)
     if not complete:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from models.calibration import (Calibration, conformal_pvalues, conformal_threshold,
                                 smooth_surprise)
@@ -91,3 +92,49 @@ def test_max_model_rule_lets_either_model_decide():
     held_out = normal(20000)
     fpr = np.mean(cal.anomaly_score(held_out) > cal.threshold(0.01))
     assert fpr <= 0.013
+
+
+def test_complexity_adjustment_judges_scores_against_equally_complex_normals():
+    """A simple image that scores like an average normal one is still caught.
+
+    Normal records' scores grow with their complexity (as likelihoods do with ink); the
+    planted anomalies have low complexity and mid-range scores: unremarkable overall, far
+    off for images that simple.
+    """
+    from models.complexity import INPUT_BITS
+    rng = np.random.default_rng(5)
+
+    def normals(n):
+        bits = rng.uniform(1000, 3000, size=n)
+        base = bits / 100 + rng.normal(size=n)
+        return {"vae_recon_logprob": -base, "vae_elbo": -base - 1, "vae_log_px": -base + 1,
+                "dae_recon_error": base / 10, INPUT_BITS: bits}
+    odd = {"vae_recon_logprob": np.full(50, -20.0), "vae_elbo": np.full(50, -21.0),
+           "vae_log_px": np.full(50, -19.0), "dae_recon_error": np.full(50, 2.0),
+           INPUT_BITS: np.full(50, 1000.0)}
+    plain = Calibration.fit(normals(2000), normals(2000), rule="max_model")
+    adjusted = Calibration.fit(normals(2000), normals(2000), rule="max_model",
+                               adjust_complexity=True)
+    assert np.mean(plain.anomaly_score(odd) > plain.threshold(0.01)) == 0
+    assert np.mean(adjusted.anomaly_score(odd) > adjusted.threshold(0.01)) == 1
+    held_out = normals(20000)
+    assert np.mean(adjusted.anomaly_score(held_out) > adjusted.threshold(0.01)) <= 0.013
+    assert adjusted.slopes["dae_recon_error"] > 0 and adjusted.slopes["vae_log_px"] > 0
+    back = Calibration.from_dict(adjusted.to_dict())
+    np.testing.assert_allclose(back.anomaly_score(odd), adjusted.anomaly_score(odd))
+    missing = {k: v for k, v in odd.items() if k != INPUT_BITS}
+    with pytest.raises(ValueError, match="input_bits"):
+        adjusted.anomaly_score(missing)
+
+
+def test_input_bits_measure_what_a_compressor_needs():
+    from models.complexity import input_bits
+    flat = np.zeros((1, 28, 28, 1), np.uint8)
+    noise = np.random.default_rng(6).integers(0, 256, size=(1, 28, 28, 1)).astype(np.uint8)
+    bits = input_bits(np.concatenate([flat, noise]))
+    assert bits[0] < bits[1] / 5
+    # The same picture, however it arrived (float pixel values, or RGB of the gray).
+    np.testing.assert_array_equal(input_bits(noise.astype(np.float32)), bits[1:])
+    assert input_bits(np.repeat(noise, 3, axis=-1))[0] > 0
+    with pytest.raises(ValueError, match="shape"):
+        input_bits(np.zeros((2, 28, 28)))

@@ -101,3 +101,19 @@ def test_label_column_is_never_a_feature_by_default(tmp_path):
                              "label": [0, 0, 1]}), tmp_path / "t.parquet")
     loaded = load_training_data(TrainJobConfig((str(tmp_path / "t.parquet"),), str(tmp_path / "r"), "m"))
     assert list(loaded[3]) == ["x1", "x2"]
+
+
+def test_complexity_adjustment_is_an_image_option():
+    assert ModelConfig("image", (8, 8, 1), adjust_complexity=True).adjust_complexity
+    with pytest.raises(ValueError, match="adjust_complexity"):
+        ModelConfig("features", (4,), adjust_complexity=True)
+
+
+def test_example_budget_caps_epochs_but_leaves_warm_up_room():
+    from models.training import epoch_count
+    assert epoch_count(3250, TrainConfig(max_examples=130_000)) == 40
+    assert epoch_count(500, TrainConfig(max_examples=130_000)) == 60       # small: all epochs
+    assert epoch_count(10**6, TrainConfig(max_examples=130_000)) == 10     # huge: the floor
+    assert epoch_count(10**6, TrainConfig(max_examples=0)) == 60           # 0 = no cap
+    with pytest.raises(ValueError, match="max_examples"):
+        TrainConfig(max_examples=-1)
