@@ -140,7 +140,8 @@ class Calibration:
 
     def anomaly_score(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Pooled smoothed surprise of the combined scores (larger = more anomalous)."""
-        surprise = {n: smooth_surprise(self.scores[n], self.adjusted(n, scores)) for n in self.combine}
+        surprise = {n: smooth_surprise(self.scores[n], self.adjusted(n, scores))
+                    for n in self.combine}
         if self.rule == "max_model":
             by_model = [np.mean([v for n, v in surprise.items() if n.startswith(m)], axis=0)
                         for m in ("vae_", "dae_") if any(n.startswith(m) for n in surprise)]

@@ -37,7 +37,8 @@ def input_bits(images: np.ndarray) -> np.ndarray:
     out = np.empty(len(images), dtype=np.float64)
     for i, img in enumerate(images):
         buffer = io.BytesIO()
-        picture = Image.fromarray(img[..., 0], "L") if img.shape[-1] == 1 else Image.fromarray(img, "RGB")
+        gray = img.shape[-1] == 1
+        picture = Image.fromarray(img[..., 0] if gray else img, "L" if gray else "RGB")
         picture.save(buffer, format="PNG")
         out[i] = 8.0 * buffer.tell()
     return out
