@@ -15,7 +15,6 @@ import numpy as np
 
 from models import registry
 from models.bundle import save_models
-from models.complexity import INPUT_BITS, input_bits
 from models.config import ModelConfig, TrainConfig
 from models.preprocessing import Preprocessing
 from models.training import TrainResult, data_profile, fit, validation_metrics
@@ -176,9 +175,7 @@ def gates(result: TrainResult, cfg: TrainJobConfig, x_val_raw: np.ndarray, val_i
         prod = registry.load(cfg.registry, cfg.name, current)
         if tuple(prod.config.input_shape) == tuple(result.preprocessing.input_shape):
             raw = np.asarray(x_val_raw)
-            scores = prod.scorer().score_array(prod.preprocessing.transform(raw), val_ids)
-            if prod.calibration.needs_input_bits:
-                scores[INPUT_BITS] = input_bits(raw)
+            scores = prod.score_raw(prod.scorer(), raw, val_ids)
             prod_val = validation_metrics(prod.calibration, scores)
             for alpha, fpr in val.get("fpr", {}).items():
                 prod_fpr = prod_val["fpr"].get(alpha, prod_val["fpr"].get(next(iter(prod_val["fpr"]))))

@@ -18,10 +18,12 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from models.calibration import Calibration
+from models.complexity import INPUT_BITS, input_bits
 from models.config import ModelConfig
 from models.preprocessing import Preprocessing
 from models.scoring import Scorer
@@ -170,6 +172,13 @@ class Bundle:
     def scorer(self) -> Scorer:
         return Scorer(self.encoder, self.decoder, self.dae, self.config,
                       seed=int(self.manifest["training"].get("seed", 0)))
+
+    def score_raw(self, scorer: Scorer, raw: np.ndarray, ids: list[str]) -> dict[str, np.ndarray]:
+        """Decoded records -> the scorer's outputs, plus what the calibration needs with them."""
+        scores = scorer.score_array(self.preprocessing.transform(raw), ids)
+        if self.calibration.needs_input_bits:
+            scores[INPUT_BITS] = input_bits(raw)
+        return scores
 
 
 def load_bundle(directory: str, label: str | None = None) -> Bundle:
