@@ -6,6 +6,7 @@ import json
 import click
 
 from jobs.cli import EXIT_DQ_FAILED, EXIT_GATE_FAILED, _Failure, _run, cli, config_option
+from jobs.demo import TARGET_FPR as DEMO_TARGET_FPR
 
 BEAM_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
@@ -323,8 +324,12 @@ def models_rollback(ctx, registry, name):
 @click.option("--output", default="./vigil-demo", show_default=True, help="Everything goes here.")
 @click.option("--kind", type=click.Choice(["images", "features"]), default="images", show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--target-fpr", type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
+              default=DEMO_TARGET_FPR, show_default=True,
+              help="False-positive rate is_anomaly is set at (the demo's calibration split "
+                   "is too small for 0.01 to flag much).")
 @click.pass_context
-def demo(ctx, output, kind, epochs):
+def demo(ctx, output, kind, epochs, target_fpr):
     """Train and score on data that ships with scikit-learn, and summarise the result.
 
     images: the 8x8 handwritten digits, written as PNG TFRecord shards, one digit held out
@@ -337,6 +342,6 @@ def demo(ctx, output, kind, epochs):
     """
     def go():
         from jobs.demo import run_demo
-        for line in run_demo(output, kind, epochs):
+        for line in run_demo(output, kind, epochs, target_fpr=target_fpr):
             click.echo(line)
     _run(ctx, go)

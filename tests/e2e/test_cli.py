@@ -65,6 +65,7 @@ def test_demo_in_a_real_subprocess(tmp_path):
                          env={k: v for k, v in os.environ.items() if not k.startswith("TF_")})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "AUROC against digit 7" in out.stdout and "anomaly_score" in out.stdout
+    assert re.search(r"flagged at target FPR 0\.05: \d+ of 179 anomalies caught", out.stdout)
     assert "Traceback" not in out.stderr
     # TensorFlow's and CUDA's native start-up lines stay out of the user's terminal.
     assert not re.search(r"absl::InitializeLog|cuda|^[IWE]\d{4} ", out.stderr, re.M), out.stderr[:2000]
