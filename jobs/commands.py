@@ -7,6 +7,7 @@ import click
 
 from jobs.cli import EXIT_DQ_FAILED, EXIT_GATE_FAILED, _Failure, _run, cli, config_option
 from jobs.demo import TARGET_FPR as DEMO_TARGET_FPR
+from models.config import IMAGE_MAX_EXAMPLES
 
 BEAM_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
@@ -46,7 +47,7 @@ def _size(ctx, param, value):
 @click.option("--epochs", type=click.IntRange(1), default=60, show_default=True)
 @click.option("--max-examples", type=click.IntRange(0), default=None,
               help="Examples each model sees at most (caps epochs, never below 10); "
-                   "0 = no cap. Default: 130000 for images, no cap for tables.")
+                   f"0 = no cap. Default: {IMAGE_MAX_EXAMPLES} for images, no cap for tables.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--latent-dim", type=click.IntRange(1), default=None)
 @click.option("--likelihood", type=click.Choice(["gaussian", "bernoulli"]), default=None)

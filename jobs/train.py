@@ -15,7 +15,7 @@ import numpy as np
 
 from models import registry
 from models.bundle import save_models
-from models.config import ModelConfig, TrainConfig
+from models.config import IMAGE_MAX_EXAMPLES, ModelConfig, TrainConfig
 from models.preprocessing import Preprocessing
 from models.training import TrainResult, data_profile, fit, validation_metrics
 from pipeline.decode import DecodeSpec, decode
@@ -27,9 +27,6 @@ LOG = logging.getLogger("vigil.train")
 CODE_VERSION = "vigil-anomaly 0.1.0"
 EXIT_GATE_FAILED = 5
 METADATA_COLUMNS = ("label",)      # never picked as features unless named in --feature-columns
-# Examples each image model sees at most (TrainConfig.max_examples=None): 40 epochs of
-# mnist-anc's 3,250 training images.  Tables train with dense nets and stop early.
-IMAGE_MAX_EXAMPLES = 130_000
 
 
 @dataclass(frozen=True)
