@@ -20,7 +20,7 @@ from models.preprocessing import Preprocessing
 from models.training import TrainResult, data_profile, fit, validation_metrics
 from pipeline.decode import DecodeSpec, decode
 from pipeline.preflight import InputError, check_columns, match_inputs, resolve_formats, table_schema
-from pipeline.readers import ReadSpec, read_file
+from pipeline.readers import UNKNOWN_FORMAT, ReadSpec, read_file
 from pipeline.records import FileStats, RawRecord, ScoringInput
 
 LOG = logging.getLogger("vigil.train")
@@ -67,15 +67,16 @@ def _keep(record: RawRecord, cfg: TrainJobConfig) -> bool:
 def load_training_data(cfg: TrainJobConfig):
     """(decoded array, ids, kind, feature columns) of the normal training records."""
     files = resolve_formats(match_inputs(cfg.inputs, 100_000), cfg.format, None)
-    kinds = {"image" if f.format in ("image", "tfrecord-image") else "features" for f in files}
+    known = [f for f in files if f.format != UNKNOWN_FORMAT]    # the rest are skipped
+    kinds = {"image" if f.format in ("image", "tfrecord-image") else "features" for f in known}
     if len(kinds) != 1:
         raise InputError("training inputs mix images and features; train one kind at a time")
     kind = kinds.pop()
     columns = list(cfg.feature_columns)
-    if kind == "features" and not columns and files[0].format in ("parquet", "csv"):
-        schema = table_schema(files[0])
+    if kind == "features" and not columns and known[0].format in ("parquet", "csv"):
+        schema = table_schema(known[0])
         if schema is None:
-            raise InputError(f"{files[0].uri}: cannot read its header to find feature columns")
+            raise InputError(f"{known[0].uri}: cannot read its header to find feature columns")
         # "label" is metadata by convention (scoring carries it through by default); a
         # label used as a feature would leak the answer into the model.
         skip = {cfg.id_column, cfg.label_column, *METADATA_COLUMNS}

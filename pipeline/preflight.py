@@ -1,9 +1,10 @@
 """Checks made at launch, before anything is read for scoring or written.
 
-A glob that matches nothing, a format that cannot be told, a table missing a column the
-model needs: each stops the run here with one line naming the glob, file or column.
-Files whose header cannot even be read are *not* stopped here: they become dead letters
-when read, and the rest of the input is scored.
+A glob that matches nothing, inputs none of whose names say a format, a table missing a
+column the model needs: each stops the run here with one line naming the glob, file or
+column.  Files whose header cannot even be read, or whose name says no format beside files
+that do, are *not* stopped here: they become dead letters when read, and the rest of the
+input is scored.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.readers import format_of, tfrecord_kind
+from pipeline.readers import UNKNOWN_FORMAT, format_of, tfrecord_kind
 from schemas.tables import label_field
 
 
@@ -65,21 +66,26 @@ def match_inputs(patterns: list[str] | tuple[str, ...], max_files: int) -> list[
 
 
 def resolve_formats(files, override: str, kind: str | None) -> list[InputFile]:
-    """Each file's format: the override, or from its name (and first record for TFRecord)."""
+    """Each file's format: the override, or from its name (and first record for TFRecord).
+
+    A file whose name says no format, matched beside files that do (a README in an image
+    folder), is marked ``UNKNOWN_FORMAT`` and becomes a dead letter when read; when no
+    file's name says a format, the run cannot start.
+    """
     out = []
     for uri, size, root in files:
         fmt = override if override != "auto" else format_of(uri)
         if fmt == "tfrecord":
             fmt = tfrecord_kind(uri) or ("tfrecord-image" if kind == "image" else "tfrecord-features")
-        if fmt is None:
-            raise InputError(f"{uri}: cannot tell the format from the name; pass --format "
-                             "(tfrecord-image, tfrecord-features, image, parquet, csv)")
-        out.append(InputFile(uri, size, fmt, root))
+        out.append(InputFile(uri, size, fmt or UNKNOWN_FORMAT, root))
+    if out and all(f.format == UNKNOWN_FORMAT for f in out):
+        raise InputError(f"{out[0].uri}: cannot tell the format from the name; pass --format "
+                         "(tfrecord-image, tfrecord-features, image, parquet, csv)")
     if kind is not None:
         expected = {"image": ("tfrecord-image", "image"),
                     "features": ("tfrecord-features", "parquet", "csv")}[kind]
         for f in out:
-            if f.format not in expected:
+            if f.format not in (*expected, UNKNOWN_FORMAT):
                 raise InputError(f"{f.uri}: format {f.format} does not fit a model of "
                                  f"{kind} input; expected {' or '.join(expected)}")
     return out

@@ -26,6 +26,9 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.records import DeadLetter, FileStats, RawRecord
 
 FORMATS = ("tfrecord-image", "tfrecord-features", "image", "parquet", "csv")
+# A file matched beside readable ones whose name says no format (a README in an image
+# folder): it is not guessed at, and becomes an ``unknown_format`` dead letter.
+UNKNOWN_FORMAT = "unknown"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfrec")
 
@@ -42,7 +45,7 @@ class ReadSpec:
     batch_rows: int = 4096
 
     def __post_init__(self):
-        if self.format not in FORMATS:
+        if self.format not in (*FORMATS, UNKNOWN_FORMAT):
             raise ValueError(f"format={self.format!r}; expected one of {FORMATS}")
 
 
@@ -89,6 +92,10 @@ def read_file(uri: str, spec: ReadSpec, stats: FileStats) -> Iterator[RawRecord 
             stats.sha256 = file_sha256(uri)
         if size == 0:
             yield _file_failure(stats, "empty_file", "the file has no bytes")
+            return
+        if spec.format == UNKNOWN_FORMAT:
+            yield _file_failure(stats, "unknown_format", "the file name says no format "
+                                "(.png .jpg .jpeg .tfrecord .parquet .csv); not read")
             return
         for item in readers[spec.format](uri, spec):
             stats.records += 1      # a record, or a record-level dead letter: both were read

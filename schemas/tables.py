@@ -18,6 +18,7 @@ DEAD_LETTER_REASONS: dict[str, str] = {
     "unreadable_file": "the file could not be opened or parsed at all",
     "truncated_file": "the file ended early or is corrupt; records before the fault were kept",
     "empty_file": "the file has no bytes",
+    "unknown_format": "the file's name says no format, beside files that do; not read",
     "outside_root": "the file resolves outside the folder its glob names (symlink or '..'); not read",
     "missing_id": "the record has no id",
     "non_utf8_id": "the record id is not valid UTF-8",

@@ -124,6 +124,16 @@ def test_glob_matching_nothing_is_a_usage_error(features_registry, tmp_path):
     assert str(tmp_path / "nope") in res.output
 
 
+def test_inputs_whose_names_say_no_format_stop_before_scoring(features_registry, tmp_path):
+    (tmp_path / "in").mkdir()
+    for name in ("part-00000", "part-00001"):
+        (tmp_path / "in" / name).write_bytes(b"PAR1")
+    res = _score(features_registry, [str(tmp_path / "in" / "*")], tmp_path / "out")
+    assert res.exit_code == 2, res.output
+    assert "part-00000: cannot tell the format from the name; pass --format" in res.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_model_is_one_line(tmp_path):
     (tmp_path / "x.parquet").write_bytes(b"")
     res = CliRunner().invoke(cli, ["score", "--input", str(tmp_path / "x.parquet"), "--registry",

@@ -56,6 +56,7 @@ def image_run(images_registry, tmp_path_factory):
     upright = Image.fromarray(digits[7], "L")
     files["upright.png"] = _encode(upright, "PNG")
     files["exif.png"] = _encode(upright.transpose(Image.Transpose.ROTATE_90), "PNG", exif=exif)
+    files["README"] = b"digits exported for the nightly run\n"   # no format in its name
     for name, data in files.items():
         (d / name).write_bytes(data)
     outside = tmp / "elsewhere.png"
@@ -70,7 +71,7 @@ def image_run(images_registry, tmp_path_factory):
     helpers.write_tfrecord(t / "part-0.tfrecord", recs)
     (t / "zero.tfrecord").write_bytes(b"")
     out = tmp / "out"
-    res = helpers.score_cli(images_registry, [f"{d}/*.png", f"{d}/*.jpg", f"{t}/*.tfrecord"], out,
+    res = helpers.score_cli(images_registry, [f"{d}/*", f"{t}/*.tfrecord"], out,
                             "--max-record-bytes", "2000000", "--max-bad-fraction", "0.6")
     assert res.exit_code == 0, res.output + repr(res.exception)
     scores, dead, manifest = helpers.read_run(f"{out}/run1")
@@ -83,7 +84,7 @@ def _check(run):
     """The invariant, folder and shards each counted with their own glob root."""
     d, t = run["dir"], run["shards"]
     inputs = sorted(f"{d}/{n}" for n in os.listdir(d)) + sorted(f"{t}/{n}" for n in os.listdir(t))
-    helpers.check_invariant(run["run"], inputs, root=d, refused=(f"{d}/escape.png",))
+    helpers.check_invariant(run["run"], inputs, root=d, refused=(f"{d}/escape.png", f"{d}/README"))
 
 
 def _reason(run, name):
@@ -118,7 +119,7 @@ def test_content_not_extension_decides_the_format(image_run):
     ("truncated.png", "undecodable_image"), ("garbage.jpg", "undecodable_image"),
     ("zero.png", "empty_file"), ("zero.jpg", "empty_file"), ("zero.tfrecord", "empty_file"),
     ("bomb.png", "image_too_large"), ("noise.png", "record_too_large"),
-    ("escape.png", "outside_root"),
+    ("escape.png", "outside_root"), ("README", "unknown_format"),
 ])
 def test_bad_images_are_dead_lettered_with_a_reason(image_run, name, reason):
     assert _reason(image_run, name) == reason

@@ -180,3 +180,13 @@ def test_missing_renamed_column_stops_before_anything_is_written(features_regist
     assert res.exit_code == 2
     assert f"{tmp_path}/renamed.parquet: missing column 'f7'" in res.output
     assert res.output.strip().count("\n") == 0 and not (tmp_path / "out").exists()
+
+
+def test_training_skips_a_file_whose_name_says_no_format(tmp_path):
+    from jobs.train import TrainJobConfig, load_training_data
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    helpers.table_shards(tmp_path / "train", x)
+    (tmp_path / "train" / "README.md").write_text("exported nightly\n")
+    cfg = TrainJobConfig((str(tmp_path / "train" / "*"),), str(tmp_path / "reg"), "t")
+    arrays, ids, kind, columns, _ = load_training_data(cfg)
+    assert (kind, columns, len(ids)) == ("features", ["f0", "f1", "f2"], 40)
