@@ -2,6 +2,9 @@
 
     vae_encoder.keras  vae_decoder.keras  dae.keras  manifest.json  COMPLETE
 
+(an ensemble adds ``vae_encoder_1.keras  vae_decoder_1.keras  dae_1.keras`` and so on, one
+triple per further member).
+
 Loading is the security boundary of vigil: only the Keras v3 ``.keras`` zip is accepted
 (tf-keras runs Lambda code from .h5 and SavedModel files even with ``safe_mode=True``),
 every file's sha256 must match the manifest, and each model's config is scanned against
@@ -26,10 +29,10 @@ from models.calibration import Calibration
 from models.complexity import INPUT_BITS, input_bits
 from models.config import ModelConfig
 from models.preprocessing import Preprocessing
-from models.scoring import Scorer
+from models.scoring import Member, Scorer
 from schemas.manifest import check_model_manifest
 
-MODEL_FILES = ("vae_encoder.keras", "vae_decoder.keras", "dae.keras")
+MODEL_FILES = ("vae_encoder.keras", "vae_decoder.keras", "dae.keras")      # member 0
 MANIFEST = "manifest.json"
 COMPLETE = "COMPLETE"
 
@@ -106,16 +109,26 @@ def load_keras_file(path: str, where: str) -> keras.Model:
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
-def save_models(directory: str, encoder, decoder, dae) -> dict[str, str]:
-    """Write the three ``.keras`` files; returns their sha256 by file name."""
+def member_files(index: int) -> tuple[str, str, str]:
+    """The encoder, decoder and DAE file names of ensemble member ``index``."""
+    if index == 0:
+        return MODEL_FILES
+    return tuple(name.replace(".keras", f"_{index}.keras") for name in MODEL_FILES)
+
+
+def save_models(directory: str, members: list[Member]) -> dict[str, str]:
+    """Write three ``.keras`` files per member; returns their sha256 by file name."""
     tf.io.gfile.makedirs(directory)
-    for name, model in zip(MODEL_FILES, (encoder, decoder, dae)):
-        # Keras writes zips through the local filesystem; copy for remote registries.
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, name)
-            model.save(local)
-            tf.io.gfile.copy(local, f"{directory}/{name}", overwrite=True)
-    return {name: sha256_of(f"{directory}/{name}") for name in MODEL_FILES}
+    names = []
+    for index, member in enumerate(members):
+        for name, model in zip(member_files(index), member):
+            # Keras writes zips through the local filesystem; copy for remote registries.
+            with tempfile.TemporaryDirectory() as tmp:
+                local = os.path.join(tmp, name)
+                model.save(local)
+                tf.io.gfile.copy(local, f"{directory}/{name}", overwrite=True)
+            names.append(name)
+    return {name: sha256_of(f"{directory}/{name}") for name in names}
 
 
 def read_manifest(directory: str, label: str) -> dict:
@@ -140,7 +153,11 @@ def read_manifest(directory: str, label: str) -> dict:
 
 def verify_files(directory: str, manifest: dict, label: str) -> None:
     """Every file named in the manifest exists and has its recorded sha256."""
-    for name in MODEL_FILES:
+    members = manifest.get("model_config", {}).get("members", 1)
+    if not isinstance(members, int) or members < 1:
+        raise BundleError(f"{label}/{MANIFEST}: model_config.members is {members!r}; expected "
+                          "a positive integer")
+    for name in (n for index in range(members) for n in member_files(index)):
         if name not in manifest["files"]:
             raise BundleError(f"{label}/{MANIFEST}: no checksum recorded for {name}")
     for name, expected in manifest["files"].items():
@@ -161,17 +178,14 @@ class Bundle:
     config: ModelConfig
     preprocessing: Preprocessing
     calibration: Calibration
-    encoder: keras.Model
-    decoder: keras.Model
-    dae: keras.Model
+    members: list[Member]
 
     @property
     def version(self) -> str:
         return self.manifest["version"]
 
     def scorer(self) -> Scorer:
-        return Scorer(self.encoder, self.decoder, self.dae, self.config,
-                      seed=int(self.manifest["training"].get("seed", 0)))
+        return Scorer(self.members, self.config, seed=int(self.manifest["training"].get("seed", 0)))
 
     def score_raw(self, scorer: Scorer, raw: np.ndarray, ids: list[str]) -> dict[str, np.ndarray]:
         """Decoded records -> the scorer's outputs, plus what the calibration needs with them."""
@@ -192,11 +206,14 @@ def load_bundle(directory: str, label: str | None = None) -> Bundle:
         calibration = Calibration.from_dict(manifest["calibration"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{label}/{MANIFEST}: bad model description ({exc})") from None
-    models = [load_keras_file(f"{directory}/{name}", f"{label}/{name}") for name in MODEL_FILES]
-    expected = tuple(config.input_shape)
-    for name, model in zip(("vae_encoder.keras", "dae.keras"), (models[0], models[2])):
-        got = tuple(model.input_shape[1:])
-        if got != expected:
-            raise BundleError(f"{label}/{name}: input shape {got} differs from the manifest's "
-                              f"{expected}")
-    return Bundle(directory, label, manifest, config, preprocessing, calibration, *models)
+    members = []
+    for index in range(config.members):
+        names = member_files(index)
+        member = Member(*(load_keras_file(f"{directory}/{n}", f"{label}/{n}") for n in names))
+        for name, model in ((names[0], member.encoder), (names[2], member.dae)):
+            got = tuple(model.input_shape[1:])
+            if got != tuple(config.input_shape):
+                raise BundleError(f"{label}/{name}: input shape {got} differs from the "
+                                  f"manifest's {tuple(config.input_shape)}")
+        members.append(member)
+    return Bundle(directory, label, manifest, config, preprocessing, calibration, members)

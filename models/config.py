@@ -33,6 +33,8 @@ class ModelConfig:
                                     # "max_model": the larger of the VAE's and the DAE's
     adjust_complexity: bool = False  # images: judge scores against normal images of the
                                      # same compressed size (models.complexity)
+    members: int = 1                # VAE+DAE pairs trained from different initial weights
+                                    # on the same split; scores are their mean
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -43,7 +45,7 @@ class ModelConfig:
             raise ValueError(f"image input_shape={self.input_shape}; expected (H, W, C)")
         if self.kind == "features" and len(self.input_shape) != 1:
             raise ValueError(f"features input_shape={self.input_shape}; expected (D,)")
-        for name in ("latent_dim", "n_recon_samples", "n_iwae_samples", "top_k"):
+        for name in ("latent_dim", "n_recon_samples", "n_iwae_samples", "top_k", "members"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; must be >= 1")
         if not 0.0 <= self.trim_fraction < 0.5:

@@ -8,12 +8,18 @@ z_s = mu + sigma * eps_s (one batched decoder call for all of them):
     vae_log_px        = log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x)       (IWAE, >= ELBO in expectation)
     dae_recon_error   = mean_d (x_d - dae(x)_d)^2
 
+With an ensemble (``ModelConfig.members`` > 1: the same networks trained from different
+initial weights on the same split), each score is the mean of the members' scores: the
+members disagree most where the data is thin, so the mean ranks more steadily than any
+one of them.
+
 The noise eps comes from a stateless RNG seeded by the record's id, so a record scores
 the same in any batch, order, worker or re-run.
 """
 from __future__ import annotations
 
 import hashlib
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -33,8 +39,15 @@ def record_seeds(ids: list[str], model_seed: int) -> np.ndarray:
     return out
 
 
+class Member(NamedTuple):
+    """One trained VAE (encoder, decoder) and DAE: a member of the ensemble."""
+    encoder: keras.Model
+    decoder: keras.Model
+    dae: keras.Model
+
+
 class Scorer:
-    """Scores batches of preprocessed records with a VAE encoder/decoder and a DAE.
+    """Scores batches of preprocessed records with the members' VAEs and DAEs.
 
     Call it with a float32 array shaped ``(batch,) + input_shape`` and the record ids;
     it returns numpy arrays: the four scores (batch,), and ``top_index`` /
@@ -42,9 +55,11 @@ class Scorer:
     pixel position) with the largest VAE negative log-likelihood.
     """
 
-    def __init__(self, encoder: keras.Model, decoder: keras.Model, dae: keras.Model,
-                 config: ModelConfig, seed: int = 0, block: int = 64):
-        self.encoder, self.decoder, self.dae = encoder, decoder, dae
+    def __init__(self, members: Sequence[Member], config: ModelConfig, seed: int = 0,
+                 block: int = 64):
+        if not members:
+            raise ValueError("a Scorer needs at least one member")
+        self.members = [Member(*m) for m in members]
         self.config = config
         self.seed = int(seed)
         # Every call runs on exactly ``block`` rows (the last block padded): matrix kernels
@@ -60,39 +75,40 @@ class Scorer:
     def _score_batch(self, x: tf.Tensor, seeds: tf.Tensor) -> dict[str, tf.Tensor]:
         cfg = self.config
         n_samples = max(cfg.n_recon_samples, cfg.n_iwae_samples)
+        eps = tf.map_fn(lambda s: tf.random.stateless_normal([n_samples, cfg.latent_dim], seed=s),
+                        seeds, fn_output_signature=tf.float32)                      # (B, S, Z)
+        per_member = [self._member_scores(m, x, eps) for m in self.members]
+        mean = {k: tf.add_n([p[k] for p in per_member]) / len(per_member) for k in per_member[0]}
+        # Reduced in float64: a float32 mean's last bit depends on the row's memory position.
+        contribution = tf.cast(mean.pop("contribution"), tf.float32)                # (B, D)
+        top = tf.math.top_k(contribution, k=min(cfg.top_k, cfg.input_dim))
+        return {**mean, "top_index": top.indices, "top_contribution": top.values}
+
+    def _member_scores(self, member: Member, x: tf.Tensor, eps: tf.Tensor) -> dict[str, tf.Tensor]:
+        """One member's four scores and its per-dimension contributions (float64)."""
+        cfg = self.config
+        n_samples = max(cfg.n_recon_samples, cfg.n_iwae_samples)
         batch = tf.shape(x)[0]
         x_flat = losses.flatten(x)
 
-        z_mean, z_log_var = self.encoder(x, training=False)
-        eps = tf.map_fn(lambda s: tf.random.stateless_normal([n_samples, cfg.latent_dim], seed=s),
-                        seeds, fn_output_signature=tf.float32)                      # (B, S, Z)
+        z_mean, z_log_var = member.encoder(x, training=False)
         z = z_mean[:, None, :] + tf.exp(0.5 * z_log_var)[:, None, :] * eps
-        outputs = self.decoder(tf.reshape(z, [-1, cfg.latent_dim]), training=False)
+        outputs = member.decoder(tf.reshape(z, [-1, cfg.latent_dim]), training=False)
         x_rep = tf.repeat(x_flat, n_samples, axis=0)                               # (B*S, D)
         ll_dim = tf.reshape(losses.recon_log_prob(x_rep, outputs, cfg.likelihood, cfg.min_scale),
                             [batch, n_samples, -1])                                 # (B, S, D)
         ll = tf.reduce_sum(ll_dim, axis=-1)                                         # (B, S)
 
         L, K = cfg.n_recon_samples, cfg.n_iwae_samples
-        recon_logprob = losses.log_mean_exp(ll[:, :L], axis=1)
-        elbo = tf.reduce_mean(ll, axis=1) - losses.kl_to_standard_normal(z_mean, z_log_var)
         log_prior = -0.5 * tf.reduce_sum(losses.LOG_2PI + tf.square(z), axis=-1)
         log_q = losses.log_normal(z, z_mean[:, None, :], z_log_var[:, None, :])
-        log_px = losses.log_mean_exp(ll[:, :K] + log_prior[:, :K] - log_q[:, :K], axis=1)
-
-        dae_error = tf.reduce_mean(tf.square(x_flat - losses.flatten(self.dae(x, training=False))),
-                                   axis=-1)
-        # Reduced in float64: a float32 mean's last bit depends on the row's memory position.
-        contribution = tf.cast(-tf.reduce_mean(tf.cast(ll_dim[:, :L, :], tf.float64), axis=1),
-                               tf.float32)                                          # (B, D)
-        top = tf.math.top_k(contribution, k=min(cfg.top_k, cfg.input_dim))
+        dae_out = losses.flatten(member.dae(x, training=False))
         return {
-            "vae_recon_logprob": recon_logprob,
-            "vae_elbo": elbo,
-            "vae_log_px": log_px,
-            "dae_recon_error": dae_error,
-            "top_index": top.indices,
-            "top_contribution": top.values,
+            "vae_recon_logprob": losses.log_mean_exp(ll[:, :L], axis=1),
+            "vae_elbo": tf.reduce_mean(ll, axis=1) - losses.kl_to_standard_normal(z_mean, z_log_var),
+            "vae_log_px": losses.log_mean_exp(ll[:, :K] + log_prior[:, :K] - log_q[:, :K], axis=1),
+            "dae_recon_error": tf.reduce_mean(tf.square(x_flat - dae_out), axis=-1),
+            "contribution": -tf.reduce_mean(tf.cast(ll_dim[:, :L, :], tf.float64), axis=1),
         }
 
     def __call__(self, x: np.ndarray, ids: list[str]) -> dict[str, np.ndarray]:
@@ -115,9 +131,10 @@ class Scorer:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def reconstruct(self, x: np.ndarray) -> np.ndarray:
-        """The VAE's mean reconstruction at the posterior mean (for pictures, not scores)."""
-        z_mean, _ = self.encoder(np.asarray(x, np.float32), training=False)
-        out = self.decoder(z_mean, training=False)
+        """The first member's VAE reconstruction at the posterior mean (for pictures, not scores)."""
+        first = self.members[0]
+        z_mean, _ = first.encoder(np.asarray(x, np.float32), training=False)
+        out = first.decoder(z_mean, training=False)
         mean = tf.sigmoid(out) if self.config.likelihood == "bernoulli" else out[0]
         return mean.numpy().reshape(np.shape(x))
 

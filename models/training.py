@@ -7,7 +7,9 @@ The normal rows are split once, by seed, into four disjoint parts:
     calibration A  per-score conformal p-values and thresholds
     calibration B  the combined statistic's own threshold
 
-so no number in the manifest is measured on data the models were fitted to.
+so no number in the manifest is measured on data the models were fitted to.  An ensemble
+(``ModelConfig.members``) trains each member on the same train split from its own initial
+weights (seed ``cfg.seed + m``) and is calibrated as one model.
 """
 from __future__ import annotations
 
@@ -26,16 +28,14 @@ from models.dae import DAE, TrimAfter
 from models.devices import DevicePlan, make_strategy, plan_devices, precision_policy, visible_gpus
 from models.networks import build_dae, build_decoder, build_encoder
 from models.preprocessing import Preprocessing
-from models.scoring import Scorer
+from models.scoring import Member, Scorer
 from models.vae import VAE, KLWarmup
 from schemas.tables import SCORE_NAMES
 
 
 @dataclass
 class TrainResult:
-    encoder: keras.Model
-    decoder: keras.Model
-    dae: keras.Model
+    members: list[Member]
     preprocessing: Preprocessing
     calibration: Calibration
     history: dict
@@ -43,6 +43,15 @@ class TrainResult:
     plan: DevicePlan
     split_sizes: dict
     validation_scores: dict = field(repr=False, default_factory=dict)
+
+    # The first member stands for the ensemble in pictures (latent map, samples).
+    @property
+    def encoder(self) -> keras.Model:
+        return self.members[0].encoder
+
+    @property
+    def decoder(self) -> keras.Model:
+        return self.members[0].decoder
 
 
 def split_indices(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
@@ -130,6 +139,25 @@ def _fit_one(model, x_train, x_val, cfg: TrainConfig, global_batch: int, callbac
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
+def _fit_member(part: dict[str, np.ndarray], model_config: ModelConfig, cfg: TrainConfig,
+                index: int, strategy, plan: DevicePlan, global_batch: int) -> tuple[Member, dict]:
+    """Train one VAE and one DAE from the initial weights of seed ``cfg.seed + index``."""
+    keras.utils.set_random_seed(cfg.seed + index)
+    with strategy.scope(), precision_policy(plan.precision):
+        vae, dae = VAE(model_config), DAE(model_config)
+        vae.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
+        dae.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
+    warmup = model_config.kl_warmup_epochs
+    history = {
+        "vae": _fit_one(vae, part["train"], part["validation"], cfg, global_batch, [KLWarmup()], warmup),
+        "dae": _fit_one(dae, part["train"], part["validation"], cfg, global_batch, [TrimAfter(warmup)], warmup),
+    }
+    member = Member(_float32_copy(vae.encoder, build_encoder, model_config),
+                    _float32_copy(vae.decoder, build_decoder, model_config),
+                    _float32_copy(dae.net, build_dae, model_config))
+    return member, history
+
+
 def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: TrainConfig,
         preprocessing: Preprocessing) -> TrainResult:
     """Train the VAE and the DAE on normal records and calibrate them.
@@ -150,21 +178,14 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
     strategy = make_strategy(plan)
     global_batch = effective_batch_size(len(splits["train"]), cfg.batch_size) \
         * strategy.num_replicas_in_sync
-    with strategy.scope(), precision_policy(plan.precision):
-        vae, dae = VAE(model_config), DAE(model_config)
-        vae.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
-        dae.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
     started = time.time()
-    warmup = model_config.kl_warmup_epochs
-    history = {
-        "vae": _fit_one(vae, part["train"], part["validation"], cfg, global_batch, [KLWarmup()], warmup),
-        "dae": _fit_one(dae, part["train"], part["validation"], cfg, global_batch, [TrimAfter(warmup)], warmup),
-    }
-    encoder = _float32_copy(vae.encoder, build_encoder, model_config)
-    decoder = _float32_copy(vae.decoder, build_decoder, model_config)
-    dae_net = _float32_copy(dae.net, build_dae, model_config)
+    members, history = [], {}
+    for m in range(model_config.members):
+        member, member_history = _fit_member(part, model_config, cfg, m, strategy, plan, global_batch)
+        members.append(member)
+        history.update({(name if m == 0 else f"{name}_{m}"): h for name, h in member_history.items()})
 
-    scorer = Scorer(encoder, decoder, dae_net, model_config, seed=cfg.seed)
+    scorer = Scorer(members, model_config, seed=cfg.seed)
     ids = list(ids)
     scores = {}
     for name in ("validation", "calibration_a", "calibration_b"):
@@ -183,7 +204,7 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
         "validation": validation_metrics(calibration, scores["validation"]),
     }
     metrics["batch_size"] = global_batch
-    return TrainResult(encoder, decoder, dae_net, preprocessing, calibration, history, metrics,
+    return TrainResult(members, preprocessing, calibration, history, metrics,
                        plan, {k: int(len(v)) for k, v in splits.items()}, scores["validation"])
 
 

@@ -30,10 +30,15 @@ def _png(fig) -> str:
 def _losses(history: dict) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3))
     for ax, model in zip(axes, ("vae", "dae")):
-        for key in ("loss", "val_loss"):
-            if key in history.get(model, {}):
-                ax.plot(history[model][key], label=key)
-        ax.set_title(f"{model} loss per epoch", fontsize=9)
+        # An ensemble's further members are "vae_1", "dae_1", ...: drawn fainter, unlabelled.
+        for name in (n for n in history if n == model or n.startswith(model + "_")):
+            for key in ("loss", "val_loss"):
+                if key in history[name]:
+                    ax.plot(history[name][key], label=key if name == model else None,
+                            alpha=1.0 if name == model else 0.35,
+                            color="C0" if key == "loss" else "C1")
+        ax.set_title(f"{model} loss per epoch" + (" (all members)" if f"{model}_1" in history else ""),
+                     fontsize=9)
         ax.legend(fontsize=7)
     return _png(fig)
 

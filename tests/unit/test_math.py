@@ -10,7 +10,7 @@ import tf_keras as keras
 
 from models import losses
 from models.config import ModelConfig
-from models.scoring import Scorer, record_seeds
+from models.scoring import Member, Scorer, record_seeds
 
 
 def test_kl_closed_form_matches_monte_carlo():
@@ -67,7 +67,7 @@ def _true_log_px(x, b, cov):
 def _scores(config, enc, dec, dae, x, K, L=8):
     cfg = ModelConfig(**{**config.to_dict(), "n_iwae_samples": K, "n_recon_samples": L,
                          "input_shape": config.input_shape, "hidden": config.hidden})
-    return Scorer(enc, dec, dae, cfg, seed=1)(x, [f"r{i}" for i in range(len(x))])
+    return Scorer([Member(enc, dec, dae)], cfg, seed=1)(x, [f"r{i}" for i in range(len(x))])
 
 
 def test_iwae_is_at_least_elbo_and_grows_with_k_towards_true_log_px():

@@ -69,6 +69,7 @@ def test_concurrent_publishers_get_distinct_versions(features_registry, tmp_path
     ("checksum", "sha256 mismatch"),
     ("missing", "file is missing"),
     ("truncated", "sha256 mismatch"),
+    ("member", "dae_2.keras: file is missing"),
 ])
 def test_damaged_versions_are_refused_with_one_line(features_registry, tmp_path, damage, message):
     reg = _copy_registry(features_registry["registry"], tmp_path)
@@ -80,6 +81,8 @@ def test_damaged_versions_are_refused_with_one_line(features_registry, tmp_path,
             f.write(b"x")
     elif damage == "missing":
         (d / "vae_decoder.keras").unlink()
+    elif damage == "member":        # the third member of the table ensemble
+        (d / "dae_2.keras").unlink()
     else:
         data = (d / "vae_encoder.keras").read_bytes()
         (d / "vae_encoder.keras").write_bytes(data[: len(data) // 2])

@@ -43,9 +43,9 @@ def _blobs(n, seed=0):
     return rng.normal(size=(n, 2)) @ W + 0.1 * rng.normal(size=(n, 10))
 
 
-def _fit(x, **train):
+def _fit(x, members=1, **train):
     cfg = ModelConfig("features", (10,), latent_dim=2, hidden=(32, 16), n_recon_samples=8,
-                      n_iwae_samples=16)
+                      n_iwae_samples=16, members=members)
     pre = Preprocessing("features", (10,), tuple(f"f{i}" for i in range(10)))
     return fit(x, [f"r{i}" for i in range(len(x))], cfg,
                TrainConfig(epochs=train.pop("epochs", 8), verbose=0, **train), pre)
@@ -57,7 +57,7 @@ def test_same_seed_same_model_and_scores_rank_normals_above_noise():
     for wa, wb in zip(a.encoder.get_weights(), b.encoder.get_weights()):
         np.testing.assert_array_equal(wa, wb)
     from models.scoring import Scorer
-    scorer = Scorer(a.encoder, a.decoder, a.dae, ModelConfig(
+    scorer = Scorer(a.members, ModelConfig(
         "features", (10,), latent_dim=2, hidden=(32, 16), n_recon_samples=8, n_iwae_samples=16))
     normal = a.preprocessing.transform(_blobs(300, seed=5))
     # Same marginal spread as the data, but off its 2-D manifold.
@@ -67,6 +67,26 @@ def test_same_seed_same_model_and_scores_rank_normals_above_noise():
     assert roc_auc_score(truth, -s["vae_recon_logprob"]) > 0.95
     assert roc_auc_score(truth, s["dae_recon_error"]) > 0.95
     assert a.metrics["finite"]
+
+
+def test_an_ensemble_scores_the_mean_of_its_members():
+    from models.scoring import Scorer
+    from schemas.tables import SCORE_NAMES
+    x = _blobs(400)
+    single, pair = _fit(x, epochs=3), _fit(x, members=2, epochs=3)
+    # Member 0 is the single model; member 1 starts from other weights on the same split.
+    for w1, w2 in zip(single.encoder.get_weights(), pair.members[0].encoder.get_weights()):
+        np.testing.assert_array_equal(w1, w2)
+    assert not np.array_equal(pair.members[0].dae.get_weights()[0], pair.members[1].dae.get_weights()[0])
+    assert set(pair.history) == {"vae", "dae", "vae_1", "dae_1"}
+    cfg = ModelConfig("features", (10,), latent_dim=2, hidden=(32, 16), n_recon_samples=8,
+                      n_iwae_samples=16, members=2)
+    t = pair.preprocessing.transform(_blobs(50, seed=3))
+    ids = [f"t{i}" for i in range(len(t))]
+    both = Scorer(pair.members, cfg)(t, ids)
+    each = [Scorer([m], cfg)(t, ids) for m in pair.members]
+    for name in SCORE_NAMES:
+        np.testing.assert_allclose(both[name], (each[0][name] + each[1][name]) / 2, rtol=1e-5)
 
 
 def test_mixed_precision_trains_with_finite_losses():
