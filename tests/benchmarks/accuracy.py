@@ -42,7 +42,7 @@ def case_name(case: dict) -> str:
 
 
 def run_case(P, protocol: str, case: dict, work: Path, epochs: int | None,
-             dump: str | None = None) -> dict:
+             dump: str | None = None, members: int | None = None) -> dict:
     x_train, x_test, y_test = P.load(protocol, **case)
     image = protocol.startswith("mnist")
     train_ids = [f"tr-{i:06d}" for i in range(len(x_train))]
@@ -60,7 +60,7 @@ def run_case(P, protocol: str, case: dict, work: Path, epochs: int | None,
     started = time.time()
     train_cfg = TrainConfig(verbose=0, **({"epochs": epochs} if epochs else {}))
     trained = run_training(TrainJobConfig((str(work / "train" / pattern),), str(work / "reg"), "bench",
-                                          train=train_cfg))
+                                          members=members, train=train_cfg))
     trained_s = time.time() - started
     cfg = ScoreConfig((str(work / "test" / pattern),), str(work / "reg"), "bench", str(work / "runs"),
                       trained.version, run_id="bench", overwrite=True, carry_columns=("label",))
@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--protocol", action="append", choices=list(GOALS))
     ap.add_argument("--quick", action="store_true", help="one case per protocol")
     ap.add_argument("--epochs", type=int, default=None, help="override (default: vigil's)")
+    ap.add_argument("--members", type=int, default=None, help="override (default: vigil's)")
     ap.add_argument("--tag", default="", help="suffix of the results file")
     ap.add_argument("--dump", default=None, help="folder for per-case raw scores (.npz)")
     args = ap.parse_args(argv)
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
         results, started = [], time.time()
         for case in cases:
             with tempfile.TemporaryDirectory() as tmp:
-                r = run_case(P, protocol, case, Path(tmp), args.epochs, args.dump)
+                r = run_case(P, protocol, case, Path(tmp), args.epochs, args.dump, args.members)
             peer = peers.get(protocol, {}).get(r["case"])
             r["best_peer"] = {"name": peer[0], "auroc": peer[1]} if peer else None
             results.append(r)
@@ -142,6 +143,7 @@ def report(protocol: str, results: list[dict], args, wall_seconds: float,
     calib = [r for r in results if r["n_test_normal"] >= 500]
     ok = all(0.005 <= r["fpr"] <= 0.015 for r in calib)
     summary = {"protocol": protocol, "quick": args.quick, "epochs": args.epochs,
+               "members": args.members,
                "mean_auroc": means, "goal": GOALS[protocol],
                "goal_met": means["anomaly_score"] >= GOALS[protocol],
                "fpr_within_0.5_1.5x_target": ok, "complete": complete,
