@@ -86,7 +86,8 @@ def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_co
             tuple(c.strip() for c in feature_columns.split(",")) if feature_columns else (),
             label_column, tuple(v.strip() for v in normal_values.split(",")) if normal_values else (),
             image_size, channels, latent_dim, likelihood, members=members, promote=promote,
-            max_records=max_records, train=TrainConfig(epochs=epochs, max_examples=max_examples, batch_size=batch_size,
+            max_records=max_records,
+            train=TrainConfig(epochs=epochs, max_examples=max_examples, batch_size=batch_size,
                               seed=seed, target_fprs=tuple(target_fpr), device=device,
                               mixed_precision=mixed_precision, verbose=2))
         _train_and_report(cfg)

@@ -34,8 +34,8 @@ SCORE_OPTIONS = {"target_fpr", "batch_size", "max_bad_fraction", "format", "id_c
                  "num_shards"}
 TRAIN_OPTIONS = {"format", "id_column", "feature_columns", "label_column", "normal_values",
                  "image_size", "channels", "epochs", "max_examples", "batch_size", "latent_dim",
-                 "likelihood", "members", "seed", "target_fprs", "promote", "device", "mixed_precision",
-                 "max_records"}
+                 "likelihood", "members", "seed", "target_fprs", "promote", "device",
+                 "mixed_precision", "max_records"}
 
 
 class SpecError(ValueError):

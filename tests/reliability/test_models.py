@@ -133,7 +133,7 @@ def test_two_trainings_at_once_get_distinct_complete_versions(features_registry,
     helpers.table_shards(tmp_path / "train", x[y == 0][:300], y[y == 0][:300])
     cmd = [sys.executable, "-c", "from jobs.cli import main; main()", "train", "--input",
            str(tmp_path / "train" / "*.parquet"), "--registry", reg, "--name", "twin",
-           "--epochs", "2"]
+           "--epochs", "2", "--members", "2"]
     seen, stop = [], threading.Event()
 
     def watch_pointer():
@@ -156,7 +156,7 @@ def test_two_trainings_at_once_get_distinct_complete_versions(features_registry,
     assert registry.list_versions(reg, "twin") == ["0001", "0002"]
     assert all(complete for _, complete in seen), seen
     for v in ("0001", "0002"):
-        registry.load(reg, "twin", v)
+        assert len(registry.load(reg, "twin", v).members) == 2
         res = helpers.score_cli({"registry": reg, "name": "twin"}, [str(tmp_path / "in" / "*.parquet")],
                                 tmp_path / "out", "--model-version", v, run_id=f"v{v}")
         assert res.exit_code == 0, res.output
