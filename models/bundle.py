@@ -151,12 +151,8 @@ def read_manifest(directory: str, label: str) -> dict:
     return manifest
 
 
-def verify_files(directory: str, manifest: dict, label: str) -> None:
-    """Every file named in the manifest exists and has its recorded sha256."""
-    members = manifest.get("model_config", {}).get("members", 1)
-    if not isinstance(members, int) or members < 1:
-        raise BundleError(f"{label}/{MANIFEST}: model_config.members is {members!r}; expected "
-                          "a positive integer")
+def verify_files(directory: str, manifest: dict, label: str, members: int) -> None:
+    """Every member's model files are recorded, and every recorded file has its sha256."""
     for name in (n for index in range(members) for n in member_files(index)):
         if name not in manifest["files"]:
             raise BundleError(f"{label}/{MANIFEST}: no checksum recorded for {name}")
@@ -199,13 +195,13 @@ def load_bundle(directory: str, label: str | None = None) -> Bundle:
     """Verify and load a model version; raises ``BundleError`` with one line on any fault."""
     label = label or directory
     manifest = read_manifest(directory, label)
-    verify_files(directory, manifest, label)
     try:
         config = ModelConfig.from_dict(manifest["model_config"])
         preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
         calibration = Calibration.from_dict(manifest["calibration"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{label}/{MANIFEST}: bad model description ({exc})") from None
+    verify_files(directory, manifest, label, config.members)
     members = []
     for index in range(config.members):
         names = member_files(index)

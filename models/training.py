@@ -165,8 +165,7 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
     ``x_raw`` is decoded records (uint8 images or raw features), ``preprocessing`` the
     transform to model inputs (for features it is re-fitted here on the train split).
     """
-    keras.utils.set_random_seed(cfg.seed)
-    tf.config.experimental.enable_op_determinism()
+    tf.config.experimental.enable_op_determinism()     # each member seeds itself
     splits = split_indices(len(x_raw), cfg)
     if preprocessing.kind == "features":
         preprocessing = Preprocessing.fit_features(x_raw[splits["train"]],
