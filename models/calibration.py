@@ -17,8 +17,16 @@ Two disjoint held-out splits of *normal* training data are used:
     one density model, so this leans on the VAE; on tables its likelihood is the sharper
     signal (accuracy benchmark, adbench-unsup and mvtec-resnet18).
   - ``max_model``: the larger of the VAE's mean surprise and the DAE's surprise, so
-    whichever model is surprised decides.  On images the DAE's error is the sharper signal
-    and ``mean`` gave it a quarter of the weight (mnist-oneclass: 0.951 against 0.935).
+    whichever model is surprised decides.
+  - ``dae``: the DAE's surprise alone.  On images the DAE's error is the sharper signal:
+    ``mean`` gave it a quarter of the weight (mnist-oneclass: ``max_model`` 0.951 against
+    0.935 for ``mean``), and once the DAE is judged by its smoothed error, any weight on
+    the VAE lowers mean AUROC on both image protocols.
+
+The statistics pooled are the four scores, except that a model configured with
+``dae_error_sigma`` (images) has the DAE judged by ``dae_smooth_error`` instead of its
+plain mean squared error (``models.scoring``); the ``dae_recon_error`` column and its
+p-value stay the plain error.
 
 With ``adjust_complexity`` (images), each score is first replaced by its residual from a
 straight-line fit on the input's compressed size over split A (``models.complexity``):
@@ -35,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.complexity import INPUT_BITS
+from models.config import DAE_SMOOTH_ERROR
 from schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
 
 
@@ -78,9 +87,12 @@ def smooth_surprise(calibration: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.nan_to_num(-np.log(np.maximum(p, 1e-300)), nan=np.inf, posinf=690.0)
 
 
+ORIENTATION = {**SCORE_ORIENTATION, DAE_SMOOTH_ERROR: +1}
+
+
 def oriented(name: str, values: np.ndarray) -> np.ndarray:
     """A score turned so that larger = more anomalous."""
-    return SCORE_ORIENTATION[name] * np.asarray(values, dtype=np.float64)
+    return ORIENTATION[name] * np.asarray(values, dtype=np.float64)
 
 
 def complexity_slope(values: np.ndarray, bits: np.ndarray) -> float:
@@ -112,10 +124,11 @@ class Calibration:
 
         With ``adjust_complexity`` both dicts must also hold ``input_bits``.
         """
+        names = tuple(dict.fromkeys((*SCORE_NAMES, *combine)))
         slopes = {n: complexity_slope(oriented(n, scores_a[n]), scores_a[INPUT_BITS])
-                  for n in SCORE_NAMES} if adjust_complexity else {}
+                  for n in names} if adjust_complexity else {}
         cal = cls({}, np.array([]), tuple(target_fprs), tuple(combine), rule, slopes)
-        cal.scores = {n: np.sort(cal.adjusted(n, scores_a)) for n in SCORE_NAMES}
+        cal.scores = {n: np.sort(cal.adjusted(n, scores_a)) for n in names}
         cal.combined = np.sort(cal.anomaly_score(scores_b))
         return cal
 
@@ -123,8 +136,16 @@ class Calibration:
     def needs_input_bits(self) -> bool:
         return bool(self.slopes)
 
+    @property
+    def statistics(self) -> tuple[str, ...]:
+        """The keys of a scores dict this calibration reads."""
+        return (*self.scores, *((INPUT_BITS,) if self.slopes else ()))
+
     def adjusted(self, name: str, scores: dict[str, np.ndarray]) -> np.ndarray:
         """A score oriented (larger = more anomalous), minus what its complexity explains."""
+        if name not in scores:
+            raise ValueError(f"this calibration reads '{name}'; score with the Scorer of the "
+                             "model it was fitted for")
         values = oriented(name, scores[name])
         if not self.slopes:
             return values
@@ -142,6 +163,8 @@ class Calibration:
         """Pooled smoothed surprise of the combined scores (larger = more anomalous)."""
         surprise = {n: smooth_surprise(self.scores[n], self.adjusted(n, scores))
                     for n in self.combine}
+        if self.rule == "dae":
+            return np.mean([v for n, v in surprise.items() if n.startswith("dae_")], axis=0)
         if self.rule == "max_model":
             by_model = [np.mean([v for n, v in surprise.items() if n.startswith(m)], axis=0)
                         for m in ("vae_", "dae_") if any(n.startswith(m) for n in surprise)]
@@ -171,10 +194,14 @@ class Calibration:
         """What every threshold means, for the manifest."""
         return {
             "rule": "is_anomaly = anomaly_score > threshold, equivalently anomaly_pvalue <= target_fpr",
-            "anomaly_score": ("mean over %s" if self.rule == "mean" else
-                              "max of the VAE's mean and the DAE's value, over %s")
+            "anomaly_score": {"mean": "mean over %s",
+                              "max_model": "max of the VAE's mean and the DAE's value, over %s",
+                              "dae": "the DAE's value, of %s"}[self.rule]
                              % ", ".join(self.combine) + " of -log p~, p~ the tail-smoothed "
-                             "conformal p-value from calibration split A",
+                             "conformal p-value from calibration split A" + (
+                                 f" ({DAE_SMOOTH_ERROR}: the DAE's squared error after "
+                                 "Gaussian smoothing of the residual; not a column)"
+                                 if DAE_SMOOTH_ERROR in self.combine else ""),
             "threshold": "conformal threshold of anomaly_score on calibration split B "
                          "(FPR <= target on exchangeable normal data; inf if split B has "
                          "fewer than 1/target - 1 rows)",

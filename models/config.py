@@ -9,7 +9,11 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 # of mnist-anc's 3,250 training images.  Tables train with dense nets and stop early.
 IMAGE_MAX_EXAMPLES = 130_000
 KINDS = ("image", "features")
-COMBINE_RULES = ("mean", "max_model")
+COMBINE_RULES = ("mean", "max_model", "dae")
+# The DAE's squared error after Gaussian smoothing of the residual (images with
+# ModelConfig.dae_error_sigma > 0).  Not an output column: anomaly_score takes the DAE's
+# surprise from it; scorers and calibration carry it under this key.
+DAE_SMOOTH_ERROR = "dae_smooth_error"
 
 
 @dataclass(frozen=True)
@@ -29,12 +33,15 @@ class ModelConfig:
     n_recon_samples: int = 16       # L: posterior samples for the reconstruction probability
     n_iwae_samples: int = 64        # K: importance samples for log p(x)
     top_k: int = 5                  # per-record explanation size
-    combine: str = "mean"           # anomaly_score: "mean" of the four surprises, or
-                                    # "max_model": the larger of the VAE's and the DAE's
+    combine: str = "mean"           # anomaly_score: "mean" of the four surprises,
+                                    # "max_model": the larger of the VAE's and the DAE's,
+                                    # or "dae": the DAE's alone
     adjust_complexity: bool = False  # images: judge scores against normal images of the
                                      # same compressed size (models.complexity)
     members: int = 1                # VAE+DAE pairs trained from different initial weights
                                     # on the same split; scores are their mean
+    dae_error_sigma: float = 0.0    # images: anomaly_score judges the DAE by its residual
+                                    # smoothed with a Gaussian of this std (pixels); 0 = MSE
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -54,6 +61,9 @@ class ModelConfig:
             raise ValueError(f"combine={self.combine!r}; expected one of {COMBINE_RULES}")
         if self.adjust_complexity and self.kind != "image":
             raise ValueError("adjust_complexity=True needs kind='image' (it compresses images)")
+        if self.dae_error_sigma < 0 or (self.dae_error_sigma and self.kind != "image"):
+            raise ValueError(f"dae_error_sigma={self.dae_error_sigma}; must be >= 0, and 0 "
+                             "unless kind='image' (it smooths over pixel neighbours)")
         if self.min_scale <= 0:
             raise ValueError(f"min_scale={self.min_scale}; must be > 0")
 

@@ -8,6 +8,10 @@ z_s = mu + sigma * eps_s (one batched decoder call for all of them):
     vae_log_px        = log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x)       (IWAE, >= ELBO in expectation)
     dae_recon_error   = mean_d (x_d - dae(x)_d)^2
 
+Images with ``ModelConfig.dae_error_sigma`` > 0 also get ``dae_smooth_error``, the DAE's
+squared error after Gaussian smoothing of the residual (``losses.smoothed_squared_error``):
+not an output column, but what ``anomaly_score`` judges the DAE by.
+
 With an ensemble (``ModelConfig.members`` > 1: the same networks trained from different
 initial weights on the same split), each score is the mean of the members' scores: the
 members disagree most where the data is thin, so the mean ranks more steadily than any
@@ -26,7 +30,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from models import losses
-from models.config import ModelConfig
+from models.config import DAE_SMOOTH_ERROR, ModelConfig
 
 
 def record_seeds(ids: list[str], model_seed: int) -> np.ndarray:
@@ -102,8 +106,11 @@ class Scorer:
         L, K = cfg.n_recon_samples, cfg.n_iwae_samples
         log_prior = -0.5 * tf.reduce_sum(losses.LOG_2PI + tf.square(z), axis=-1)
         log_q = losses.log_normal(z, z_mean[:, None, :], z_log_var[:, None, :])
-        dae_out = losses.flatten(member.dae(x, training=False))
-        return {
+        dae_image = member.dae(x, training=False)
+        dae_out = losses.flatten(dae_image)
+        smooth = ({DAE_SMOOTH_ERROR: losses.smoothed_squared_error(x, dae_image, cfg.dae_error_sigma)}
+                  if cfg.dae_error_sigma else {})
+        return {**smooth,
             "vae_recon_logprob": losses.log_mean_exp(ll[:, :L], axis=1),
             "vae_elbo": tf.reduce_mean(ll, axis=1) - losses.kl_to_standard_normal(z_mean, z_log_var),
             "vae_log_px": losses.log_mean_exp(ll[:, :K] + log_prior[:, :K] - log_q[:, :K], axis=1),

@@ -23,7 +23,7 @@ import tf_keras as keras
 
 from models.calibration import Calibration
 from models.complexity import INPUT_BITS, input_bits
-from models.config import ModelConfig, TrainConfig
+from models.config import DAE_SMOOTH_ERROR, ModelConfig, TrainConfig
 from models.dae import DAE, TrimAfter
 from models.devices import DevicePlan, make_strategy, plan_devices, precision_policy, visible_gpus
 from models.networks import build_dae, build_decoder, build_encoder
@@ -194,7 +194,7 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
     if len(splits["calibration_a"]) == 0 or len(splits["calibration_b"]) == 0:
         raise ValueError(f"only {len(x_raw)} normal records: calibration splits are empty")
     calibration = Calibration.fit(scores["calibration_a"], scores["calibration_b"], cfg.target_fprs,
-                                  rule=model_config.combine,
+                                  combine=combined_statistics(model_config), rule=model_config.combine,
                                   adjust_complexity=model_config.adjust_complexity)
     metrics = {
         "train_seconds": round(time.time() - started, 2),
@@ -205,6 +205,16 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
     metrics["batch_size"] = global_batch
     return TrainResult(members, preprocessing, calibration, history, metrics,
                        plan, {k: int(len(v)) for k, v in splits.items()}, scores["validation"])
+
+
+def combined_statistics(model_config: ModelConfig) -> tuple[str, ...]:
+    """The statistics ``anomaly_score`` pools: the four scores, with the DAE's smoothed
+    error in place of its plain one when the model has a ``dae_error_sigma``, and only the
+    DAE's under the ``dae`` rule."""
+    dae = DAE_SMOOTH_ERROR if model_config.dae_error_sigma else "dae_recon_error"
+    if model_config.combine == "dae":
+        return (dae,)
+    return (*(n for n in SCORE_NAMES if n.startswith("vae_")), dae)
 
 
 def validation_metrics(calibration: Calibration, scores: dict[str, np.ndarray]) -> dict:

@@ -19,7 +19,6 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from models.bundle import Bundle, load_bundle
-from models.complexity import INPUT_BITS
 from models.scoring import Scorer
 from pipeline.records import ScoringInput
 from schemas.tables import SCORE_NAMES
@@ -100,7 +99,7 @@ def score_batch(model: LoadedModel, raw: np.ndarray, ids: list[str], target_fpr:
     """Decoded records -> every output column of the scores table (arrays over the batch)."""
     cal = model.bundle.calibration
     out = model.bundle.score_raw(model.scorer, raw, ids)
-    scores = {n: v.astype(np.float64) for n, v in out.items() if n in (*SCORE_NAMES, INPUT_BITS)}
+    scores = {n: v.astype(np.float64) for n, v in out.items() if n in (*SCORE_NAMES, *cal.statistics)}
     result = {n: scores[n] for n in SCORE_NAMES}
     result.update(cal.pvalues(scores))
     anomaly_score = cal.anomaly_score(scores)

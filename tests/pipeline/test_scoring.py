@@ -172,3 +172,23 @@ def test_images_run_with_bad_records(images_registry, tmp_path):
     assert dead.filter(pa.compute.equal(dead.column("reason"), "non_utf8_id")).column("id_hex").to_pylist() == ["fffe"]
     top = scores.column("top_features").to_pylist()[0]
     assert all(0 <= t["index"] < 28 * 28 for t in top)
+
+
+def test_images_are_flagged_by_the_dae_smoothed_error(images_registry, tmp_path):
+    """The image default judges the DAE by its smoothed residual: the scores table's
+    anomaly_score is that statistic's surprise, recomputed here from the bundle alone."""
+    from models import registry
+    from models.calibration import smooth_surprise
+    from models.config import DAE_SMOOTH_ERROR
+    images, labels = helpers.mnist(40, offset=3000)
+    helpers.image_shards(tmp_path / "in", images, labels, shards=1)
+    res = _score(images_registry, [str(tmp_path / "in" / "*.tfrecord")], tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    scores, _, _ = helpers.read_run(str(tmp_path / "out" / "run1"))
+    bundle = registry.load(images_registry["registry"], "mnist", images_registry["version"])
+    cal = bundle.calibration
+    assert (cal.rule, cal.combine) == ("dae", (DAE_SMOOTH_ERROR,))
+    ids = scores.column("id").to_pylist()                  # img-00012: the 13th image
+    raw = bundle.score_raw(bundle.scorer(), images[[int(i[4:]) for i in ids]][..., None], ids)
+    expected = smooth_surprise(cal.scores[DAE_SMOOTH_ERROR], cal.adjusted(DAE_SMOOTH_ERROR, raw))
+    np.testing.assert_allclose(scores.column("anomaly_score").to_numpy(), expected, rtol=1e-6)

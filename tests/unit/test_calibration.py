@@ -138,3 +138,31 @@ def test_input_bits_measure_what_a_compressor_needs():
     assert input_bits(np.repeat(noise, 3, axis=-1))[0] > 0
     with pytest.raises(ValueError, match="shape"):
         input_bits(np.zeros((2, 28, 28)))
+
+
+def test_the_dae_can_be_judged_by_its_smoothed_error():
+    """With dae_smooth_error pooled, the DAE's surprise comes from it, not the plain MSE
+    (whose column and p-value stay as they are)."""
+    from models.config import DAE_SMOOTH_ERROR
+    rng = np.random.default_rng(8)
+
+    def normals(n):
+        base = rng.normal(size=n)
+        return {"vae_recon_logprob": -base, "vae_elbo": -base - 1, "vae_log_px": -base + 1,
+                "dae_recon_error": np.exp(base), DAE_SMOOTH_ERROR: rng.gamma(2.0, 0.5, size=n)}
+    combine = ("vae_recon_logprob", "vae_elbo", "vae_log_px", DAE_SMOOTH_ERROR)
+    cal = Calibration.fit(normals(2000), normals(2000), combine=combine, rule="max_model")
+    assert cal.statistics == (*SCORE_NAMES, DAE_SMOOTH_ERROR)
+    odd = normals(5)
+    odd.update({n: np.zeros(5) for n in SCORE_NAMES})   # typical on every column ...
+    odd[DAE_SMOOTH_ERROR][:] = 50.0                     # ... but the smoothed error
+    odd["dae_recon_error"][:] = 1.0
+    assert np.all(cal.anomaly_score(odd) > cal.threshold(0.01))
+    assert np.all(cal.pvalues(odd)["dae_recon_error_pvalue"] > 0.01)
+    held_out = normals(20000)
+    assert np.mean(cal.anomaly_score(held_out) > cal.threshold(0.01)) <= 0.013
+    back = Calibration.from_dict(cal.to_dict())
+    np.testing.assert_allclose(back.anomaly_score(odd), cal.anomaly_score(odd))
+    assert DAE_SMOOTH_ERROR in cal.describe()["anomaly_score"]
+    with pytest.raises(ValueError, match=DAE_SMOOTH_ERROR):
+        cal.anomaly_score({k: v for k, v in odd.items() if k != DAE_SMOOTH_ERROR})

@@ -116,3 +116,28 @@ def test_record_seeds_are_stable():
     a = record_seeds(["a", "b"], 3)
     assert a.dtype == np.int64 and (a[:, 1] == 3).all() and a[0, 0] != a[1, 0]
     np.testing.assert_array_equal(a, record_seeds(["a", "b"], 3))
+
+
+def test_smoothed_error_forgives_a_shifted_edge_but_not_a_missing_stroke():
+    """Same plain MSE; smoothing cancels a one-pixel misplacement's +/- pair only."""
+    image = np.zeros((1, 16, 16, 1), np.float32)
+    image[0, 4:12, 6] = 1.0                            # a vertical stroke, 1 pixel wide
+    shifted = np.roll(image, 1, axis=2)                # the same stroke, one pixel right
+    lost = np.zeros_like(image)                        # the stroke gone, and as much ink
+    lost[0, 4:12, 12] = 1.0                            # added where there was none
+    assert np.sum((image - lost) ** 2) == np.sum((image - shifted) ** 2)   # 16 either way
+    shift_err = losses.smoothed_squared_error(image, shifted, 0.7).numpy()[0]
+    lost_err = losses.smoothed_squared_error(image, lost, 0.7).numpy()[0]
+    assert shift_err < lost_err / 2
+
+
+def test_smoothed_error_is_a_gaussian_filter_of_the_residual():
+    from scipy.ndimage import gaussian_filter
+    rng = np.random.default_rng(1)
+    x = rng.random((3, 12, 10, 2)).astype(np.float32)
+    r = rng.random((3, 12, 10, 2)).astype(np.float32)
+    # scipy's truncate is in sigmas: 3 sigmas rounded up, like losses.gaussian_kernel_1d.
+    expected = (gaussian_filter(x - r, sigma=(0, 1.0, 1.0, 0), mode="constant",
+                                truncate=3.0) ** 2).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(losses.smoothed_squared_error(x, r, 1.0).numpy(), expected,
+                               rtol=1e-5)

@@ -123,10 +123,14 @@ def test_label_column_is_never_a_feature_by_default(tmp_path):
     assert list(loaded[3]) == ["x1", "x2"]
 
 
-def test_complexity_adjustment_is_an_image_option():
+def test_complexity_adjustment_and_smoothed_dae_error_are_image_options():
     assert ModelConfig("image", (8, 8, 1), adjust_complexity=True).adjust_complexity
     with pytest.raises(ValueError, match="adjust_complexity"):
         ModelConfig("features", (4,), adjust_complexity=True)
+    assert ModelConfig("image", (8, 8, 1), dae_error_sigma=0.7).dae_error_sigma == 0.7
+    for kind, shape, sigma in (("features", (4,), 0.7), ("image", (8, 8, 1), -1.0)):
+        with pytest.raises(ValueError, match="dae_error_sigma"):
+            ModelConfig(kind, shape, dae_error_sigma=sigma)
 
 
 def test_example_budget_caps_epochs_but_leaves_warm_up_room():
