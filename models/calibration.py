@@ -194,10 +194,10 @@ class Calibration:
         """What every threshold means, for the manifest."""
         return {
             "rule": "is_anomaly = anomaly_score > threshold, equivalently anomaly_pvalue <= target_fpr",
-            "anomaly_score": {"mean": "mean over %s",
-                              "max_model": "max of the VAE's mean and the DAE's value, over %s",
-                              "dae": "the DAE's value, of %s"}[self.rule]
-                             % ", ".join(self.combine) + " of -log p~, p~ the tail-smoothed "
+            "anomaly_score": {"mean": "mean of -log p~ over {}",
+                              "max_model": "max of the VAE's mean and the DAE's -log p~, over {}",
+                              "dae": "-log p~ of {} (the DAE alone)"}[self.rule]
+                             .format(", ".join(self.combine)) + "; p~ is the tail-smoothed "
                              "conformal p-value from calibration split A" + (
                                  f" ({DAE_SMOOTH_ERROR}: the DAE's squared error after "
                                  "Gaussian smoothing of the residual; not a column)"
