@@ -107,16 +107,16 @@ class Scorer:
         log_prior = -0.5 * tf.reduce_sum(losses.LOG_2PI + tf.square(z), axis=-1)
         log_q = losses.log_normal(z, z_mean[:, None, :], z_log_var[:, None, :])
         dae_image = member.dae(x, training=False)
-        dae_out = losses.flatten(dae_image)
-        smooth = ({DAE_SMOOTH_ERROR: losses.smoothed_squared_error(x, dae_image, cfg.dae_error_sigma)}
-                  if cfg.dae_error_sigma else {})
-        return {**smooth,
+        scores = {
             "vae_recon_logprob": losses.log_mean_exp(ll[:, :L], axis=1),
             "vae_elbo": tf.reduce_mean(ll, axis=1) - losses.kl_to_standard_normal(z_mean, z_log_var),
             "vae_log_px": losses.log_mean_exp(ll[:, :K] + log_prior[:, :K] - log_q[:, :K], axis=1),
-            "dae_recon_error": tf.reduce_mean(tf.square(x_flat - dae_out), axis=-1),
+            "dae_recon_error": tf.reduce_mean(tf.square(x_flat - losses.flatten(dae_image)), axis=-1),
             "contribution": -tf.reduce_mean(tf.cast(ll_dim[:, :L, :], tf.float64), axis=1),
         }
+        if cfg.dae_error_sigma:
+            scores[DAE_SMOOTH_ERROR] = losses.smoothed_squared_error(x, dae_image, cfg.dae_error_sigma)
+        return scores
 
     def __call__(self, x: np.ndarray, ids: list[str]) -> dict[str, np.ndarray]:
         x = np.asarray(x, dtype=np.float32)
