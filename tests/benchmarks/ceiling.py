@@ -1,0 +1,144 @@
+"""What the table protocols allow at all: classical reference methods on vigil's splits.
+
+A goal is only worth chasing if some method can reach it on the data.  This benchmark
+measures two ceilings with scikit-learn alone (no vigil model is trained):
+
+* **Detection** (``mvtec-resnet18``): the AUROC of reference detectors (k-NN distance,
+  Mahalanobis with Ledoit-Wolf shrinkage, PCA residual, one-class SVM, isolation forest,
+  and a rank ensemble of the three best) trained on every train row, and on the share
+  vigil's models train on (``models.training.split_indices``: the rest is held out for
+  validation and calibration).
+* **Calibration under contamination** (``adbench-unsup``): the false-positive rate on the
+  test split's normal rows of a conformal threshold at 1 %, for a label-free detector
+  (isolation forest) fitted on vigil's train share, with the threshold taken from vigil's
+  calibration split B as it is (contaminated, as vigil sees it) and from that split's
+  normal rows alone (an oracle: the protocol's hidden train labels, for evaluation only).
+
+    python tests/benchmarks/ceiling.py [--protocol mvtec-resnet18|adbench-unsup ...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import protocols, table, write_json  # noqa: E402
+
+import numpy as np  # noqa: E402
+from scipy.stats import rankdata  # noqa: E402
+from sklearn.covariance import LedoitWolf  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.ensemble import IsolationForest  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+from sklearn.neighbors import NearestNeighbors  # noqa: E402
+from sklearn.svm import OneClassSVM  # noqa: E402
+
+from models.calibration import conformal_threshold  # noqa: E402
+from models.config import TrainConfig  # noqa: E402
+from models.training import split_indices  # noqa: E402
+
+TARGET_FPR = 0.01
+VIGIL_AUROC = {"mvtec-resnet18": 0.761}     # accuracy-mvtec-resnet18.json, anomaly_score
+
+
+def pca_residual(train: np.ndarray, test: np.ndarray, components: int) -> np.ndarray:
+    pca = PCA(min(components, len(train) - 1, train.shape[1])).fit(train)
+    return np.sum((test - pca.inverse_transform(pca.transform(test))) ** 2, axis=1)
+
+
+def reference_scores(train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
+    """Anomaly scores of the test rows (larger = more anomalous) from each reference method."""
+    knn = NearestNeighbors(n_neighbors=5).fit(train)
+    out = {
+        "knn1": knn.kneighbors(test, n_neighbors=1)[0][:, 0],
+        "knn5": knn.kneighbors(test)[0].mean(axis=1),
+        "mahalanobis": LedoitWolf().fit(train).mahalanobis(test),
+        **{f"pca{k}": pca_residual(train, test, k) for k in (10, 30, 60)},
+        "ocsvm": -OneClassSVM(gamma="scale", nu=0.1).fit(train).decision_function(test),
+        "iforest": -IsolationForest(random_state=0).fit(train).score_samples(test),
+    }
+    out["ensemble"] = sum(rankdata(out[k]) for k in ("knn1", "mahalanobis", "pca30"))
+    return out
+
+
+def detection_ceiling(P, protocol: str) -> dict:
+    """Mean AUROC per method, trained on every train row and on vigil's train share."""
+    per_case = []
+    for case in P.cases(protocol):
+        x_train, x_test, y_test = P.load(protocol, **case)
+        share = split_indices(len(x_train), TrainConfig())["train"]
+        row = {"case": case["dataset"], "seed": case["seed"], "rows": len(x_train),
+               "vigil_share": len(share), "auroc": {}}
+        for name, rows in (("all", x_train), ("share", x_train[share])):
+            row["auroc"][name] = {m: round(float(roc_auc_score(y_test, s)), 4)
+                                  for m, s in reference_scores(rows, x_test).items()}
+        per_case.append(row)
+    datasets = sorted({r["case"] for r in per_case})
+    mean = {name: {m: float(np.mean([np.mean([r["auroc"][name][m] for r in per_case if r["case"] == d])
+                                     for d in datasets]))
+                   for m in per_case[0]["auroc"][name]}
+            for name in ("all", "share")}
+    return {"protocol": protocol, "mean_auroc": mean, "cases": per_case}
+
+
+def calibration_under_contamination(P, protocol: str = "adbench-unsup") -> dict:
+    """FPR of a conformal threshold from contaminated and from cleaned calibration rows."""
+    per_case = []
+    for case in P.cases(protocol):
+        x_train, x_test, y_test = P.load(protocol, **case)
+        # The protocol hides the train split's labels; rebuild them (evaluation only).
+        x_all, y_all = P._load_npz(P.adbench_dir() / f"{case['dataset']}.npz")
+        y_train = y_all[P.stratified_split(y_all, P.TAB_TEST_FRAC, case["seed"])[0]]
+        split = split_indices(len(x_train), TrainConfig())
+        model = IsolationForest(random_state=0).fit(x_train[split["train"]])
+        calib = split["calibration_b"]
+        score = lambda x: -model.score_samples(x)        # noqa: E731
+        test_normal = score(x_test[y_test == 0])
+        fpr = {}
+        for name, rows in (("contaminated", calib), ("clean", calib[y_train[calib] == 0])):
+            fpr[name] = round(float(np.mean(test_normal > conformal_threshold(score(x_train[rows]), TARGET_FPR))), 4)
+        per_case.append({"case": case["dataset"], "seed": case["seed"],
+                         "contamination": round(float(y_train.mean()), 4),
+                         "n_test_normal": int((y_test == 0).sum()), "fpr": fpr})
+    in_band = {name: sum(0.5 * TARGET_FPR <= r["fpr"][name] <= 1.5 * TARGET_FPR
+                         for r in per_case if r["n_test_normal"] >= 500)
+               for name in ("contaminated", "clean")}
+    return {"protocol": protocol, "target_fpr": TARGET_FPR, "detector": "IsolationForest",
+            "cases_with_500_normals": sum(r["n_test_normal"] >= 500 for r in per_case),
+            "in_band": in_band, "cases": per_case}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--protocol", action="append", choices=["mvtec-resnet18", "adbench-unsup"])
+    args = ap.parse_args(argv)
+    P, results, started = protocols(), {}, time.time()
+    for protocol in args.protocol or ["mvtec-resnet18", "adbench-unsup"]:
+        if protocol == "mvtec-resnet18":
+            r = results[protocol] = detection_ceiling(P, protocol)
+            methods = list(r["mean_auroc"]["all"])
+            print(f"\n{protocol}: mean AUROC of reference methods (vigil's anomaly_score: "
+                  f"{VIGIL_AUROC[protocol]})")
+            print(table([[name, *(f"{r['mean_auroc'][name][m]:.3f}" for m in methods)]
+                         for name in ("all", "share")], ["trained on", *methods]))
+        else:
+            r = results[protocol] = calibration_under_contamination(P, protocol)
+            by = {}
+            for c in r["cases"]:
+                by.setdefault(c["case"], []).append(c)
+            rows = [[d, f"{np.mean([c['contamination'] for c in cs]):.3f}",
+                     *(f"{np.mean([c['fpr'][k] for c in cs]):.4f}" for k in ("contaminated", "clean"))]
+                    for d, cs in by.items()]
+            print(f"\n{protocol}: FPR at target {TARGET_FPR} of a conformal threshold (IsolationForest)")
+            print(table(rows, ["case", "contamination", "fpr contaminated calib", "fpr clean calib"]))
+            print(f"cases in [0.5, 1.5] x target (of {r['cases_with_500_normals']} with >= 500 "
+                  f"normals): contaminated {r['in_band']['contaminated']}, clean {r['in_band']['clean']}")
+    path = write_json("ceiling.json", {"seconds": round(time.time() - started, 1), **results})
+    print(f"\nwritten to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
