@@ -10,11 +10,12 @@ measures two ceilings with scikit-learn alone (no vigil model is trained):
   validation and calibration).
 * **Calibration under contamination** (``adbench-unsup``): the false-positive rate on the
   test split's normal rows of a conformal threshold at 1 %, for a label-free detector
-  (isolation forest) fitted on vigil's train share, with the threshold taken from vigil's
-  calibration split B as it is (contaminated, as vigil sees it) and from that split's
-  normal rows alone (an oracle: the protocol's hidden train labels, for evaluation only).
+  (isolation forest) fitted on vigil's train share and, with ``--vigil``, for vigil's own
+  default table models, with the threshold taken from vigil's calibration splits as they
+  are (contaminated, as vigil sees them) and from their normal rows alone (an oracle: the
+  protocol's hidden train labels, for evaluation only).
 
-    python tests/benchmarks/ceiling.py [--protocol mvtec-resnet18|adbench-unsup ...]
+    python tests/benchmarks/ceiling.py [--protocol mvtec-resnet18|adbench-unsup ...] [--vigil]
 """
 from __future__ import annotations
 
@@ -83,29 +84,65 @@ def detection_ceiling(P, protocol: str) -> dict:
     return {"protocol": protocol, "mean_auroc": mean, "cases": per_case}
 
 
-def calibration_under_contamination(P, protocol: str = "adbench-unsup") -> dict:
-    """FPR of a conformal threshold from contaminated and from cleaned calibration rows."""
+def train_labels(P, case: dict) -> np.ndarray:
+    """The labels the protocol hides for its (contaminated) train split; evaluation only."""
+    x_all, y_all = P._load_npz(P.adbench_dir() / f"{case['dataset']}.npz")
+    return y_all[P.stratified_split(y_all, P.TAB_TEST_FRAC, case["seed"])[0]]
+
+
+def iforest_fpr(x_train, x_test, y_test, y_train, split) -> dict[str, float]:
+    """Test-normal FPR of an isolation forest thresholded on split B, as is and cleaned."""
+    model = IsolationForest(random_state=0).fit(x_train[split["train"]])
+    calib = split["calibration_b"]
+    test_normal = -model.score_samples(x_test[y_test == 0])
+    return {name: float(np.mean(test_normal > conformal_threshold(-model.score_samples(x_train[rows]),
+                                                                  TARGET_FPR)))
+            for name, rows in (("contaminated", calib), ("clean", calib[y_train[calib] == 0]))}
+
+
+def vigil_fpr(x_train, x_test, y_test, y_train, split) -> dict[str, float]:
+    """The same for vigil's default table models: one training, calibrated twice."""
+    from jobs.train import TrainJobConfig, default_model_config
+    from models.calibration import Calibration
+    from models.preprocessing import Preprocessing
+    from models.scoring import Scorer
+    from models.training import combined_statistics, fit
+    d = x_train.shape[1]
+    config = default_model_config("features", (d,), TrainJobConfig((), "", ""))
+    ids = [f"tr-{i:06d}" for i in range(len(x_train))]
+    trained = fit(x_train, ids, config, TrainConfig(verbose=0, max_examples=0),
+                  Preprocessing("features", (d,), tuple(f"f{j}" for j in range(d))))
+    scorer = Scorer(trained.members, config, seed=0)
+    x = trained.preprocessing.transform(x_train)
+    test = scorer.score_array(trained.preprocessing.transform(x_test[y_test == 0]),
+                              [f"te-{i:06d}" for i in range(int((y_test == 0).sum()))])
+    out = {}
+    for name in ("contaminated", "clean"):
+        rows = {s: split[s][y_train[split[s]] == 0] if name == "clean" else split[s]
+                for s in ("calibration_a", "calibration_b")}
+        a, b = (scorer.score_array(x[r], [ids[i] for i in r]) for r in rows.values())
+        cal = Calibration.fit(a, b, (TARGET_FPR,), combine=combined_statistics(config), rule=config.combine)
+        out[name] = float(np.mean(cal.anomaly_score(test) > cal.threshold(TARGET_FPR)))
+    return out
+
+
+def calibration_under_contamination(P, protocol: str = "adbench-unsup", with_vigil: bool = False) -> dict:
+    """FPR of conformal thresholds from contaminated and from cleaned calibration rows."""
+    detectors = {"iforest": iforest_fpr, **({"vigil": vigil_fpr} if with_vigil else {})}
     per_case = []
     for case in P.cases(protocol):
         x_train, x_test, y_test = P.load(protocol, **case)
-        # The protocol hides the train split's labels; rebuild them (evaluation only).
-        x_all, y_all = P._load_npz(P.adbench_dir() / f"{case['dataset']}.npz")
-        y_train = y_all[P.stratified_split(y_all, P.TAB_TEST_FRAC, case["seed"])[0]]
+        y_train = train_labels(P, case)
         split = split_indices(len(x_train), TrainConfig())
-        model = IsolationForest(random_state=0).fit(x_train[split["train"]])
-        calib = split["calibration_b"]
-        score = lambda x: -model.score_samples(x)        # noqa: E731
-        test_normal = score(x_test[y_test == 0])
-        fpr = {}
-        for name, rows in (("contaminated", calib), ("clean", calib[y_train[calib] == 0])):
-            fpr[name] = round(float(np.mean(test_normal > conformal_threshold(score(x_train[rows]), TARGET_FPR))), 4)
         per_case.append({"case": case["dataset"], "seed": case["seed"],
                          "contamination": round(float(y_train.mean()), 4),
-                         "n_test_normal": int((y_test == 0).sum()), "fpr": fpr})
-    in_band = {name: sum(0.5 * TARGET_FPR <= r["fpr"][name] <= 1.5 * TARGET_FPR
-                         for r in per_case if r["n_test_normal"] >= 500)
-               for name in ("contaminated", "clean")}
-    return {"protocol": protocol, "target_fpr": TARGET_FPR, "detector": "IsolationForest",
+                         "n_test_normal": int((y_test == 0).sum()),
+                         "fpr": {d: {k: round(v, 4) for k, v in f(x_train, x_test, y_test, y_train, split).items()}
+                                 for d, f in detectors.items()}})
+    in_band = {d: {name: sum(0.5 * TARGET_FPR <= r["fpr"][d][name] <= 1.5 * TARGET_FPR
+                             for r in per_case if r["n_test_normal"] >= 500)
+                   for name in ("contaminated", "clean")} for d in detectors}
+    return {"protocol": protocol, "target_fpr": TARGET_FPR,
             "cases_with_500_normals": sum(r["n_test_normal"] >= 500 for r in per_case),
             "in_band": in_band, "cases": per_case}
 
@@ -113,6 +150,8 @@ def calibration_under_contamination(P, protocol: str = "adbench-unsup") -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", action="append", choices=["mvtec-resnet18", "adbench-unsup"])
+    ap.add_argument("--vigil", action="store_true",
+                    help="also train vigil's table models for the calibration study (~15 min)")
     args = ap.parse_args(argv)
     P, results, started = protocols(), {}, time.time()
     for protocol in args.protocol or ["mvtec-resnet18", "adbench-unsup"]:
@@ -124,17 +163,22 @@ def main(argv=None) -> int:
             print(table([[name, *(f"{r['mean_auroc'][name][m]:.3f}" for m in methods)]
                          for name in ("all", "share")], ["trained on", *methods]))
         else:
-            r = results[protocol] = calibration_under_contamination(P, protocol)
+            r = results[protocol] = calibration_under_contamination(P, protocol, args.vigil)
+            detectors = list(r["in_band"])
             by = {}
             for c in r["cases"]:
                 by.setdefault(c["case"], []).append(c)
             rows = [[d, f"{np.mean([c['contamination'] for c in cs]):.3f}",
-                     *(f"{np.mean([c['fpr'][k] for c in cs]):.4f}" for k in ("contaminated", "clean"))]
+                     *(f"{np.mean([c['fpr'][det][k] for c in cs]):.4f}"
+                       for det in detectors for k in ("contaminated", "clean"))]
                     for d, cs in by.items()]
-            print(f"\n{protocol}: FPR at target {TARGET_FPR} of a conformal threshold (IsolationForest)")
-            print(table(rows, ["case", "contamination", "fpr contaminated calib", "fpr clean calib"]))
-            print(f"cases in [0.5, 1.5] x target (of {r['cases_with_500_normals']} with >= 500 "
-                  f"normals): contaminated {r['in_band']['contaminated']}, clean {r['in_band']['clean']}")
+            print(f"\n{protocol}: FPR on test normals at target {TARGET_FPR}, threshold from "
+                  "calibration split B as is (contaminated) and cleaned")
+            print(table(rows, ["case", "contamination",
+                               *(f"{det} {k}" for det in detectors for k in ("contaminated", "clean"))]))
+            for det, band in r["in_band"].items():
+                print(f"{det}: cases in [0.5, 1.5] x target (of {r['cases_with_500_normals']} with "
+                      f">= 500 normals): contaminated {band['contaminated']}, clean {band['clean']}")
     path = write_json("ceiling.json", {"seconds": round(time.time() - started, 1), **results})
     print(f"\nwritten to {path}")
     return 0
