@@ -33,6 +33,7 @@ SCORE_OPTIONS = {"target_fpr", "batch_size", "max_bad_fraction", "format", "id_c
                  "carry_columns", "max_pixels", "max_record_bytes", "max_files", "model_version",
                  "num_shards"}
 TRAIN_OPTIONS = {"format", "id_column", "feature_columns", "label_column", "normal_values",
+                 "calibration_inputs",
                  "image_size", "channels", "epochs", "max_examples", "batch_size", "latent_dim",
                  "likelihood", "members", "seed", "target_fprs", "promote", "device",
                  "mixed_precision", "max_records"}
@@ -139,8 +140,14 @@ def load_spec(path: str, date: str) -> JobSpec:
     if not isinstance(roots, list) or not all(isinstance(r, str) and r for r in roots):
         raise SpecError(f"{path}: 'roots' must be a list of folders")
     roots = [os.path.realpath(_normalise(r)) for r in roots]
+    options = _fill(options, date)
+    calibration = options.get("calibration_inputs") or []
+    if "calibration_inputs" in options:
+        calibration = calibration if isinstance(calibration, list) else [calibration]
+        options["calibration_inputs"] = calibration = [_normalise(str(c)) for c in calibration]
     for key, value in [*(("inputs", i) for i in inputs), ("registry", registry),
-                       *((("output", output),) if output else ())]:
+                       *((("output", output),) if output else ()),
+                       *(("options.calibration_inputs", c) for c in calibration)]:
         _confine(path, key, value, roots)
     return JobSpec(kind, tuple(inputs), registry, str(doc["name"]), output,
-                   _fill(options, date), tuple(str(a) for a in doc.get("beam_args") or ()))
+                   options, tuple(str(a) for a in doc.get("beam_args") or ()))

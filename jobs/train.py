@@ -2,7 +2,9 @@
 
 Input is read with the same readers and decoder the scoring pipeline uses, so training
 and scoring see records the same way.  Records are held in memory as decoded arrays
-(uint8 for images) up to ``max_records``.
+(uint8 for images) up to ``max_records``.  An optional calibration input, records known
+to be normal, sets the thresholds and gates while the (possibly contaminated) training
+input only trains.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ class TrainJobConfig:
     latent_dim: int | None = None
     likelihood: str | None = None
     members: int | None = None          # None: the kind's default (1 for images, 3 for tables)
+    calibration_inputs: tuple[str, ...] = ()    # curated normal records for thresholds and
+                                                # gates; () = held-out training records
     promote: bool = True
     max_records: int = 2_000_000
     gate_margin: float = 0.02
@@ -65,14 +69,27 @@ def _keep(record: RawRecord, cfg: TrainJobConfig) -> bool:
     return value is not None and str(value) in cfg.normal_values
 
 
-def load_training_data(cfg: TrainJobConfig):
-    """(decoded array, ids, kind, feature columns) of the normal training records."""
-    files = resolve_formats(match_inputs(cfg.inputs, 100_000), cfg.format, None)
+def _input_files(inputs: tuple[str, ...], cfg: TrainJobConfig, what: str):
+    """(matched files, those of a known format, their one kind) of a set of input globs."""
+    files = resolve_formats(match_inputs(inputs, 100_000), cfg.format, None)
     known = [f for f in files if f.format != UNKNOWN_FORMAT]    # the rest are skipped
     kinds = {"image" if f.format in ("image", "tfrecord-image") else "features" for f in known}
     if len(kinds) != 1:
-        raise InputError("training inputs mix images and features; train one kind at a time")
-    kind = kinds.pop()
+        raise InputError(f"{what} inputs mix images and features; train one kind at a time")
+    return files, known, kinds.pop()
+
+
+def _records(files, cfg: TrainJobConfig, columns: list[str], carry: tuple[str, ...]):
+    """Every record of the files, in order; an unreadable one as None."""
+    for f in files:
+        spec = ReadSpec(f.format, cfg.id_column, tuple(columns), carry, f.root)
+        for item in read_file(f.uri, spec, FileStats(f.uri)):
+            yield item if isinstance(item, RawRecord) else None
+
+
+def load_training_data(cfg: TrainJobConfig):
+    """(decoded array, ids, kind, feature columns) of the normal training records."""
+    files, known, kind = _input_files(cfg.inputs, cfg, "training")
     columns = list(cfg.feature_columns)
     if kind == "features" and not columns and known[0].format in ("parquet", "csv"):
         schema = table_schema(known[0])
@@ -88,28 +105,26 @@ def load_training_data(cfg: TrainJobConfig):
     check_columns(files, cfg.id_column, columns)
     carry = (cfg.label_column,) if cfg.label_column else ()
     arrays, ids, shape, skipped, others = [], [], None, 0, []
-    for f in files:
-        spec = ReadSpec(f.format, cfg.id_column, tuple(columns), carry, f.root)
-        for item in read_file(f.uri, spec, FileStats(f.uri)):
-            if not isinstance(item, RawRecord):
-                skipped += 1
-                continue
-            if not _keep(item, cfg):
-                if len(others) < 500 and shape is not None:   # for the report's latent map
-                    other = decode(item, DecodeSpec(kind, shape))
-                    if isinstance(other, ScoringInput):
-                        others.append(other.x)
-                continue
-            if shape is None:
-                shape = _input_shape(item, kind, cfg)
-            out = decode(item, DecodeSpec(kind, shape))
-            if not isinstance(out, ScoringInput):
-                skipped += 1
-                continue
-            arrays.append(out.x)
-            ids.append(out.id)
-            if len(arrays) >= cfg.max_records:
-                break
+    for item in _records(files, cfg, columns, carry):
+        if item is None:
+            skipped += 1
+            continue
+        if not _keep(item, cfg):
+            if len(others) < 500 and shape is not None:   # for the report's latent map
+                other = decode(item, DecodeSpec(kind, shape))
+                if isinstance(other, ScoringInput):
+                    others.append(other.x)
+            continue
+        if shape is None:
+            shape = _input_shape(item, kind, cfg)
+        out = decode(item, DecodeSpec(kind, shape))
+        if not isinstance(out, ScoringInput):
+            skipped += 1
+            continue
+        arrays.append(out.x)
+        ids.append(out.id)
+        if len(arrays) >= cfg.max_records:
+            break
     if not arrays:
         raise InputError("no usable normal records in the training input"
                          + (f" (label column '{cfg.label_column}' in {list(cfg.normal_values)})"
@@ -119,6 +134,35 @@ def load_training_data(cfg: TrainJobConfig):
     if kind == "features" and not columns:
         columns = [f"f{i}" for i in range(shape[0])]
     return np.stack(arrays), ids, kind, columns, (np.stack(others) if others else None)
+
+
+def load_calibration_data(cfg: TrainJobConfig, kind: str, shape: tuple[int, ...],
+                          columns: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(decoded array, ids) of ``cfg.calibration_inputs``, decoded like the training records.
+
+    Every record is taken as normal: the label filter is for the training input, where
+    normal and anomalous records are mixed; a calibration set is curated to be normal.
+    """
+    files, _, cal_kind = _input_files(cfg.calibration_inputs, cfg, "calibration")
+    if cal_kind != kind:
+        raise InputError(f"--calibration-input holds {cal_kind} records, the training input "
+                         f"{kind} records; they must be the same kind")
+    check_columns(files, cfg.id_column, columns)
+    arrays, ids, skipped = [], [], 0
+    for item in _records(files, cfg, columns, ()):
+        out = decode(item, DecodeSpec(kind, shape)) if item is not None else None
+        if not isinstance(out, ScoringInput):
+            skipped += 1
+            continue
+        arrays.append(out.x)
+        ids.append(out.id)
+        if len(arrays) >= cfg.max_records:
+            break
+    if skipped:
+        LOG.warning("skipped %d unusable calibration records", skipped)
+    if not arrays:
+        raise InputError("no usable records in the calibration input")
+    return np.stack(arrays), ids
 
 
 def _input_shape(first: RawRecord, kind: str, cfg: TrainJobConfig) -> tuple[int, ...]:
@@ -211,11 +255,14 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
             cfg.train, max_examples=IMAGE_MAX_EXAMPLES if kind == "image" else 0))
     pre = (Preprocessing.for_images(*shape) if kind == "image"
            else Preprocessing("features", shape, tuple(columns)))
+    calibration_set = (load_calibration_data(cfg, kind, shape, columns)
+                       if cfg.calibration_inputs else None)
     LOG.info("training on %d normal %s records of shape %s", len(x_raw), kind, shape)
-    result = fit(x_raw, ids, model_config, cfg.train, pre)
-    from models.training import split_indices
-    val_idx = split_indices(len(x_raw), cfg.train)["validation"]
-    failures = gates(result, cfg, x_raw[val_idx], [ids[i] for i in val_idx])
+    if calibration_set is not None:
+        LOG.info("calibrating on %d curated normal records", len(calibration_set[1]))
+    result = fit(x_raw, ids, model_config, cfg.train, pre, calibration_set)
+    x_holdout, holdout_ids = result.holdout
+    failures = gates(result, cfg, x_holdout, holdout_ids)
     manifest = {
         "format": 1, "code_version": CODE_VERSION,
         "input": {"kind": kind, "shape": list(shape), "feature_columns": columns,
@@ -224,7 +271,9 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
         "model_config": model_config.to_dict(),
         "training": {"config": cfg.train.to_dict(), "seed": cfg.train.seed,
                      "inputs": list(cfg.inputs), "label_column": cfg.label_column,
-                     "normal_values": list(cfg.normal_values), "split_sizes": result.split_sizes,
+                     "normal_values": list(cfg.normal_values),
+                     "calibration_inputs": list(cfg.calibration_inputs),
+                     "split_sizes": result.split_sizes,
                      "history": result.history,
                      "device": {"strategy": result.plan.strategy, "devices": list(result.plan.devices),
                                 "precision": result.plan.precision, "reason": result.plan.reason}},
@@ -241,7 +290,7 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
         files = save_models(directory, result.members)
         other = result.preprocessing.transform(x_other) if x_other is not None else None
         with tf.io.gfile.GFile(f"{directory}/report.html", "w") as f:
-            f.write(render(cfg.name, result, result.preprocessing.transform(x_raw[val_idx]), other))
+            f.write(render(cfg.name, result, result.preprocessing.transform(x_holdout), other))
         return {**files, "report.html": sha256_of(f"{directory}/report.html")}
     version = registry.publish(cfg.registry, cfg.name, write_files, manifest)
     promoted = False

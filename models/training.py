@@ -7,7 +7,16 @@ The normal rows are split once, by seed, into four disjoint parts:
     calibration A  per-score conformal p-values and thresholds
     calibration B  the combined statistic's own threshold
 
-so no number in the manifest is measured on data the models were fitted to.  An ensemble
+so no number in the manifest is measured on data the models were fitted to.  When the
+caller brings a curated set of normal records (``calibration_set``), the training records
+split into train and validation only, and the curated set into
+
+    holdout        the promotion gates
+    calibration A, calibration B   as above
+
+so thresholds and gates come from data known to be normal while the weights learn from a
+larger set that may hold anomalies (a trimmed likelihood copes with those; a conformal
+quantile does not).  An ensemble
 (``ModelConfig.members``) trains each member on the same train split from its own initial
 weights (seed ``cfg.seed + m``) and is calibrated as one model.
 """
@@ -43,6 +52,8 @@ class TrainResult:
     plan: DevicePlan
     split_sizes: dict
     validation_scores: dict = field(repr=False, default_factory=dict)
+    # The held-out normal records behind metrics["validation"] (the promotion gates), raw.
+    holdout: tuple[np.ndarray, list[str]] = field(repr=False, default=(np.empty(0), []))
 
     # The first member stands for the ensemble in pictures (latent map, samples).
     @property
@@ -54,26 +65,71 @@ class TrainResult:
         return self.members[0].decoder
 
 
-def split_indices(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
-    """Disjoint train / validation / calibration_a / calibration_b index arrays."""
-    perm = np.random.default_rng(cfg.seed).permutation(n)
+def _calibration_floor(n: int, cfg: TrainConfig) -> int:
+    """Rows each calibration split needs so that a threshold at every target can flag."""
     # A conformal threshold at rate alpha needs at least 1/alpha - 1 calibration values
     # (else nothing can be flagged); small data sets give calibration that floor, as long
     # as half of the rows are left for training and validation.  Smaller ones keep the
     # fractions: their thresholds are out of reach either way (and say so).
     need = math.ceil(1 / min(cfg.target_fprs))
-    floor = need if n // 4 >= need else 0     # below that, the floor would buy nothing
-    sizes = {"validation": int(round(n * cfg.val_fraction)),
-             "calibration_a": max(int(round(n * cfg.calib_fraction)), floor),
-             "calibration_b": max(int(round(n * cfg.combined_calib_fraction)), floor)}
+    return need if n // 4 >= need else 0     # below that, the floor would buy nothing
+
+
+def _take(perm: np.ndarray, sizes: dict[str, int], rest: str) -> dict[str, np.ndarray]:
+    """Consecutive slices of ``perm`` of the given sizes; ``rest`` gets what is left."""
     out, start = {}, 0
     for name, size in sizes.items():
         out[name] = np.sort(perm[start:start + size])
         start += size
-    out["train"] = np.sort(perm[start:])
+    out[rest] = np.sort(perm[start:])
+    return out
+
+
+def split_indices(n: int, cfg: TrainConfig, calibrate: bool = True) -> dict[str, np.ndarray]:
+    """Disjoint train / validation / calibration_a / calibration_b index arrays.
+
+    ``calibrate=False`` (calibration comes from a curated set): train and validation only.
+    """
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    sizes = {"validation": int(round(n * cfg.val_fraction))}
+    if calibrate:
+        floor = _calibration_floor(n, cfg)
+        sizes["calibration_a"] = max(int(round(n * cfg.calib_fraction)), floor)
+        sizes["calibration_b"] = max(int(round(n * cfg.combined_calib_fraction)), floor)
+    out = _take(perm, sizes, rest="train")
     if len(out["train"]) < 2:
         raise ValueError(f"only {n} normal records; need enough for training and calibration")
     # Bounded calibration sets keep the manifest small on huge inputs.
+    for name in ("calibration_a", "calibration_b"):
+        if name in out:
+            out[name] = out[name][: cfg.max_calibration_rows]
+    return out
+
+
+def calibration_rows_needed(cfg: TrainConfig) -> int:
+    """Smallest curated calibration set ``split_calibration`` accepts."""
+    need = math.ceil(1 / min(cfg.target_fprs))
+    share = (cfg.calib_fraction + cfg.combined_calib_fraction) / _held_out_fraction(cfg)
+    return math.ceil(2 * need / share)
+
+
+def _held_out_fraction(cfg: TrainConfig) -> float:
+    return cfg.val_fraction + cfg.calib_fraction + cfg.combined_calib_fraction
+
+
+def split_calibration(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
+    """A curated normal set split into holdout / calibration_a / calibration_b.
+
+    The three parts keep the proportions the held-out splits have in ``split_indices``.
+    """
+    if n < calibration_rows_needed(cfg):
+        raise ValueError(f"the calibration input has {n} normal records; at target FPR "
+                         f"{min(cfg.target_fprs)} it needs at least {calibration_rows_needed(cfg)}")
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    total = _held_out_fraction(cfg)
+    sizes = {"holdout": int(round(n * cfg.val_fraction / total)),
+             "calibration_a": int(round(n * cfg.calib_fraction / total))}
+    out = _take(perm, sizes, rest="calibration_b")
     for name in ("calibration_a", "calibration_b"):
         out[name] = out[name][: cfg.max_calibration_rows]
     return out
@@ -159,14 +215,29 @@ def _fit_member(part: dict[str, np.ndarray], model_config: ModelConfig, cfg: Tra
 
 
 def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: TrainConfig,
-        preprocessing: Preprocessing) -> TrainResult:
+        preprocessing: Preprocessing,
+        calibration_set: tuple[np.ndarray, list[str]] | None = None) -> TrainResult:
     """Train the VAE and the DAE on normal records and calibrate them.
 
     ``x_raw`` is decoded records (uint8 images or raw features), ``preprocessing`` the
     transform to model inputs (for features it is re-fitted here on the train split).
+    ``calibration_set``, decoded records known to be normal and their ids, supplies the
+    thresholds and the gates instead of held-out training records.
     """
     tf.config.experimental.enable_op_determinism()     # each member seeds itself
-    splits = split_indices(len(x_raw), cfg)
+    splits = split_indices(len(x_raw), cfg, calibrate=calibration_set is None)
+    if calibration_set is None:
+        held = {name: (x_raw[splits[name]], [ids[i] for i in splits[name]])
+                for name in ("validation", "calibration_a", "calibration_b")}
+        gate = "validation"
+    else:
+        cx, cids = calibration_set
+        if tuple(cx.shape[1:]) != tuple(x_raw.shape[1:]):
+            raise ValueError(f"calibration records have shape {tuple(cx.shape[1:])}, "
+                             f"training records {tuple(x_raw.shape[1:])}")
+        cal_splits = split_calibration(len(cx), cfg)
+        held = {name: (cx[idx], [cids[i] for i in idx]) for name, idx in cal_splits.items()}
+        gate = "holdout"
     if preprocessing.kind == "features":
         preprocessing = Preprocessing.fit_features(x_raw[splits["train"]],
                                                    list(preprocessing.feature_columns))
@@ -185,13 +256,12 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
         history.update({(name if m == 0 else f"{name}_{m}"): h for name, h in member_history.items()})
 
     scorer = Scorer(members, model_config, seed=cfg.seed)
-    ids = list(ids)
     scores = {}
-    for name in ("validation", "calibration_a", "calibration_b"):
-        scores[name] = scorer.score_array(part[name], [ids[i] for i in splits[name]])
+    for name, (rows, row_ids) in held.items():
+        scores[name] = scorer.score_array(preprocessing.transform(rows), row_ids)
         if model_config.adjust_complexity:
-            scores[name][INPUT_BITS] = input_bits(x_raw[splits[name]])
-    if len(splits["calibration_a"]) == 0 or len(splits["calibration_b"]) == 0:
+            scores[name][INPUT_BITS] = input_bits(rows)
+    if len(held["calibration_a"][1]) == 0 or len(held["calibration_b"][1]) == 0:
         raise ValueError(f"only {len(x_raw)} normal records: calibration splits are empty")
     calibration = Calibration.fit(scores["calibration_a"], scores["calibration_b"], cfg.target_fprs,
                                   combine=combined_statistics(model_config), rule=model_config.combine,
@@ -200,11 +270,14 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
         "train_seconds": round(time.time() - started, 2),
         "final": {m: {k: v[-1] for k, v in h.items()} for m, h in history.items()},
         "finite": all(math.isfinite(v[-1]) for h in history.values() for v in h.values()),
-        "validation": validation_metrics(calibration, scores["validation"]),
+        "validation": validation_metrics(calibration, scores[gate]),
     }
     metrics["batch_size"] = global_batch
+    sizes = {k: int(len(v)) for k, v in splits.items()}
+    if calibration_set is not None:
+        sizes.update({f"calibration_input_{k}": int(len(v[1])) for k, v in held.items()})
     return TrainResult(members, preprocessing, calibration, history, metrics,
-                       plan, {k: int(len(v)) for k, v in splits.items()}, scores["validation"])
+                       plan, sizes, scores[gate], held[gate])
 
 
 def combined_statistics(model_config: ModelConfig) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 from models.config import ModelConfig, TrainConfig
 from models.devices import plan_devices
 from models.preprocessing import Preprocessing
-from models.training import effective_batch_size, fit, split_indices
+from models.training import effective_batch_size, fit, split_calibration, split_indices
 
 
 @pytest.mark.parametrize("device, gpus, mixed, strategy, precision", [
@@ -35,6 +35,15 @@ def test_splits_are_disjoint_and_cover_everything():
     allidx = np.concatenate(list(s.values()))
     assert len(allidx) == len(set(allidx)) == 1000
     assert effective_batch_size(680, 128) == 34 and effective_batch_size(10**6, 128) == 128
+    # With a curated calibration set, training rows only train and stop training, and the
+    # curated rows split in the held-out proportions (10 : 15 : 15).
+    t = split_indices(1000, TrainConfig(), calibrate=False)
+    assert set(t) == {"train", "validation"} and len(t["train"]) == 900
+    c = split_calibration(400, TrainConfig())
+    assert [len(c[k]) for k in ("holdout", "calibration_a", "calibration_b")] == [100, 150, 150]
+    assert len(np.unique(np.concatenate(list(c.values())))) == 400
+    with pytest.raises(ValueError, match="266 normal records.*at least 267"):
+        split_calibration(266, TrainConfig())
 
 
 def _blobs(n, seed=0):
