@@ -25,7 +25,7 @@ bench-accuracy: $(STAMP)
 	$(BIN)/python tests/benchmarks/accuracy.py $(BENCH_ARGS)
 
 # What the table protocols allow at all: reference methods on vigil's splits (about a minute;
-# BENCH_ARGS=--vigil adds vigil's own calibration study, about 15 minutes).
+# BENCH_ARGS=--vigil adds vigil's own calibration study and --calibration-input, about 13 minutes).
 bench-ceiling: $(STAMP)
 	$(BIN)/python tests/benchmarks/ceiling.py $(BENCH_ARGS)
 

@@ -87,6 +87,20 @@ def _records(files, cfg: TrainJobConfig, columns: list[str], carry: tuple[str, .
             yield item if isinstance(item, RawRecord) else None
 
 
+def _collect(decoded, limit: int) -> tuple[list[np.ndarray], list[str], int]:
+    """(arrays, ids, unusable count) of decoded records, up to ``limit`` usable ones."""
+    arrays, ids, skipped = [], [], 0
+    for out in decoded:
+        if not isinstance(out, ScoringInput):
+            skipped += 1
+            continue
+        arrays.append(out.x)
+        ids.append(out.id)
+        if len(arrays) >= limit:
+            break
+    return arrays, ids, skipped
+
+
 def load_training_data(cfg: TrainJobConfig):
     """(decoded array, ids, kind, feature columns) of the normal training records."""
     files, known, kind = _input_files(cfg.inputs, cfg, "training")
@@ -104,27 +118,22 @@ def load_training_data(cfg: TrainJobConfig):
                  + (" ..." if len(columns) > 20 else ""))
     check_columns(files, cfg.id_column, columns)
     carry = (cfg.label_column,) if cfg.label_column else ()
-    arrays, ids, shape, skipped, others = [], [], None, 0, []
-    for item in _records(files, cfg, columns, carry):
-        if item is None:
-            skipped += 1
-            continue
-        if not _keep(item, cfg):
-            if len(others) < 500 and shape is not None:   # for the report's latent map
+    shape, others = None, []
+
+    def normal_records():
+        nonlocal shape
+        for item in _records(files, cfg, columns, carry):
+            if item is None:
+                yield None
+            elif _keep(item, cfg):
+                shape = shape or _input_shape(item, kind, cfg)
+                yield decode(item, DecodeSpec(kind, shape))
+            elif len(others) < 500 and shape is not None:   # for the report's latent map
                 other = decode(item, DecodeSpec(kind, shape))
                 if isinstance(other, ScoringInput):
                     others.append(other.x)
-            continue
-        if shape is None:
-            shape = _input_shape(item, kind, cfg)
-        out = decode(item, DecodeSpec(kind, shape))
-        if not isinstance(out, ScoringInput):
-            skipped += 1
-            continue
-        arrays.append(out.x)
-        ids.append(out.id)
-        if len(arrays) >= cfg.max_records:
-            break
+
+    arrays, ids, skipped = _collect(normal_records(), cfg.max_records)
     if not arrays:
         raise InputError("no usable normal records in the training input"
                          + (f" (label column '{cfg.label_column}' in {list(cfg.normal_values)})"
@@ -148,16 +157,9 @@ def load_calibration_data(cfg: TrainJobConfig, kind: str, shape: tuple[int, ...]
         raise InputError(f"--calibration-input holds {cal_kind} records, the training input "
                          f"{kind} records; they must be the same kind")
     check_columns(files, cfg.id_column, columns)
-    arrays, ids, skipped = [], [], 0
-    for item in _records(files, cfg, columns, ()):
-        out = decode(item, DecodeSpec(kind, shape)) if item is not None else None
-        if not isinstance(out, ScoringInput):
-            skipped += 1
-            continue
-        arrays.append(out.x)
-        ids.append(out.id)
-        if len(arrays) >= cfg.max_records:
-            break
+    decoded = (decode(item, DecodeSpec(kind, shape)) if item is not None else None
+               for item in _records(files, cfg, columns, ()))
+    arrays, ids, skipped = _collect(decoded, cfg.max_records)
     if skipped:
         LOG.warning("skipped %d unusable calibration records", skipped)
     if not arrays:

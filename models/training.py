@@ -65,13 +65,18 @@ class TrainResult:
         return self.members[0].decoder
 
 
+def _conformal_need(cfg: TrainConfig) -> int:
+    """Rows a calibration split needs so that a threshold at every target can flag."""
+    # A conformal threshold at rate alpha needs at least 1/alpha - 1 calibration values,
+    # else nothing can be flagged.
+    return math.ceil(1 / min(cfg.target_fprs))
+
+
 def _calibration_floor(n: int, cfg: TrainConfig) -> int:
-    """Rows each calibration split needs so that a threshold at every target can flag."""
-    # A conformal threshold at rate alpha needs at least 1/alpha - 1 calibration values
-    # (else nothing can be flagged); small data sets give calibration that floor, as long
-    # as half of the rows are left for training and validation.  Smaller ones keep the
-    # fractions: their thresholds are out of reach either way (and say so).
-    need = math.ceil(1 / min(cfg.target_fprs))
+    # Small data sets give calibration the conformal need, as long as half of the rows are
+    # left for training and validation.  Smaller ones keep the fractions: their thresholds
+    # are out of reach either way (and say so).
+    need = _conformal_need(cfg)
     return need if n // 4 >= need else 0     # below that, the floor would buy nothing
 
 
@@ -108,9 +113,8 @@ def split_indices(n: int, cfg: TrainConfig, calibrate: bool = True) -> dict[str,
 
 def calibration_rows_needed(cfg: TrainConfig) -> int:
     """Smallest curated calibration set ``split_calibration`` accepts."""
-    need = math.ceil(1 / min(cfg.target_fprs))
     share = (cfg.calib_fraction + cfg.combined_calib_fraction) / _held_out_fraction(cfg)
-    return math.ceil(2 * need / share)
+    return math.ceil(2 * _conformal_need(cfg) / share)
 
 
 def _held_out_fraction(cfg: TrainConfig) -> float:
