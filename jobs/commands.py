@@ -73,10 +73,10 @@ def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_co
     The version is promoted to production when its gates pass (finite losses, held-out
     false-positive rate within tolerance, not worse than the current production).
 
-    Training data that may hold anomalies still trains well (the highest-loss rows are
-    trimmed), but thresholds set on it are too high.  Give --calibration-input a set of
-    records checked to be normal (a few hundred: 267 at target FPR 0.01) and the
-    thresholds and gates come from it.
+    Thresholds set on training data that holds anomalies are too high (table models
+    train past them by trimming the highest-loss rows; a quantile cannot).  Give
+    --calibration-input a set of records checked to be normal (a few hundred: 267 at
+    target FPR 0.01) and the thresholds and gates come from it.
 
     \b
     Example:
