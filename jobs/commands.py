@@ -66,8 +66,9 @@ def _size(ctx, param, value):
 @click.option("--max-records", type=click.IntRange(1), default=2_000_000, show_default=True)
 @click.pass_context
 def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_column,
-          normal_values, calibration_inputs, image_size, channels, epochs, max_examples, batch_size, latent_dim,
-          likelihood, members, seed, target_fpr, promote, device, mixed_precision, max_records):
+          normal_values, calibration_inputs, image_size, channels, epochs, max_examples,
+          batch_size, latent_dim, likelihood, members, seed, target_fpr, promote, device,
+          mixed_precision, max_records):
     """Train the VAE and the DAE on normal data and publish a model version.
 
     The version is promoted to production when its gates pass (finite losses, held-out

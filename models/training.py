@@ -104,11 +104,15 @@ def split_indices(n: int, cfg: TrainConfig, calibrate: bool = True) -> dict[str,
     out = _take(perm, sizes, rest="train")
     if len(out["train"]) < 2:
         raise ValueError(f"only {n} normal records; need enough for training and calibration")
-    # Bounded calibration sets keep the manifest small on huge inputs.
+    return _bounded(out, cfg)
+
+
+def _bounded(splits: dict[str, np.ndarray], cfg: TrainConfig) -> dict[str, np.ndarray]:
+    """Bounded calibration sets keep the manifest small on huge inputs."""
     for name in ("calibration_a", "calibration_b"):
-        if name in out:
-            out[name] = out[name][: cfg.max_calibration_rows]
-    return out
+        if name in splits:
+            splits[name] = splits[name][: cfg.max_calibration_rows]
+    return splits
 
 
 def calibration_rows_needed(cfg: TrainConfig) -> int:
@@ -133,10 +137,7 @@ def split_calibration(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
     total = _held_out_fraction(cfg)
     sizes = {"holdout": int(round(n * cfg.val_fraction / total)),
              "calibration_a": int(round(n * cfg.calib_fraction / total))}
-    out = _take(perm, sizes, rest="calibration_b")
-    for name in ("calibration_a", "calibration_b"):
-        out[name] = out[name][: cfg.max_calibration_rows]
-    return out
+    return _bounded(_take(perm, sizes, rest="calibration_b"), cfg)
 
 
 def effective_batch_size(n_train: int, batch_size: int, min_steps: int = 20) -> int:
@@ -230,8 +231,14 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
     """
     tf.config.experimental.enable_op_determinism()     # each member seeds itself
     splits = split_indices(len(x_raw), cfg, calibrate=calibration_set is None)
+    if preprocessing.kind == "features":
+        preprocessing = Preprocessing.fit_features(x_raw[splits["train"]],
+                                                   list(preprocessing.feature_columns))
+    x = preprocessing.transform(x_raw)
+    part = {name: x[idx] for name, idx in splits.items()}
+    # Held-out normal records as (model inputs, raw records, ids), per split.
     if calibration_set is None:
-        held = {name: (x_raw[splits[name]], [ids[i] for i in splits[name]])
+        held = {name: (part[name], x_raw[splits[name]], [ids[i] for i in splits[name]])
                 for name in ("validation", "calibration_a", "calibration_b")}
         gate = "validation"
     else:
@@ -239,14 +246,10 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
         if tuple(cx.shape[1:]) != tuple(x_raw.shape[1:]):
             raise ValueError(f"calibration records have shape {tuple(cx.shape[1:])}, "
                              f"training records {tuple(x_raw.shape[1:])}")
-        cal_splits = split_calibration(len(cx), cfg)
-        held = {name: (cx[idx], [cids[i] for i in idx]) for name, idx in cal_splits.items()}
+        cx_model = preprocessing.transform(cx)
+        held = {name: (cx_model[idx], cx[idx], [cids[i] for i in idx])
+                for name, idx in split_calibration(len(cx), cfg).items()}
         gate = "holdout"
-    if preprocessing.kind == "features":
-        preprocessing = Preprocessing.fit_features(x_raw[splits["train"]],
-                                                   list(preprocessing.feature_columns))
-    x = preprocessing.transform(x_raw)
-    part = {name: x[idx] for name, idx in splits.items()}
 
     plan = plan_devices(cfg.device, visible_gpus(), cfg.mixed_precision)
     strategy = make_strategy(plan)
@@ -261,11 +264,11 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
 
     scorer = Scorer(members, model_config, seed=cfg.seed)
     scores = {}
-    for name, (rows, row_ids) in held.items():
-        scores[name] = scorer.score_array(preprocessing.transform(rows), row_ids)
+    for name, (inputs, rows, row_ids) in held.items():
+        scores[name] = scorer.score_array(inputs, row_ids)
         if model_config.adjust_complexity:
             scores[name][INPUT_BITS] = input_bits(rows)
-    if len(held["calibration_a"][1]) == 0 or len(held["calibration_b"][1]) == 0:
+    if len(held["calibration_a"][2]) == 0 or len(held["calibration_b"][2]) == 0:
         raise ValueError(f"only {len(x_raw)} normal records: calibration splits are empty")
     calibration = Calibration.fit(scores["calibration_a"], scores["calibration_b"], cfg.target_fprs,
                                   combine=combined_statistics(model_config), rule=model_config.combine,
@@ -279,9 +282,9 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
     metrics["batch_size"] = global_batch
     sizes = {k: int(len(v)) for k, v in splits.items()}
     if calibration_set is not None:
-        sizes.update({f"calibration_input_{k}": int(len(v[1])) for k, v in held.items()})
+        sizes.update({f"calibration_input_{k}": int(len(v[2])) for k, v in held.items()})
     return TrainResult(members, preprocessing, calibration, history, metrics,
-                       plan, sizes, scores[gate], held[gate])
+                       plan, sizes, scores[gate], held[gate][1:])
 
 
 def combined_statistics(model_config: ModelConfig) -> tuple[str, ...]:

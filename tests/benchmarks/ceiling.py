@@ -114,24 +114,42 @@ def iforest_fpr(x_train, x_test, y_test, y_train, split) -> dict[str, float]:
     return out
 
 
-def vigil_fpr(x_train, x_test, y_test, y_train, split) -> dict[str, float]:
-    """The same for vigil's default table models: one training, calibrated twice."""
+def _vigil_fit(x: np.ndarray, ids: list[str], calibration_set=None):
+    """vigil's default table models fitted as ``vigil train`` fits them; (result, config)."""
     from jobs.train import TrainJobConfig, default_model_config
-    from models.calibration import Calibration
     from models.preprocessing import Preprocessing
-    from models.scoring import Scorer
-    from models.training import combined_statistics, fit
-    d = x_train.shape[1]
+    from models.training import fit
+    d = x.shape[1]
     config = default_model_config("features", (d,), TrainJobConfig((), "", ""))
+    trained = fit(x, ids, config, TrainConfig(verbose=0, max_examples=0),
+                  Preprocessing("features", (d,), tuple(f"f{j}" for j in range(d))),
+                  calibration_set=calibration_set)
+    return trained, config
+
+
+def _scorer(trained, config):
+    from models.scoring import Scorer
+    return Scorer(trained.members, config, seed=0)
+
+
+def _test_normal_scores(trained, config, x_test, y_test) -> dict[str, np.ndarray]:
+    normal = x_test[y_test == 0]
+    return _scorer(trained, config).score_array(
+        trained.preprocessing.transform(normal), [f"te-{i:06d}" for i in range(len(normal))])
+
+
+def vigil_fpr(x_train, x_test, y_test, y_train, split) -> dict[str, float | None]:
+    """The same for vigil's default table models: one training, calibrated twice; and a
+    second training as ``--calibration-input`` runs it (``curated``)."""
+    from models.calibration import Calibration
+    from models.training import combined_statistics
     ids = [f"tr-{i:06d}" for i in range(len(x_train))]
-    trained = fit(x_train, ids, config, TrainConfig(verbose=0, max_examples=0),
-                  Preprocessing("features", (d,), tuple(f"f{j}" for j in range(d))))
-    scorer = Scorer(trained.members, config, seed=0)
+    trained, config = _vigil_fit(x_train, ids)
     x = trained.preprocessing.transform(x_train)
-    test = scorer.score_array(trained.preprocessing.transform(x_test[y_test == 0]),
-                              [f"te-{i:06d}" for i in range(int((y_test == 0).sum()))])
+    test = _test_normal_scores(trained, config, x_test, y_test)
     # Scores depend only on the record and the models, so each split is scored once and
     # cleaned by masking its rows.
+    scorer = _scorer(trained, config)
     calib = {s: scorer.score_array(x[split[s]], [ids[i] for i in split[s]])
              for s in ("calibration_a", "calibration_b")}
     out = {}
@@ -148,26 +166,16 @@ def vigil_fpr(x_train, x_test, y_test, y_train, split) -> dict[str, float]:
 def vigil_curated_fpr(x_train, x_test, y_test, y_train, split) -> float | None:
     """Test-normal FPR of vigil fitted with a curated calibration set (``--calibration-input``):
     the normal rows of the calibration splits calibrate, every other train row trains."""
-    from jobs.train import TrainJobConfig, default_model_config
-    from models.preprocessing import Preprocessing
-    from models.scoring import Scorer
-    from models.training import fit
-    d = x_train.shape[1]
-    config = default_model_config("features", (d,), TrainJobConfig((), "", ""))
     held = np.r_[split["calibration_a"], split["calibration_b"]]
     curated, rest = held[y_train[held] == 0], np.setdiff1d(np.arange(len(x_train)), held)
     ids = [f"tr-{i:06d}" for i in range(len(x_train))]
     try:
-        trained = fit(x_train[rest], [ids[i] for i in rest], config,
-                      TrainConfig(verbose=0, max_examples=0),
-                      Preprocessing("features", (d,), tuple(f"f{j}" for j in range(d))),
-                      calibration_set=(x_train[curated], [ids[i] for i in curated]))
+        trained, config = _vigil_fit(x_train[rest], [ids[i] for i in rest],
+                                     calibration_set=(x_train[curated], [ids[i] for i in curated]))
     except ValueError:      # fewer curated rows than the target needs
         return None
-    normal = x_test[y_test == 0]
-    scores = Scorer(trained.members, config, seed=0).score_array(
-        trained.preprocessing.transform(normal), [f"te-{i:06d}" for i in range(len(normal))])
     cal = trained.calibration
+    scores = _test_normal_scores(trained, config, x_test, y_test)
     return float(np.mean(cal.anomaly_score(scores) > cal.threshold(TARGET_FPR)))
 
 
