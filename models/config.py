@@ -22,7 +22,8 @@ class ModelConfig:
     kind: str                       # "image" or "features"
     input_shape: tuple[int, ...]    # (D,) or (H, W, C)
     latent_dim: int = 16
-    hidden: tuple[int, ...] = (256, 128)    # dense widths (features) / conv filters (images)
+    hidden: tuple[int, ...] = (256, 128)    # dense widths (features; () = linear networks)
+                                            # / conv filters (images; at least one)
     likelihood: str = "gaussian"
     min_scale: float = 0.03         # floor on the decoder's per-dimension std (gaussian)
     beta: float = 1.0               # KL weight once warm-up is over
@@ -50,6 +51,8 @@ class ModelConfig:
             raise ValueError(f"likelihood={self.likelihood!r}; expected one of {LIKELIHOODS}")
         if self.kind == "image" and len(self.input_shape) != 3:
             raise ValueError(f"image input_shape={self.input_shape}; expected (H, W, C)")
+        if self.kind == "image" and not self.hidden:
+            raise ValueError("image hidden=(); convolutional networks need at least one layer")
         if self.kind == "features" and len(self.input_shape) != 1:
             raise ValueError(f"features input_shape={self.input_shape}; expected (D,)")
         for name in ("latent_dim", "n_recon_samples", "n_iwae_samples", "top_k", "members"):

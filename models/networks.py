@@ -1,4 +1,5 @@
-"""Functional encoder / decoder / DAE networks: dense for features, convolutional for images.
+"""Functional encoder / decoder / DAE networks: dense for features (linear when
+ModelConfig.hidden is empty), convolutional for images.
 
 The networks are plain functional models of built-in layers, so that a saved bundle loads
 with ``safe_mode=True`` and no custom objects.  Heads that feed a log-probability are

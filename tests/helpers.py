@@ -39,9 +39,18 @@ def mnist(n: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
         read("t10k-labels-idx1-ubyte.gz")[offset:offset + n]
 
 
-def adbench(name: str = "6_cardio") -> tuple[np.ndarray, np.ndarray]:
-    d = np.load(SHARED / "adbench" / f"{name}.npz", allow_pickle=False)
+def _npz(folder: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    d = np.load(SHARED / folder / f"{name}.npz", allow_pickle=False)
     return np.asarray(d["X"], np.float64), np.asarray(d["y"]).astype(int)
+
+
+def adbench(name: str = "6_cardio") -> tuple[np.ndarray, np.ndarray]:
+    return _npz("adbench", name)
+
+
+def mvtec(category: str = "MVTec-AD_bottle") -> tuple[np.ndarray, np.ndarray]:
+    """ResNet18 embeddings (512 features) of an MVTec-AD category; y = 1 defective."""
+    return _npz("mvtec_resnet18", category)
 
 
 def png(image: np.ndarray, mode: str | None = None) -> bytes:

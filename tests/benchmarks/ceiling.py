@@ -120,8 +120,10 @@ def _vigil_fit(x: np.ndarray, ids: list[str], calibration_set=None):
     from models.preprocessing import Preprocessing
     from models.training import fit
     d = x.shape[1]
-    config = default_model_config("features", (d,), TrainJobConfig((), "", ""))
-    trained = fit(x, ids, config, TrainConfig(verbose=0, max_examples=0),
+    train_cfg = TrainConfig(verbose=0, max_examples=0)
+    rows = len(split_indices(len(x), train_cfg, calibrate=calibration_set is None)["train"])
+    config = default_model_config("features", (d,), TrainJobConfig((), "", ""), rows)
+    trained = fit(x, ids, config, train_cfg,
                   Preprocessing("features", (d,), tuple(f"f{j}" for j in range(d))),
                   calibration_set=calibration_set)
     return trained, config

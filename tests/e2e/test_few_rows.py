@@ -1,0 +1,39 @@
+"""`vigil train` on a table with fewer training rows than features (few-shot embeddings)."""
+from __future__ import annotations
+
+import numpy as np
+from click.testing import CliRunner
+from sklearn.metrics import roc_auc_score
+
+from jobs.cli import cli
+from jobs.train import TrainJobConfig, default_model_config
+from models import registry
+from tests import helpers
+
+
+def test_the_table_defaults_turn_linear_and_untrimmed_below_one_row_per_feature():
+    cfg = TrainJobConfig((), "", "")
+    few, many = (default_model_config("features", (512,), cfg, rows) for rows in (511, 512))
+    assert (few.hidden, few.trim_fraction, few.min_scale) == ((), 0.0, 0.3)
+    assert (many.hidden, many.trim_fraction, many.min_scale) == ((128, 64), 0.4, 0.03)
+
+
+def test_few_shot_embeddings_train_linear_models_that_find_the_defects(tmp_path):
+    x, y = helpers.mvtec("MVTec-AD_bottle")
+    rng = np.random.default_rng(0)
+    normal = rng.permutation(np.flatnonzero(y == 0))
+    train, test = normal[:150], np.r_[normal[150:], np.flatnonzero(y == 1)]
+    helpers.table_shards(tmp_path / "train", x[train], prefix="train")
+    result = CliRunner().invoke(cli, [
+        "train", "--input", str(tmp_path / "train" / "*.parquet"), "--registry",
+        str(tmp_path / "reg"), "--name", "bottle", "--no-promote"])
+    assert result.exit_code in (0, 5), result.output
+    bundle = registry.load(str(tmp_path / "reg"), "bottle", "0001")
+    config = bundle.manifest["model_config"]
+    assert bundle.manifest["training"]["split_sizes"]["train"] < 512
+    assert (config["hidden"], config["trim_fraction"], config["min_scale"]) == ([], 0.0, 0.3)
+    # Linear networks: the encoder maps x to its posterior with one dense layer per output.
+    assert [type(layer).__name__ for layer in bundle.members[0].encoder.layers] == \
+        ["InputLayer", "Dense", "Dense"]
+    scores = bundle.score_raw(bundle.scorer(), x[test], [f"t{i}" for i in range(len(test))])
+    assert roc_auc_score(y[test], bundle.calibration.anomaly_score(scores)) > 0.9
