@@ -19,7 +19,7 @@ from models import registry
 from models.bundle import save_models
 from models.config import IMAGE_MAX_EXAMPLES, ModelConfig, TrainConfig
 from models.preprocessing import Preprocessing
-from models.training import TrainResult, data_profile, fit, split_indices, validation_metrics
+from models.training import TrainResult, data_profile, fit, train_split_size, validation_metrics
 from pipeline.decode import DecodeSpec, decode
 from pipeline.preflight import InputError, check_columns, match_inputs, resolve_formats, table_schema
 from pipeline.readers import UNKNOWN_FORMAT, ReadSpec, read_file
@@ -183,7 +183,7 @@ def default_model_config(kind: str, shape: tuple[int, ...], cfg: TrainJobConfig,
     """Defaults that work without tuning on images and on tables.
 
     ``train_rows`` is the size of the split that fits the weights; tables with fewer of
-    them than features get linear, untrimmed models (see below).
+    them than features get linear, untrimmed models with a higher variance floor (see below).
     """
     if kind == "image":
         # 16 importance samples: conv decoders dominate scoring cost (64 is 4x slower).
@@ -278,7 +278,7 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
            else Preprocessing("features", shape, tuple(columns)))
     calibration_set = (load_calibration_data(cfg, kind, shape, columns)
                        if cfg.calibration_inputs else None)
-    train_rows = len(split_indices(len(x_raw), cfg.train, calibrate=calibration_set is None)["train"])
+    train_rows = train_split_size(len(x_raw), cfg.train, calibrate=calibration_set is None)
     model_config = default_model_config(kind, shape, cfg, train_rows)
     if kind == "features" and not model_config.hidden:
         LOG.info("%d training rows for %d features: linear, untrimmed table models",

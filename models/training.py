@@ -107,6 +107,11 @@ def split_indices(n: int, cfg: TrainConfig, calibrate: bool = True) -> dict[str,
     return _bounded(out, cfg)
 
 
+def train_split_size(n: int, cfg: TrainConfig, calibrate: bool = True) -> int:
+    """Rows of ``n`` that ``fit`` trains the weights on (``split_indices``' train split)."""
+    return len(split_indices(n, cfg, calibrate)["train"])
+
+
 def _bounded(splits: dict[str, np.ndarray], cfg: TrainConfig) -> dict[str, np.ndarray]:
     """Bounded calibration sets keep the manifest small on huge inputs."""
     for name in ("calibration_a", "calibration_b"):

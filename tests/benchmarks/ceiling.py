@@ -118,10 +118,10 @@ def _vigil_fit(x: np.ndarray, ids: list[str], calibration_set=None):
     """vigil's default table models fitted as ``vigil train`` fits them; (result, config)."""
     from jobs.train import TrainJobConfig, default_model_config
     from models.preprocessing import Preprocessing
-    from models.training import fit
+    from models.training import fit, train_split_size
     d = x.shape[1]
     train_cfg = TrainConfig(verbose=0, max_examples=0)
-    rows = len(split_indices(len(x), train_cfg, calibrate=calibration_set is None)["train"])
+    rows = train_split_size(len(x), train_cfg, calibrate=calibration_set is None)
     config = default_model_config("features", (d,), TrainJobConfig((), "", ""), rows)
     trained = fit(x, ids, config, train_cfg,
                   Preprocessing("features", (d,), tuple(f"f{j}" for j in range(d))),
