@@ -11,7 +11,12 @@ Two disjoint held-out splits of *normal* training data are used:
   and extends it exponentially past its largest value, so that extreme records stay
   ranked instead of tying at p = 1/(n+1)).  Its own conformal p-value and threshold come
   from split B, so ``is_anomaly`` keeps its false-positive guarantee without assuming the
-  scores are independent, whatever the pooling rule:
+  scores are independent, whatever the pooling rule.  Split A's rows join split B's with
+  their leave-one-out ``anomaly_score`` (each row's surprise against the other rows of A:
+  what it would score had it not calibrated the scores, the jackknife).  Twice the
+  values narrow the threshold's spread by about sqrt(2) (at 810 + 810 rows, the std of
+  the realised FPR at 0.01 falls from 0.0034 to 0.0025 in simulation), for a guarantee
+  that holds up to the one row each jackknife value leaves out (1/n in each p~):
 
   - ``mean``: the mean of the four surprises.  The VAE's three scores are three views of
     one density model, so this leans on the VAE; on tables its likelihood is the sharper
@@ -87,6 +92,35 @@ def smooth_surprise(calibration: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.nan_to_num(-np.log(np.maximum(p, 1e-300)), nan=np.inf, posinf=690.0)
 
 
+def loo_surprise(calibration: np.ndarray) -> np.ndarray:
+    """``smooth_surprise`` of each calibration value against the other n - 1, in input order.
+
+    Closed form of ``smooth_surprise(np.delete(cal, i), cal[i])``: without itself, a
+    value lies between its sorted neighbours, whose survivals are (n - r + 1)/n and
+    (n - r)/n; a tied value takes the survival of the last of its ties, as ``np.interp``
+    gives a record that ties them; only a lone largest value reaches the exponential tail.
+    """
+    values = np.asarray(calibration, dtype=np.float64)
+    n = len(values)
+    order = np.argsort(values, kind="stable")
+    cal = values[order]
+    p = np.ones(n)
+    r = np.arange(1, n - 1)
+    lo, hi = cal[r - 1], cal[r + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(hi > lo, (cal[r] - lo) / (hi - lo), 0.0)
+    p[r] = ((n - r + 1) - np.clip(np.nan_to_num(frac), 0.0, 1.0)) / n
+    surprise = -np.log(p)
+    if n > 1:
+        surprise[-1] = smooth_surprise(cal[:-1], cal[-1:])[0]
+    right = np.searchsorted(cal, cal, side="right")
+    tied = right - np.searchsorted(cal, cal, side="left") > 1
+    surprise[tied] = -np.log((n - right[tied] + 2) / n)
+    out = np.empty(n)
+    out[order] = surprise
+    return out
+
+
 ORIENTATION = {**SCORE_ORIENTATION, DAE_SMOOTH_ERROR: +1}
 
 
@@ -108,13 +142,15 @@ def complexity_slope(values: np.ndarray, bits: np.ndarray) -> float:
 
 @dataclass
 class Calibration:
-    """Calibration values of each score (split A) and of the combined statistic (split B)."""
+    """Calibration values of each score (split A) and of the combined statistic (split B,
+    and with ``pooled_a`` split A's leave-one-out values)."""
     scores: dict[str, np.ndarray]        # oriented (and complexity-adjusted), split A
-    combined: np.ndarray                 # anomaly_score on split B
+    combined: np.ndarray                 # anomaly_score on split B (+ split A, jackknifed)
     target_fprs: tuple[float, ...] = (0.01,)
     combine: tuple[str, ...] = SCORE_NAMES
     rule: str = "mean"
     slopes: dict[str, float] = field(default_factory=dict)   # per score, per input bit
+    pooled_a: bool = False               # bundles written before the jackknife: B only
 
     @classmethod
     def fit(cls, scores_a: dict[str, np.ndarray], scores_b: dict[str, np.ndarray],
@@ -122,14 +158,17 @@ class Calibration:
             adjust_complexity: bool = False) -> "Calibration":
         """From raw scores of two disjoint held-out normal splits.
 
-        With ``adjust_complexity`` both dicts must also hold ``input_bits``.
+        With ``adjust_complexity`` both dicts must also hold ``input_bits``.  The jackknife
+        keeps split A's complexity slopes: refitting them without one row moves them by
+        O(1/n) too.
         """
         names = tuple(dict.fromkeys((*SCORE_NAMES, *combine)))
         slopes = {n: complexity_slope(oriented(n, scores_a[n]), scores_a[INPUT_BITS])
                   for n in names} if adjust_complexity else {}
-        cal = cls({}, np.array([]), tuple(target_fprs), tuple(combine), rule, slopes)
+        cal = cls({}, np.array([]), tuple(target_fprs), tuple(combine), rule, slopes, pooled_a=True)
         cal.scores = {n: np.sort(cal.adjusted(n, scores_a)) for n in names}
-        cal.combined = np.sort(cal.anomaly_score(scores_b))
+        jackknife = cal._pool({n: loo_surprise(cal.adjusted(n, scores_a)) for n in cal.combine})
+        cal.combined = np.sort(np.r_[cal.anomaly_score(scores_b), jackknife])
         return cal
 
     @property
@@ -161,8 +200,11 @@ class Calibration:
 
     def anomaly_score(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Pooled smoothed surprise of the combined scores (larger = more anomalous)."""
-        surprise = {n: smooth_surprise(self.scores[n], self.adjusted(n, scores))
-                    for n in self.combine}
+        return self._pool({n: smooth_surprise(self.scores[n], self.adjusted(n, scores))
+                           for n in self.combine})
+
+    def _pool(self, surprise: dict[str, np.ndarray]) -> np.ndarray:
+        """The rule's pooling of per-statistic surprises into ``anomaly_score``."""
         if self.rule == "dae":
             return np.mean([v for n, v in surprise.items() if n.startswith("dae_")], axis=0)
         if self.rule == "max_model":
@@ -192,6 +234,7 @@ class Calibration:
 
     def describe(self) -> dict:
         """What every threshold means, for the manifest."""
+        n_a = int(len(next(iter(self.scores.values()))))
         return {
             "rule": "is_anomaly = anomaly_score > threshold, equivalently anomaly_pvalue <= target_fpr",
             "anomaly_score": {"mean": "mean of -log p~ over {}",
@@ -202,9 +245,10 @@ class Calibration:
                                  f" ({DAE_SMOOTH_ERROR}: the DAE's squared error after "
                                  "Gaussian smoothing of the residual; not a column)"
                                  if DAE_SMOOTH_ERROR in self.combine else ""),
-            "threshold": "conformal threshold of anomaly_score on calibration split B "
-                         "(FPR <= target on exchangeable normal data; inf if split B has "
-                         "fewer than 1/target - 1 rows)",
+            "threshold": "conformal threshold of anomaly_score on calibration split B" + (
+                " and split A's leave-one-out anomaly_score (each row against the other rows "
+                "of A)" if self.pooled_a else "") + " (FPR <= target on exchangeable normal "
+                "data; inf if they hold fewer than 1/target - 1 values)",
             "score_thresholds": "per-score conformal thresholds from split A, in the score's own "
                                 "units: anomalous below for VAE log-probabilities, above for "
                                 "dae_recon_error" + (
@@ -213,8 +257,8 @@ class Calibration:
                                     "slope * input_bits (input_bits: the image's PNG size; "
                                     "slopes in 'complexity_slopes')" if self.slopes else ""),
             "complexity_slopes": dict(self.slopes),
-            "n_split_a": int(len(next(iter(self.scores.values())))),
-            "n_split_b": int(len(self.combined)),
+            "n_split_a": n_a,
+            "n_split_b": int(len(self.combined)) - (n_a if self.pooled_a else 0),
             "thresholds": {str(a): {k: (v if math.isfinite(v) else None) for k, v in
                                     {"anomaly_score": self.threshold(a),
                                      **self.score_thresholds(a)}.items()}
@@ -229,6 +273,7 @@ class Calibration:
             "combine": list(self.combine),
             "rule": self.rule,
             "slopes": dict(self.slopes),
+            "pooled_a": self.pooled_a,
             "description": self.describe(),
         }
 
@@ -237,4 +282,5 @@ class Calibration:
         return cls({n: np.asarray(v, dtype=np.float64) for n, v in d["scores"].items()},
                    np.asarray(d["combined"], dtype=np.float64),
                    tuple(d["target_fprs"]), tuple(d["combine"]), d.get("rule", "mean"),
-                   {n: float(v) for n, v in d.get("slopes", {}).items()})
+                   {n: float(v) for n, v in d.get("slopes", {}).items()},
+                   bool(d.get("pooled_a", False)))

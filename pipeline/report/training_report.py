@@ -68,7 +68,7 @@ def _calibration(calibration) -> str:
     t = calibration.threshold(alpha)
     if math.isfinite(t):
         axes[-1].axvline(t, color="#c44e52", linestyle="--")
-    axes[-1].set_title(f"anomaly_score (split B), threshold @ {alpha:g}", fontsize=8)
+    axes[-1].set_title(f"anomaly_score (calibration), threshold @ {alpha:g}", fontsize=8)
     return _png(fig)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from models.calibration import (Calibration, conformal_pvalues, conformal_threshold,
-                                smooth_surprise)
+                                loo_surprise, smooth_surprise)
 from schemas.tables import SCORE_NAMES
 
 
@@ -68,6 +68,32 @@ def test_smooth_surprise_is_monotone_and_finite():
     s = smooth_surprise(cal, v)
     assert np.all(np.diff(s) >= 0) and np.all(np.isfinite(s))
     assert np.isfinite(smooth_surprise(cal, np.array([np.inf]))).all()
+
+
+@pytest.mark.parametrize("decimals", [None, 1, 0])
+def test_leave_one_out_surprise_is_each_value_scored_without_itself(decimals):
+    values = np.random.default_rng(5).normal(size=300)
+    if decimals is not None:        # ties, down to a handful of distinct values
+        values = np.round(values, decimals)
+    by_hand = [smooth_surprise(np.delete(values, i), values[i:i + 1])[0] for i in range(len(values))]
+    np.testing.assert_allclose(loo_surprise(values), by_hand, rtol=1e-12, atol=1e-12)
+    assert loo_surprise(np.array([2.0])).tolist() == [0.0]
+
+
+def test_split_a_joins_split_b_in_the_combined_threshold():
+    """Split A's rows, each scored against the others, double the combined threshold's values."""
+    rng = np.random.default_rng(6)
+    normal = lambda n: {k: rng.normal(size=n) for k in SCORE_NAMES}  # noqa: E731
+    a, b = normal(300), normal(200)
+    cal = Calibration.fit(a, b, (0.01,))
+    jackknife = np.mean([loo_surprise(cal.adjusted(k, a)) for k in SCORE_NAMES], axis=0)
+    np.testing.assert_allclose(cal.combined, np.sort(np.r_[cal.anomaly_score(b), jackknife]))
+    assert (cal.describe()["n_split_a"], cal.describe()["n_split_b"]) == (300, 200)
+    assert Calibration.from_dict(cal.to_dict()).describe()["n_split_b"] == 200
+    # A bundle calibrated before the jackknife holds split B alone and still reads so.
+    old = {k: v for k, v in cal.to_dict().items() if k != "pooled_a"}
+    old["combined"] = cal.anomaly_score(b).tolist()
+    assert Calibration.from_dict(old).describe()["n_split_b"] == 200
 
 
 def test_calibration_round_trips_through_json():
