@@ -15,8 +15,9 @@ Two disjoint held-out splits of *normal* training data are used:
   their leave-one-out ``anomaly_score`` (each row's surprise against the other rows of A:
   what it would score had it not calibrated the scores, the jackknife).  Twice the
   values narrow the threshold's spread by about sqrt(2) (at 810 + 810 rows, the std of
-  the realised FPR at 0.01 falls from 0.0034 to 0.0025, ``make bench-calibration``), for a guarantee
-  that holds up to the one row each jackknife value leaves out (1/n in each p~):
+  the realised FPR at 0.01 falls from 0.0034 to 0.0025, ``make bench-calibration``),
+  for a guarantee that holds up to the one row each jackknife value leaves out (1/n in
+  each p~):
 
   - ``mean``: the mean of the four surprises.  The VAE's three scores are three views of
     one density model, so this leans on the VAE; on tables its likelihood is the sharper
@@ -160,15 +161,17 @@ class Calibration:
 
         With ``adjust_complexity`` both dicts must also hold ``input_bits``.  The jackknife
         keeps split A's complexity slopes: refitting them without one row moves them by
-        that row's leverage, about 1/n unless its complexity is extreme (``bench-calibration``'s
-        images setting, skewed complexities: mean FPR 0.0100 with split A, 0.0102 without).
+        that row's leverage, about 1/n unless its complexity is extreme
+        (``bench-calibration``'s images setting, skewed complexities: mean FPR 0.0100
+        with split A, 0.0102 without).
         """
         names = tuple(dict.fromkeys((*SCORE_NAMES, *combine)))
         slopes = {n: complexity_slope(oriented(n, scores_a[n]), scores_a[INPUT_BITS])
                   for n in names} if adjust_complexity else {}
         cal = cls({}, np.array([]), tuple(target_fprs), tuple(combine), rule, slopes, pooled_a=True)
-        cal.scores = {n: np.sort(cal.adjusted(n, scores_a)) for n in names}
-        jackknife = cal._pool({n: loo_surprise(cal.adjusted(n, scores_a)) for n in cal.combine})
+        split_a = {n: cal.adjusted(n, scores_a) for n in names}
+        cal.scores = {n: np.sort(v) for n, v in split_a.items()}
+        jackknife = cal._pool({n: loo_surprise(split_a[n]) for n in cal.combine})
         cal.combined = np.sort(np.r_[cal.anomaly_score(scores_b), jackknife])
         return cal
 

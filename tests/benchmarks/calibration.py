@@ -11,10 +11,10 @@ many times over, in two settings:
 * ``images``: a DAE error that grows with the image's compressed size and whose noise
   grows with it too, over skewed sizes, judged complexity-adjusted under the ``dae`` rule
   (the jackknife keeps split A's slope, so high-leverage rows are where it could slip).
-  It compares the combined threshold from split B alone with the
-shipped one (split B plus split A's leave-one-out values), and reports each one's mean,
-std and the share of repeats inside [0.5, 1.5] x target, the band the accuracy
-benchmark checks.
+
+It compares the combined threshold from split B alone with the shipped one (split B plus
+split A's leave-one-out values), and reports each one's mean, std and the share of
+repeats inside [0.5, 1.5] x target, the band the accuracy benchmark checks.
 
     python tests/benchmarks/calibration.py [--repeats 200] [--rows 810 100]
 """
