@@ -43,6 +43,8 @@ class ModelConfig:
                                     # on the same split; scores are their mean
     dae_error_sigma: float = 0.0    # images: anomaly_score judges the DAE by its residual
                                     # smoothed with a Gaussian of this std (pixels); 0 = MSE
+    feature_tail: float | None = 20.0   # features: robust units beyond which an input grows
+                                        # logarithmically (models.preprocessing); None = linear
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -69,6 +71,8 @@ class ModelConfig:
                              "unless kind='image' (it smooths over pixel neighbours)")
         if self.min_scale <= 0:
             raise ValueError(f"min_scale={self.min_scale}; must be > 0")
+        if self.feature_tail is not None and not self.feature_tail > 0:
+            raise ValueError(f"feature_tail={self.feature_tail}; must be > 0 or None")
 
     @property
     def input_dim(self) -> int:

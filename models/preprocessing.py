@@ -7,8 +7,11 @@ that contamination in the training data does not set the scale), and values beyo
 with rare huge values) otherwise reach z of thousands, and a Gaussian decoder trained on
 them diverges to NaN (MVTec embeddings).  A tighter tail (5) hid real anomalies in
 heavy-tailed tables (cardio AUROC 0.65, against 0.71 at 20 and 0.91 unsquashed).  The
-squashing is monotone, so a more extreme value still looks more anomalous.  Images are resized and channel-converted at decode time and scaled to [0, 1]
-here.
+squashing is monotone and unbounded, so a more extreme value still looks more anomalous.
+Tables with fewer training rows than features take ``tail`` = 1 (``ModelConfig.feature_tail``),
+a signed log past one robust unit: a score summed over hundreds of features whose tails
+were seen in a hundred rows is otherwise decided by whichever few spiked.  Images are
+resized and channel-converted at decode time and scaled to [0, 1] here.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ class Preprocessing:
     tail: float | None = None                  # |z| beyond this grows as log (None: linear)
 
     @classmethod
-    def fit_features(cls, x: np.ndarray, feature_columns: list[str]) -> "Preprocessing":
+    def fit_features(cls, x: np.ndarray, feature_columns: list[str],
+                     tail: float | None = 20.0) -> "Preprocessing":
         x = np.asarray(x, dtype=np.float64)
         center = np.median(x, axis=0)
         q75, q25 = np.percentile(x, [75, 25], axis=0)
@@ -36,7 +40,7 @@ class Preprocessing:
         std = x.std(axis=0)
         scale = np.where(scale > 1e-12, scale, std)
         scale = np.where(scale > 1e-12, scale, 1.0)
-        return cls("features", (x.shape[1],), tuple(feature_columns), center, scale, tail=20.0)
+        return cls("features", (x.shape[1],), tuple(feature_columns), center, scale, tail=tail)
 
     @classmethod
     def for_images(cls, height: int, width: int, channels: int) -> "Preprocessing":

@@ -238,7 +238,8 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
     splits = split_indices(len(x_raw), cfg, calibrate=calibration_set is None)
     if preprocessing.kind == "features":
         preprocessing = Preprocessing.fit_features(x_raw[splits["train"]],
-                                                   list(preprocessing.feature_columns))
+                                                   list(preprocessing.feature_columns),
+                                                   tail=model_config.feature_tail)
     x = preprocessing.transform(x_raw)
     part = {name: x[idx] for name, idx in splits.items()}
     # Held-out normal records as (model inputs, raw records, ids), per split.

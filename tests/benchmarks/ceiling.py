@@ -6,9 +6,10 @@ second):
 
 * **Detection** (``mvtec-resnet18``): the AUROC of reference detectors (k-NN distance,
   Mahalanobis with Ledoit-Wolf shrinkage, PCA residual, one-class SVM, isolation forest,
-  and a rank ensemble of 1-NN, Mahalanobis and PCA-30) trained on every train row, and on
+  and a rank ensemble of 1-NN, Mahalanobis and PCA-30) trained on every train row, on
   the share vigil's models train on (``models.training.split_indices``: the rest is held out for
-  validation and calibration).
+  validation and calibration), and on that share as vigil's models see it (its default
+  ``Preprocessing``: robust scaling, and a log scale past ``feature_tail`` robust units).
 * **Calibration under contamination** (``adbench-unsup``): the false-positive rate on the
   test split's normal rows of a conformal threshold at 1 %, for a label-free detector
   (isolation forest) fitted on vigil's train share and, with ``--vigil``, for vigil's own
@@ -75,23 +76,37 @@ def reference_scores(train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarra
     return out
 
 
+def vigil_inputs(share: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The train share and the test rows as vigil's default table models see them."""
+    from jobs.train import TrainJobConfig, default_model_config
+    from models.preprocessing import Preprocessing
+    d = share.shape[1]
+    tail = default_model_config("features", (d,), TrainJobConfig((), "", ""), len(share)).feature_tail
+    pre = Preprocessing.fit_features(share, [f"f{j}" for j in range(d)], tail=tail)
+    return pre.transform(share).astype(np.float64), pre.transform(test).astype(np.float64)
+
+
+SETTINGS = ("all", "share", "share, vigil's inputs")
+
+
 def detection_ceiling(P, protocol: str) -> dict:
-    """Mean AUROC per method, trained on every train row and on vigil's train share."""
+    """Mean AUROC per method and setting (``SETTINGS``: which rows train, how scaled)."""
     per_case = []
     for case in P.cases(protocol):
         x_train, x_test, y_test = P.load(protocol, **case)
         share = split_indices(len(x_train), TrainConfig())["train"]
         row = {"case": case["dataset"], "seed": case["seed"], "rows": len(x_train),
                "vigil_share": len(share), "auroc": {}}
-        for name, rows in (("all", x_train), ("share", x_train[share])):
+        inputs = ((x_train, x_test), (x_train[share], x_test), vigil_inputs(x_train[share], x_test))
+        for name, (rows, test) in zip(SETTINGS, inputs):
             row["auroc"][name] = {m: round(float(roc_auc_score(y_test, s)), 4)
-                                  for m, s in reference_scores(rows, x_test).items()}
+                                  for m, s in reference_scores(rows, test).items()}
         per_case.append(row)
     datasets = sorted({r["case"] for r in per_case})
     mean = {name: {m: float(np.mean([np.mean([r["auroc"][name][m] for r in per_case if r["case"] == d])
                                      for d in datasets]))
                    for m in per_case[0]["auroc"][name]}
-            for name in ("all", "share")}
+            for name in SETTINGS}
     return {"protocol": protocol, "mean_auroc": mean, "cases": per_case}
 
 
@@ -224,7 +239,7 @@ def main(argv=None) -> int:
             print(f"\n{protocol}: mean AUROC of reference methods (vigil's anomaly_score: "
                   f"{vigil_auroc(protocol)})")
             print(table([[name, *(f"{r['mean_auroc'][name][m]:.3f}" for m in methods)]
-                         for name in ("all", "share")], ["trained on", *methods]))
+                         for name in SETTINGS], ["trained on", *methods]))
         else:
             r = results[protocol] = calibration_under_contamination(P, protocol, args.vigil)
             columns = [(det, k) for det, band in r["in_band"].items() for k in band]

@@ -14,8 +14,9 @@ from tests import helpers
 def test_the_table_defaults_turn_linear_and_untrimmed_below_one_row_per_feature():
     cfg = TrainJobConfig((), "", "")
     few, many = (default_model_config("features", (512,), cfg, rows) for rows in (511, 512))
-    assert (few.hidden, few.trim_fraction, few.min_scale) == ((), 0.0, 0.3)
-    assert (many.hidden, many.trim_fraction, many.min_scale) == ((128, 64), 0.4, 0.03)
+    assert (few.hidden, few.trim_fraction, few.min_scale, few.feature_tail) == ((), 0.0, 0.3, 1.0)
+    assert (many.hidden, many.trim_fraction, many.min_scale, many.feature_tail) == \
+        ((128, 64), 0.4, 0.03, 20.0)
 
 
 def test_few_shot_embeddings_train_linear_models_that_find_the_defects(tmp_path):
@@ -32,6 +33,8 @@ def test_few_shot_embeddings_train_linear_models_that_find_the_defects(tmp_path)
     config = bundle.manifest["model_config"]
     assert bundle.manifest["training"]["split_sizes"]["train"] < 512
     assert (config["hidden"], config["trim_fraction"], config["min_scale"]) == ([], 0.0, 0.3)
+    # Inputs past one robust unit are on a log scale, and scoring applies the same.
+    assert config["feature_tail"] == bundle.manifest["preprocessing"]["tail"] == 1.0
     # Linear networks: the encoder maps x to its posterior with one dense layer per output.
     assert [type(layer).__name__ for layer in bundle.members[0].encoder.layers] == \
         ["InputLayer", "Dense", "Dense"]

@@ -122,6 +122,22 @@ def test_spiky_features_stay_bounded_and_ordered():
     assert np.array_equal(round_trip.transform(probe), pre.transform(probe))
 
 
+def test_a_tail_of_one_robust_unit_is_a_signed_log_that_still_grows():
+    from models.preprocessing import Preprocessing
+    x = np.random.default_rng(0).normal(size=(200, 2))
+    pre = Preprocessing.fit_features(x, ["a", "b"], tail=1.0)
+    z = np.linspace(-50, 50, 1001)
+    out = pre.transform(pre.center + np.outer(z, pre.scale))[:, 0]
+    outside = np.abs(z) > 1
+    assert np.allclose(out[outside], np.sign(z[outside]) * (1 + np.log(np.abs(z[outside]))), atol=1e-5)
+    assert np.allclose(out[~outside], z[~outside], atol=1e-5)
+    # A gross value is compressed, not hidden: a thousand times further is ln(1000) further.
+    far = pre.transform(pre.center + np.outer([10.0, 1e4], pre.scale))[:, 0]
+    assert far[1] - far[0] == pytest.approx(np.log(1e3), rel=1e-4)
+    with pytest.raises(ValueError, match="feature_tail"):
+        ModelConfig("features", (4,), feature_tail=0.0)
+
+
 def test_label_column_is_never_a_feature_by_default(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
