@@ -237,9 +237,9 @@ def default_model_config(kind: str, shape: tuple[int, ...], cfg: TrainJobConfig,
     # normal record.  mvtec-resnet18, three members: 0.791 -> 0.818 (every category up;
     # harness, tail 2 / 1 / 0.5: 0.815 / 0.819 / 0.820; the floor re-checked on these
     # inputs, 0.1 / 0.3 / 0.5 / 1.0: 0.812 / 0.819 / 0.816 / 0.806); the reference methods
-    # gain as much on the same inputs (bench-ceiling).  Tables with enough rows lose by it (adbench-unsup,
-    # harness, three members: 0.906 -> 0.899, the DAE 0.868 -> 0.785), and there
-    # validation log-likelihood prefers the log scale all the same, so it cannot choose.
+    # gain as much on the same inputs (bench-ceiling).  Tables with enough rows lose by it
+    # (adbench-unsup, harness, three members: 0.906 -> 0.899, the DAE 0.868 -> 0.785), and
+    # there validation log-likelihood prefers the log scale all the same, so it cannot choose.
     few_rows = train_rows < d
     return ModelConfig("features", shape, latent_dim=cfg.latent_dim or 32,
                        hidden=() if few_rows else (width, width // 2),
