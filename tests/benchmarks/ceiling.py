@@ -81,8 +81,8 @@ def vigil_inputs(share: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nd
     from jobs.train import TrainJobConfig, default_model_config
     from models.preprocessing import Preprocessing
     d = share.shape[1]
-    tail = default_model_config("features", (d,), TrainJobConfig((), "", ""), len(share)).feature_tail
-    pre = Preprocessing.fit_features(share, [f"f{j}" for j in range(d)], tail=tail)
+    defaults = default_model_config("features", (d,), TrainJobConfig((), "", ""), len(share))
+    pre = Preprocessing.fit_features(share, [f"f{j}" for j in range(d)], tail=defaults.feature_tail)
     return pre.transform(share).astype(np.float64), pre.transform(test).astype(np.float64)
 
 
