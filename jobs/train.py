@@ -17,7 +17,7 @@ import numpy as np
 
 from models import registry
 from models.bundle import save_models
-from models.config import IMAGE_MAX_EXAMPLES, ModelConfig, TrainConfig
+from models.config import FEATURE_TAIL, IMAGE_MAX_EXAMPLES, ModelConfig, TrainConfig
 from models.preprocessing import Preprocessing
 from models.training import TrainResult, data_profile, fit, train_split_size, validation_metrics
 from pipeline.decode import DecodeSpec, decode
@@ -245,7 +245,7 @@ def default_model_config(kind: str, shape: tuple[int, ...], cfg: TrainJobConfig,
                        hidden=() if few_rows else (width, width // 2),
                        likelihood=cfg.likelihood or "gaussian",
                        min_scale=0.3 if few_rows else 0.03,
-                       feature_tail=1.0 if few_rows else 20.0,
+                       feature_tail=1.0 if few_rows else FEATURE_TAIL,
                        trim_fraction=0.0 if few_rows else 0.4, members=cfg.members or 3)
 
 

@@ -8,6 +8,8 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 # Examples each image model sees at most when TrainConfig.max_examples is None: 40 epochs
 # of mnist-anc's 3,250 training images.  Tables train with dense nets and stop early.
 IMAGE_MAX_EXAMPLES = 130_000
+# Robust units past which a table's inputs grow logarithmically (models.preprocessing).
+FEATURE_TAIL = 20.0
 KINDS = ("image", "features")
 COMBINE_RULES = ("mean", "max_model", "dae")
 # The DAE's squared error after Gaussian smoothing of the residual (images with
@@ -43,8 +45,8 @@ class ModelConfig:
                                     # on the same split; scores are their mean
     dae_error_sigma: float = 0.0    # images: anomaly_score judges the DAE by its residual
                                     # smoothed with a Gaussian of this std (pixels); 0 = MSE
-    feature_tail: float | None = 20.0   # features: robust units beyond which an input grows
-                                        # logarithmically (models.preprocessing); None = linear
+    feature_tail: float | None = FEATURE_TAIL   # features: |z| past which inputs grow
+                                                # logarithmically; None = linear
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.config import FEATURE_TAIL
+
 
 @dataclass
 class Preprocessing:
@@ -32,7 +34,7 @@ class Preprocessing:
 
     @classmethod
     def fit_features(cls, x: np.ndarray, feature_columns: list[str],
-                     tail: float | None = 20.0) -> "Preprocessing":
+                     tail: float | None = FEATURE_TAIL) -> "Preprocessing":
         x = np.asarray(x, dtype=np.float64)
         center = np.median(x, axis=0)
         q75, q25 = np.percentile(x, [75, 25], axis=0)
