@@ -265,7 +265,10 @@ def gates(result: TrainResult, cfg: TrainJobConfig, x_val_raw: np.ndarray, val_i
     current = registry.production_version(cfg.registry, cfg.name)
     if current and n:
         prod = registry.load(cfg.registry, cfg.name, current)
-        if tuple(prod.config.input_shape) == tuple(result.preprocessing.input_shape):
+        unscorable = prod.calibration.encoder_mismatch()
+        if unscorable:      # its FPR measured here would be an artefact of this machine
+            LOG.warning("not comparing with production %s: %s", current, unscorable)
+        elif tuple(prod.config.input_shape) == tuple(result.preprocessing.input_shape):
             raw = np.asarray(x_val_raw)
             scores = prod.score_raw(prod.scorer(), raw, val_ids)
             prod_val = validation_metrics(prod.calibration, scores)

@@ -180,7 +180,15 @@ class Bundle:
     def version(self) -> str:
         return self.manifest["version"]
 
+    def require_scorable(self) -> None:
+        """Refuse to score on a machine whose PNG encoder sizes images unlike calibration's
+        (images adjusted for complexity, ``models.complexity``): every p-value would be off."""
+        mismatch = self.calibration.encoder_mismatch()
+        if mismatch:
+            raise BundleError(f"{self.label}: {mismatch}")
+
     def scorer(self) -> Scorer:
+        self.require_scorable()
         return Scorer(self.members, self.config, seed=int(self.manifest["training"].get("seed", 0)))
 
     def score_raw(self, scorer: Scorer, raw: np.ndarray, ids: list[str]) -> dict[str, np.ndarray]:

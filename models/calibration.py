@@ -36,7 +36,9 @@ p-value stay the plain error.
 
 With ``adjust_complexity`` (images), each score is first replaced by its residual from a
 straight-line fit on the input's compressed size over split A (``models.complexity``):
-the p-values then ask "is this score unusual for a normal image this complex?".
+the p-values then ask "is this score unusual for a normal image this complex?".  The
+calibration then also records the PNG encoder's sizes for fixed probe images, so that a
+machine whose encoder sizes images differently can be refused (``encoder_mismatch``).
 
 All arrays here are oriented so that larger means more anomalous; ``SCORE_ORIENTATION``
 turns the VAE's "higher = more normal" scores around.
@@ -48,7 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.complexity import INPUT_BITS
+from models.complexity import INPUT_BITS, encoder_mismatch, encoder_probe
 from models.config import DAE_SMOOTH_ERROR
 from schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
 
@@ -152,14 +154,17 @@ class Calibration:
     rule: str = "mean"
     slopes: dict[str, float] = field(default_factory=dict)   # per score, per input bit
     pooled_a: bool = False               # bundles written before the jackknife: B only
+    encoder: dict = field(default_factory=dict)   # PNG sizes of probe images (complexity)
 
     @classmethod
     def fit(cls, scores_a: dict[str, np.ndarray], scores_b: dict[str, np.ndarray],
             target_fprs=(0.01,), combine=SCORE_NAMES, rule: str = "mean",
-            adjust_complexity: bool = False) -> "Calibration":
+            adjust_complexity: bool = False,
+            image_shape: tuple[int, int, int] | None = None) -> "Calibration":
         """From raw scores of two disjoint held-out normal splits.
 
-        With ``adjust_complexity`` both dicts must also hold ``input_bits``.  The jackknife
+        With ``adjust_complexity`` both dicts must also hold ``input_bits``, and with an
+        ``image_shape`` the calibration records this machine's PNG encoder at that shape.  The jackknife
         keeps split A's complexity slopes: refitting them without one row moves them by
         that row's leverage, about 1/n unless its complexity is extreme
         (``bench-calibration``'s images setting, skewed complexities: mean FPR 0.0100
@@ -168,7 +173,8 @@ class Calibration:
         names = tuple(dict.fromkeys((*SCORE_NAMES, *combine)))
         slopes = {n: complexity_slope(oriented(n, scores_a[n]), scores_a[INPUT_BITS])
                   for n in names} if adjust_complexity else {}
-        cal = cls({}, np.array([]), tuple(target_fprs), tuple(combine), rule, slopes, pooled_a=True)
+        cal = cls({}, np.array([]), tuple(target_fprs), tuple(combine), rule, slopes, pooled_a=True,
+                  encoder=encoder_probe(image_shape) if adjust_complexity and image_shape else {})
         split_a = {n: cal.adjusted(n, scores_a) for n in names}
         cal.scores = {n: np.sort(v) for n, v in split_a.items()}
         jackknife = cal._pool({n: loo_surprise(split_a[n]) for n in cal.combine})
@@ -183,6 +189,11 @@ class Calibration:
     def statistics(self) -> tuple[str, ...]:
         """The keys of a scores dict this calibration reads."""
         return (*self.scores, *((INPUT_BITS,) if self.slopes else ()))
+
+    def encoder_mismatch(self) -> str | None:
+        """Why this machine's PNG sizes differ from those calibrated on (None if they agree,
+        or if the calibration does not use them)."""
+        return encoder_mismatch(self.encoder) if self.slopes and self.encoder else None
 
     def adjusted(self, name: str, scores: dict[str, np.ndarray]) -> np.ndarray:
         """A score oriented (larger = more anomalous), minus what its complexity explains."""
@@ -261,6 +272,8 @@ class Calibration:
                                     "slope * input_bits (input_bits: the image's PNG size; "
                                     "slopes in 'complexity_slopes')" if self.slopes else ""),
             "complexity_slopes": dict(self.slopes),
+            **({"png_encoder": f"{self.encoder['encoder']}; scoring refuses an encoder that "
+                               "sizes the probe images differently"} if self.encoder else {}),
             "n_split_a": n_a,
             "n_split_b": int(len(self.combined)) - (n_a if self.pooled_a else 0),
             "thresholds": {str(a): {k: (v if math.isfinite(v) else None) for k, v in
@@ -278,6 +291,7 @@ class Calibration:
             "rule": self.rule,
             "slopes": dict(self.slopes),
             "pooled_a": self.pooled_a,
+            "encoder": dict(self.encoder),
             "description": self.describe(),
         }
 
@@ -287,4 +301,4 @@ class Calibration:
                    np.asarray(d["combined"], dtype=np.float64),
                    tuple(d["target_fprs"]), tuple(d["combine"]), d.get("rule", "mean"),
                    {n: float(v) for n, v in d.get("slopes", {}).items()},
-                   bool(d.get("pooled_a", False)))
+                   bool(d.get("pooled_a", False)), dict(d.get("encoder") or {}))

@@ -278,7 +278,8 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
         raise ValueError(f"only {len(x_raw)} normal records: calibration splits are empty")
     calibration = Calibration.fit(scores["calibration_a"], scores["calibration_b"], cfg.target_fprs,
                                   combine=combined_statistics(model_config), rule=model_config.combine,
-                                  adjust_complexity=model_config.adjust_complexity)
+                                  adjust_complexity=model_config.adjust_complexity,
+                                  image_shape=model_config.input_shape)
     metrics = {
         "train_seconds": round(time.time() - started, 2),
         "final": {m: {k: v[-1] for k, v in h.items()} for m, h in history.items()},

@@ -69,6 +69,7 @@ def plan_run(config: ScoreConfig) -> RunPlan:
         raise InputError(f"run {final} already exists; pass --overwrite to replace it")
     version = registry.resolve(config.registry, config.name, config.model_version)
     bundle = registry.load(config.registry, config.name, version)   # verifies everything
+    bundle.require_scorable()
     kind = bundle.config.kind
     files = match_inputs(config.inputs, config.max_files)
     features = list(bundle.preprocessing.feature_columns)

@@ -25,10 +25,13 @@ def copy_registry(src: str, dst: Path) -> str:
     return str(dst / "reg")
 
 
-def republish(reg: str, name: str, replace: dict[str, bytes] | None = None) -> str:
-    """Publish a copy of version 0001 as a new version, optionally with files replaced."""
+def republish(reg: str, name: str, replace: dict[str, bytes] | None = None, edit=None) -> str:
+    """Publish a copy of version 0001 as a new version, optionally with files replaced or
+    the manifest changed in place by ``edit``."""
     d1 = Path(registry.version_dir(reg, name, "0001"))
     manifest = json.loads((d1 / "manifest.json").read_text())
+    if edit:
+        edit(manifest)
 
     def write_files(directory):
         Path(directory).mkdir(parents=True)
@@ -94,6 +97,24 @@ def test_truncated_keras_with_matching_checksum_is_refused(features_registry, in
     registry.promote(reg, "cardio", v)
     _refuses_before_reading({"registry": reg, "name": "cardio"}, inputs, tmp_path, monkeypatch,
                             f"cardio/{v}", "dae.keras", "not a valid .keras archive")
+
+
+def test_model_calibrated_with_another_png_encoder_stops_the_run(images_registry, inputs,
+                                                                tmp_path, monkeypatch):
+    """Image scores are adjusted for PNG size; an encoder that sizes differently is refused."""
+    reg = copy_registry(images_registry["registry"], tmp_path)
+    recorded = json.loads(Path(registry.version_dir(reg, "mnist", "0001"), "manifest.json")
+                          .read_text())["calibration"]["encoder"]
+    assert recorded["shape"] == [28, 28, 1] and len(recorded["bits"]) == 4
+
+    def other_encoder(manifest):
+        encoder = manifest["calibration"]["encoder"]
+        encoder["encoder"] = "Pillow 99.0, zlib-ng 2.2"
+        encoder["bits"] = [b * 1.03 for b in encoder["bits"]]     # packs 3% looser
+    v = republish(reg, "mnist", edit=other_encoder)
+    registry.promote(reg, "mnist", v)
+    _refuses_before_reading({"registry": reg, "name": "mnist"}, inputs, tmp_path, monkeypatch,
+                            f"mnist/{v}", "PNG-compressed size", "zlib-ng 2.2", "retrain")
 
 
 def test_input_that_does_not_fit_the_model_stops_the_run(images_registry, inputs, tmp_path):
@@ -183,3 +204,27 @@ def test_model_output_that_is_not_finite_is_never_a_score(features_registry, inp
     assert set(dead.column("reason").to_pylist()) == {"non_finite_score"}
     assert set(dead.column("stage").to_pylist()) == {"postprocess"}
     helpers.check_invariant(f"{tmp_path}/out/run1", sorted(inputs))
+
+
+def test_training_does_not_compare_with_a_production_it_cannot_score(images_registry, tmp_path,
+                                                                     caplog):
+    """A production version calibrated on another PNG encoder has no FPR to measure here."""
+    from types import SimpleNamespace
+
+    from jobs.train import TrainJobConfig, gates
+    reg = copy_registry(images_registry["registry"], tmp_path)
+    bundle = registry.load(reg, "mnist", "0001")
+    images, _ = helpers.mnist(60, offset=900)
+    candidate = SimpleNamespace(preprocessing=bundle.preprocessing, metrics={
+        "finite": True, "validation": {"rows": 60, "fpr": {"0.01": 0.5}}})
+    cfg = TrainJobConfig((), reg, "mnist")
+    ids = [f"v{i}" for i in range(60)]
+    assert any("worse than production 0001" in f for f in gates(candidate, cfg, images[..., None], ids))
+
+    def other_encoder(manifest):
+        manifest["calibration"]["encoder"]["bits"][-1] += 800
+    registry.promote(reg, "mnist", republish(reg, "mnist", edit=other_encoder))
+    with caplog.at_level("WARNING", logger="vigil.train"):
+        failures = gates(candidate, cfg, images[..., None], ids)
+    assert not any("production" in f for f in failures), failures
+    assert "not comparing with production 0002" in caplog.text and "PNG" in caplog.text

@@ -166,6 +166,33 @@ def test_input_bits_measure_what_a_compressor_needs():
         input_bits(np.zeros((2, 28, 28)))
 
 
+def test_calibration_records_the_png_encoder_and_refuses_another():
+    from models.complexity import INPUT_BITS, encoder_probe, probe_images
+    probes = probe_images((28, 28, 1))
+    assert probes.shape == (4, 28, 28, 1) and probes.dtype == np.uint8
+    np.testing.assert_array_equal(probes, probe_images((28, 28, 1)))      # fixed pixels
+    bits = encoder_probe((28, 28, 1))["bits"]
+    assert bits == sorted(bits) and len(set(bits)) == 4                  # blank to busy
+    rng = np.random.default_rng(7)
+
+    def normals(n):
+        b = rng.uniform(1000, 3000, size=n)
+        return {**{name: rng.normal(size=n) + b / 1000 for name in SCORE_NAMES}, INPUT_BITS: b}
+    cal = Calibration.fit(normals(300), normals(300), adjust_complexity=True,
+                          image_shape=(28, 28, 1))
+    assert cal.encoder["bits"] == bits and "Pillow" in cal.encoder["encoder"]
+    assert cal.encoder_mismatch() is None                                 # the same machine
+    back = Calibration.from_dict(cal.to_dict())
+    assert back.encoder == cal.encoder and back.encoder_mismatch() is None
+    assert "Pillow" in cal.describe()["png_encoder"]
+    back.encoder["bits"] = [b + 8 * 4 for b in bits]                      # four bytes off
+    message = back.encoder_mismatch()
+    assert "PNG-compressed size" in message and "retrain" in message and "\n" not in message
+    # Scores not adjusted for complexity do not depend on the encoder.
+    plain = Calibration.fit(normals(300), normals(300), image_shape=(28, 28, 1))
+    assert plain.encoder == {} and plain.encoder_mismatch() is None
+
+
 def test_the_dae_can_be_judged_by_its_smoothed_error():
     """With dae_smooth_error pooled, the DAE's surprise comes from it, not the plain MSE
     (whose column and p-value stay as they are)."""
