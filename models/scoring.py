@@ -23,6 +23,7 @@ the same in any batch, order, worker or re-run.
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -31,6 +32,21 @@ import tf_keras as keras
 
 from models import losses
 from models.config import DAE_SMOOTH_ERROR, ModelConfig
+
+
+def _not_scorer_retracing(record: logging.LogRecord) -> bool:
+    """False for TensorFlow's "triggered tf.function retracing" warning about a Scorer.
+
+    Each Scorer traces its own networks once; TensorFlow counts traces by code object
+    across instances, so a process that loads a sixth model (a notebook, a training job
+    comparing with production, a benchmark worker) is warned of a retracing loop that
+    is not there.  Every other warning passes.
+    """
+    message = record.getMessage()
+    return not ("triggered tf.function retracing" in message and "Scorer._score_batch" in message)
+
+
+tf.get_logger().addFilter(_not_scorer_retracing)
 
 
 def record_seeds(ids: list[str], model_seed: int) -> np.ndarray:

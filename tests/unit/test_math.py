@@ -112,6 +112,29 @@ def test_scores_do_not_depend_on_batch_or_order(features_registry):
         np.testing.assert_array_equal(whole[k][7], single[k][0])
 
 
+def test_many_scorers_in_one_process_raise_no_retracing_warning(features_registry):
+    """Each Scorer traces once; TensorFlow's retracing alarm about that is dropped, others pass."""
+    import logging
+
+    from models import registry
+    bundle = registry.load(features_registry["registry"], "cardio")
+    x = bundle.preprocessing.transform(features_registry["x"][:4])
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = tf.get_logger()
+    logger.addHandler(handler)
+    try:
+        for _ in range(7):
+            bundle.scorer()(x, ["a", "b", "c", "d"])
+        logger.warning("7 out of the last 7 calls to <function elsewhere> triggered tf.function "
+                       "retracing.")
+    finally:
+        logger.removeHandler(handler)
+    assert not any("Scorer._score_batch" in m for m in seen), seen
+    assert any("<function elsewhere>" in m for m in seen)
+
+
 def test_record_seeds_are_stable():
     a = record_seeds(["a", "b"], 3)
     assert a.dtype == np.int64 and (a[:, 1] == 3).all() and a[0, 0] != a[1, 0]
