@@ -67,9 +67,21 @@ def _run(ctx: click.Context, fn):
         _fail(ctx, str(exc), 2)
     except (BundleError, RegistryError, ValueError, _Failure) as exc:
         _fail(ctx, str(exc), getattr(exc, "code", 1))
-    except OSError as exc:
-        # Disk full, permissions, a vanished bucket: nothing was published, re-run is safe.
-        _fail(ctx, f"{type(exc).__name__}: {exc}; nothing was published", 1)
+    except Exception as exc:  # noqa: BLE001 - storage errors become one line, others propagate
+        if not _is_storage_error(exc):
+            raise
+        # Disk full, permissions, a vanished bucket, an unknown scheme: nothing was
+        # published, a re-run is safe.
+        _fail(ctx, f"{type(exc).__name__}: {' '.join(str(exc).split())}; nothing was published", 1)
+
+
+def _is_storage_error(exc: Exception) -> bool:
+    """OSError, or TensorFlow's file-system errors (``tf.io.gfile`` on gs://, s3://, ...).
+
+    TensorFlow is only looked up, not imported: if it was never loaded, it raised nothing.
+    """
+    tf = sys.modules.get("tensorflow")
+    return isinstance(exc, OSError) or (tf is not None and isinstance(exc, tf.errors.OpError))
 
 
 def _fail(ctx: click.Context, message: str, code: int):

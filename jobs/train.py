@@ -282,6 +282,8 @@ def gates(result: TrainResult, cfg: TrainJobConfig, x_val_raw: np.ndarray, val_i
 
 def run_training(cfg: TrainJobConfig) -> TrainOutcome:
     """Train, publish a version, and promote it when the gates pass."""
+    # A registry that cannot be reached fails now, not after the training it would hold.
+    registry.production_version(cfg.registry, cfg.name)
     x_raw, ids, kind, columns, x_other = load_training_data(cfg)
     shape = tuple(x_raw.shape[1:])
     if cfg.train.max_examples is None:

@@ -48,6 +48,23 @@ def test_unknown_config_key_is_named(tmp_path):
     assert res.exit_code == 2 and "target_fpr_typo" in res.output
 
 
+@pytest.mark.parametrize("command", [
+    ["score", "--output", "{out}", "--input", "{data}"],
+    ["train", "--input", "{data}"],
+    ["models", "ls"],
+])
+def test_storage_errors_are_one_line(features_registry, tmp_path, command):
+    """A registry TensorFlow's file systems cannot reach is an error line, not a traceback."""
+    data = str(features_registry["train_paths"][0])
+    args = [a.format(out=tmp_path / "out", data=data) for a in command]
+    res = CliRunner().invoke(cli, [*args, "--registry", "nosuchfs://registry", "--name", "cardio"])
+    assert res.exit_code == 1, res.output
+    line = res.output.strip()
+    assert "\n" not in line and line.startswith("vigil: error: UnimplementedError")
+    assert "'nosuchfs' not implemented" in line and line.endswith("nothing was published")
+    assert not (tmp_path / "out").exists()
+
+
 def test_models_commands(features_registry):
     reg = ["--registry", features_registry["registry"], "--name", "cardio"]
     res = CliRunner().invoke(cli, ["models", "ls", *reg])
