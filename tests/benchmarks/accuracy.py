@@ -20,7 +20,6 @@ machine's core count; pinned, they depend only on the code and the data.
 from __future__ import annotations
 
 import argparse
-import logging
 import multiprocessing
 import os
 import sys
@@ -30,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_peers, protocols, table, write_json  # noqa: E402
+from common import best_peers, pin_threads, protocols, table, write_json  # noqa: E402
 
 import models  # noqa: E402,F401
 import numpy as np  # noqa: E402
@@ -118,7 +117,7 @@ def main(argv=None) -> int:
     P, peers = protocols(), best_peers()
     # Spawned, not forked: TensorFlow's runtime does not survive a fork.
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start_worker, initargs=(args.threads,)) as pool:
+                             initializer=pin_threads, initargs=(args.threads,)) as pool:
         for protocol in args.protocol or list(GOALS):
             cases = P.cases(protocol)[:1] if args.quick else P.cases(protocol)
             started, done = time.time(), {}
@@ -137,15 +136,6 @@ def main(argv=None) -> int:
                 report(protocol, [done[i] for i in sorted(done)], args, time.time() - started,
                        complete=len(done) == len(cases))
     return 0
-
-
-def _start_worker(threads: int) -> None:
-    """Runs first in each worker: quiet logs and the thread count, before TF does any work."""
-    logging.basicConfig(level=logging.ERROR)
-    if threads:
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 def _case_job(protocol: str, case: dict, epochs: int | None, dump: str | None,

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, protocols, table, write_json  # noqa: E402
+from common import RESULTS, pin_threads, protocols, table, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 from scipy.stats import rankdata  # noqa: E402
@@ -57,7 +57,9 @@ def vigil_auroc(protocol: str) -> str:
 
 
 def pca_residual(train: np.ndarray, test: np.ndarray, components: int) -> np.ndarray:
-    pca = PCA(min(components, len(train) - 1, train.shape[1])).fit(train)
+    # The exact SVD: scikit-learn's default picks a randomized one for wide inputs, whose
+    # unseeded start moved the reported AUROCs from run to run.
+    pca = PCA(min(components, len(train) - 1, train.shape[1]), svd_solver="full").fit(train)
     return np.sum((test - pca.inverse_transform(pca.transform(test))) ** 2, axis=1)
 
 
@@ -112,7 +114,8 @@ def detection_ceiling(P, protocol: str) -> dict:
 
 def train_labels(P, case: dict) -> np.ndarray:
     """The labels the protocol hides for its (contaminated) train split; evaluation only."""
-    x_all, y_all = P._load_npz(P.adbench_dir() / f"{case['dataset']}.npz")
+    with np.load(P.adbench_dir() / f"{case['dataset']}.npz", allow_pickle=False) as data:
+        y_all = np.asarray(data["y"]).astype(np.int64).ravel()    # ADBench's format: X, y
     return y_all[P.stratified_split(y_all, P.TAB_TEST_FRAC, case["seed"])[0]]
 
 
@@ -230,7 +233,13 @@ def main(argv=None) -> int:
     ap.add_argument("--protocol", action="append", choices=["mvtec-resnet18", "adbench-unsup"])
     ap.add_argument("--vigil", action="store_true",
                     help="also train vigil's table models for the calibration study (~13 min)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="TensorFlow threads for --vigil (0: TensorFlow's default), as in "
+                         "accuracy.py, so vigil's numbers do not depend on the core count")
     args = ap.parse_args(argv)
+    if args.threads < 0:
+        ap.error(f"--threads {args.threads}: must be >= 0")
+    pin_threads(args.threads)
     P, results, started = protocols(), {}, time.time()
     for protocol in args.protocol or ["mvtec-resnet18", "adbench-unsup"]:
         if protocol == "mvtec-resnet18":

@@ -43,6 +43,21 @@ def best_peers() -> dict[str, dict[str, tuple[str, float]]]:
     return out
 
 
+def pin_threads(threads: int) -> None:
+    """Quiet logs, and ``threads`` TensorFlow threads (0: TensorFlow's default, a thread
+    per core), set before TensorFlow does any work.
+
+    TensorFlow splits its sums by thread, so a fixed count makes trained models, and the
+    numbers measured on them, depend on the code and the data and not on the machine.
+    """
+    import logging
+    logging.basicConfig(level=logging.ERROR)
+    if threads:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 def write_json(name: str, payload: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / name
