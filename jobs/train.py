@@ -45,7 +45,8 @@ class TrainJobConfig:
     channels: int | None = None
     latent_dim: int | None = None
     likelihood: str | None = None
-    members: int | None = None          # None: the kind's default (1 for images, 3 for tables)
+    members: int | None = None          # None: the kind's default (1 for images, 3 for tables,
+                                        # 5 cross-fitted for tables with fewer rows than features)
     calibration_inputs: tuple[str, ...] = ()    # curated normal records for thresholds and
                                                 # gates; () = held-out training records
     promote: bool = True
@@ -240,13 +241,21 @@ def default_model_config(kind: str, shape: tuple[int, ...], cfg: TrainJobConfig,
     # gain as much on the same inputs (bench-ceiling).  Tables with enough rows lose by it
     # (adbench-unsup, harness, three members: 0.906 -> 0.899, the DAE 0.868 -> 0.785), and
     # there validation log-likelihood prefers the log scale all the same, so it cannot choose.
+    # Holding 40% of ~160 rows out of training costs such tables the most, so they are
+    # cross-fitted (models.training): five members, each trained on four fifths of the
+    # rows and calibrated on the fifth it did not see.  mvtec-resnet18: 0.818 -> 0.822
+    # (three folds 0.821; five members on one split 0.818, so the folds are the gain), and
+    # the calibration splits grow from 15% to 37.5% of the rows each, so from ~130 rows on
+    # is_anomaly can flag at 1% at all (its threshold needs 99 values of splits A and B).
     few_rows = train_rows < d
     return ModelConfig("features", shape, latent_dim=cfg.latent_dim or 32,
                        hidden=() if few_rows else (width, width // 2),
                        likelihood=cfg.likelihood or "gaussian",
                        min_scale=0.3 if few_rows else 0.03,
                        feature_tail=1.0 if few_rows else FEATURE_TAIL,
-                       trim_fraction=0.0 if few_rows else 0.4, members=cfg.members or 3)
+                       trim_fraction=0.0 if few_rows else 0.4,
+                       members=cfg.members or (5 if few_rows else 3),
+                       cross_fit=few_rows and (cfg.members or 5) > 1)
 
 
 def gates(result: TrainResult, cfg: TrainJobConfig, x_val_raw: np.ndarray, val_ids: list[str]) -> list[str]:
@@ -297,8 +306,10 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
     model_config = default_model_config(kind, shape, cfg, train_rows)
     if kind == "features" and not model_config.hidden:
         LOG.info("%d training rows for %d features: linear, untrimmed table models, "
-                 "inputs on a log scale past %g robust units", train_rows, shape[0],
-                 model_config.feature_tail)
+                 "inputs on a log scale past %g robust units%s", train_rows, shape[0],
+                 model_config.feature_tail,
+                 f", {model_config.members} members cross-fitted on as many folds"
+                 if model_config.cross_fit else "")
     LOG.info("training on %d normal %s records of shape %s", len(x_raw), kind, shape)
     if calibration_set is not None:
         LOG.info("calibrating on %d curated normal records", len(calibration_set[1]))

@@ -43,6 +43,8 @@ class ModelConfig:
                                      # same compressed size (models.complexity)
     members: int = 1                # VAE+DAE pairs trained from different initial weights
                                     # on the same split; scores are their mean
+    cross_fit: bool = False         # members train on different folds instead, each
+                                    # calibrated on the rows it did not see (few-row tables)
     dae_error_sigma: float = 0.0    # images: anomaly_score judges the DAE by its residual
                                     # smoothed with a Gaussian of this std (pixels); 0 = MSE
     feature_tail: float | None = FEATURE_TAIL   # features: |z| past which inputs grow
@@ -73,6 +75,8 @@ class ModelConfig:
                              "unless kind='image' (it smooths over pixel neighbours)")
         if self.min_scale <= 0:
             raise ValueError(f"min_scale={self.min_scale}; must be > 0")
+        if self.cross_fit and self.members < 2:
+            raise ValueError(f"cross_fit=True with members={self.members}; it needs >= 2 folds")
         if self.feature_tail is not None and not self.feature_tail > 0:
             raise ValueError(f"feature_tail={self.feature_tail}; must be > 0 or None")
 

@@ -19,6 +19,13 @@ larger set that may hold anomalies (a trimmed likelihood copes with those; a con
 quantile does not).  An ensemble
 (``ModelConfig.members``) trains each member on the same train split from its own initial
 weights (seed ``cfg.seed + m``) and is calibrated as one model.
+
+A cross-fitted ensemble (``ModelConfig.cross_fit``, for tables too small to spare 40% of
+their rows) deals every row into one of the three held-out parts and into one of
+``members`` folds instead: member ``k`` trains on the rows outside fold ``k`` and stops
+early on fold ``k``'s validation rows, and each held-out row is scored by the member of
+its fold alone.  Every row then trains all but one member and calibrates the one that
+never saw it.
 """
 from __future__ import annotations
 
@@ -105,6 +112,26 @@ def split_indices(n: int, cfg: TrainConfig, calibrate: bool = True) -> dict[str,
     if len(out["train"]) < 2:
         raise ValueError(f"only {n} normal records; need enough for training and calibration")
     return _bounded(out, cfg)
+
+
+def cross_fit_splits(n: int, cfg: TrainConfig, folds: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """Validation / calibration_a / calibration_b over all ``n`` rows, and ``folds`` folds.
+
+    Member ``k`` trains on every row outside fold ``k``, and the rows of fold ``k`` are
+    scored by member ``k`` alone, so each held-out score still comes from a model that
+    never saw the row.  The three held-out parts keep ``split_indices``' proportions, and
+    every fold holds its share of each.
+    """
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    total = _held_out_fraction(cfg)
+    sizes = {"validation": int(round(n * cfg.val_fraction / total)),
+             "calibration_a": int(round(n * cfg.calib_fraction / total))}
+    roles = _take(perm, sizes, rest="calibration_b")
+    fold_of, dealt = np.empty(n, dtype=int), 0
+    for idx in roles.values():          # dealt round-robin, part after part
+        fold_of[perm[np.isin(perm, idx)]] = (dealt + np.arange(len(idx))) % folds
+        dealt += len(idx)
+    return _bounded(roles, cfg), [np.flatnonzero(fold_of == k) for k in range(folds)]
 
 
 def train_split_size(n: int, cfg: TrainConfig, calibrate: bool = True) -> int:
@@ -235,7 +262,17 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
     thresholds and the gates instead of held-out training records.
     """
     tf.config.experimental.enable_op_determinism()     # each member seeds itself
-    splits = split_indices(len(x_raw), cfg, calibrate=calibration_set is None)
+    n = len(x_raw)
+    cross_fit = model_config.cross_fit and calibration_set is None
+    if cross_fit:
+        splits, folds = cross_fit_splits(n, cfg, model_config.members)
+        # No row is outside every member's training data: the robust scaling (a median
+        # and quartiles per feature) is fitted on all of them.
+        trains = [np.setdiff1d(np.arange(n), fold) for fold in folds]
+        splits["train"] = np.arange(n)
+    else:
+        splits = split_indices(n, cfg, calibrate=calibration_set is None)
+        folds, trains = [np.arange(n)] * model_config.members, [splits["train"]] * model_config.members
     if preprocessing.kind == "features":
         preprocessing = Preprocessing.fit_features(x_raw[splits["train"]],
                                                    list(preprocessing.feature_columns),
@@ -259,19 +296,25 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
 
     plan = plan_devices(cfg.device, visible_gpus(), cfg.mixed_precision)
     strategy = make_strategy(plan)
-    global_batch = effective_batch_size(len(splits["train"]), cfg.batch_size) \
+    global_batch = effective_batch_size(len(trains[0]), cfg.batch_size) \
         * strategy.num_replicas_in_sync
     started = time.time()
     members, history = [], {}
     for m in range(model_config.members):
-        member, member_history = _fit_member(part, model_config, cfg, m, strategy, plan, global_batch)
+        own = {"train": x[trains[m]],
+               "validation": x[np.intersect1d(splits["validation"], folds[m])] if cross_fit
+               else part["validation"]}
+        member, member_history = _fit_member(own, model_config, cfg, m, strategy, plan, global_batch)
         members.append(member)
         history.update({(name if m == 0 else f"{name}_{m}"): h for name, h in member_history.items()})
 
-    scorer = Scorer(members, model_config, seed=cfg.seed)
-    scores = {}
-    for name, (inputs, rows, row_ids) in held.items():
-        scores[name] = scorer.score_array(inputs, row_ids)
+    if cross_fit:
+        scores = _out_of_fold_scores(members, folds, {name: splits[name] for name in held},
+                                     x, ids, model_config, cfg.seed)
+    else:
+        scorer = Scorer(members, model_config, seed=cfg.seed)
+        scores = {name: scorer.score_array(inputs, row_ids) for name, (inputs, _, row_ids) in held.items()}
+    for name, (_, rows, _) in held.items():
         if model_config.adjust_complexity:
             scores[name][INPUT_BITS] = input_bits(rows)
     if len(held["calibration_a"][2]) == 0 or len(held["calibration_b"][2]) == 0:
@@ -288,10 +331,36 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
     }
     metrics["batch_size"] = global_batch
     sizes = {k: int(len(v)) for k, v in splits.items()}
+    if cross_fit:
+        sizes.update(train=int(len(trains[0])), folds=len(folds))
     if calibration_set is not None:
         sizes.update({f"calibration_input_{k}": int(len(v[2])) for k, v in held.items()})
     return TrainResult(members, preprocessing, calibration, history, metrics,
                        plan, sizes, scores[gate], held[gate][1:])
+
+
+def _out_of_fold_scores(members: list[Member], folds: list[np.ndarray],
+                        parts: dict[str, np.ndarray], x: np.ndarray, ids: list[str],
+                        model_config: ModelConfig, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """Scores of each part's rows (sorted indices into ``x``), by the member held from them.
+
+    A record's score from the whole ensemble is a mean over members; from one member it
+    varies a little more, so thresholds taken from these err towards flagging less.
+    """
+    out: dict[str, dict[str, np.ndarray]] = {name: {} for name in parts}
+    for member, fold in zip(members, folds):
+        mine = {name: np.flatnonzero(np.isin(rows, fold)) for name, rows in parts.items()}
+        rows = np.concatenate([parts[name][i] for name, i in mine.items()])
+        if not len(rows):
+            continue
+        scored = Scorer([member], model_config, seed=seed).score_array(x[rows], [ids[i] for i in rows])
+        start = 0
+        for name, i in mine.items():
+            for key, values in scored.items():
+                out[name].setdefault(key, np.empty((len(parts[name]), *values.shape[1:]),
+                                                   values.dtype))[i] = values[start:start + len(i)]
+            start += len(i)
+    return out
 
 
 def combined_statistics(model_config: ModelConfig) -> tuple[str, ...]:

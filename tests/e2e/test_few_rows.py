@@ -15,8 +15,13 @@ def test_the_table_defaults_turn_linear_and_untrimmed_below_one_row_per_feature(
     cfg = TrainJobConfig((), "", "")
     few, many = (default_model_config("features", (512,), cfg, rows) for rows in (511, 512))
     assert (few.hidden, few.trim_fraction, few.min_scale, few.feature_tail) == ((), 0.0, 0.3, 1.0)
+    assert (few.members, few.cross_fit) == (5, True)
     assert (many.hidden, many.trim_fraction, many.min_scale, many.feature_tail) == \
         ((128, 64), 0.4, 0.03, 20.0)
+    assert (many.members, many.cross_fit) == (3, False)
+    # One member asked for: nothing to cross-fit.
+    one = default_model_config("features", (512,), TrainJobConfig((), "", "", members=1), 100)
+    assert (one.members, one.cross_fit) == (1, False)
 
 
 def test_few_shot_embeddings_train_linear_models_that_find_the_defects(tmp_path):
@@ -31,7 +36,10 @@ def test_few_shot_embeddings_train_linear_models_that_find_the_defects(tmp_path)
     assert result.exit_code in (0, 5), result.output
     bundle = registry.load(str(tmp_path / "reg"), "bottle", "0001")
     config = bundle.manifest["model_config"]
-    assert bundle.manifest["training"]["split_sizes"]["train"] < 512
+    # Five cross-fitted members, each trained on four fifths of the 150 rows.
+    sizes = bundle.manifest["training"]["split_sizes"]
+    assert (config["members"], config["cross_fit"], sizes["folds"], sizes["train"]) == (5, True, 5, 120)
+    assert len(bundle.members) == 5
     assert (config["hidden"], config["trim_fraction"], config["min_scale"]) == ([], 0.0, 0.3)
     # Inputs past one robust unit are on a log scale, and scoring applies the same.
     assert config["feature_tail"] == bundle.manifest["preprocessing"]["tail"] == 1.0

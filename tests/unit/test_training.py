@@ -8,7 +8,8 @@ from sklearn.metrics import roc_auc_score
 from models.config import ModelConfig, TrainConfig
 from models.devices import plan_devices
 from models.preprocessing import Preprocessing
-from models.training import effective_batch_size, fit, split_calibration, split_indices
+from models.training import (cross_fit_splits, effective_batch_size, fit, split_calibration,
+                             split_indices)
 
 
 @pytest.mark.parametrize("device, gpus, mixed, strategy, precision", [
@@ -44,6 +45,18 @@ def test_splits_are_disjoint_and_cover_everything():
     assert len(np.unique(np.concatenate(list(c.values())))) == 400
     with pytest.raises(ValueError, match="266 normal records.*at least 267"):
         split_calibration(266, TrainConfig())
+
+
+def test_cross_fit_folds_deal_every_held_out_part_evenly():
+    roles, folds = cross_fit_splits(200, TrainConfig(), 5)
+    # Every row is held out once, in one part (10 : 15 : 15) and in one fold.
+    assert [len(roles[k]) for k in ("validation", "calibration_a", "calibration_b")] == [50, 75, 75]
+    assert sorted(np.concatenate(list(roles.values()))) == list(range(200))
+    assert sorted(np.concatenate(folds)) == list(range(200))
+    assert [len(f) for f in folds] == [40] * 5
+    for idx in roles.values():
+        shares = [len(np.intersect1d(idx, fold)) for fold in folds]
+        assert max(shares) - min(shares) <= 1
 
 
 def _blobs(n, seed=0):
@@ -167,3 +180,29 @@ def test_example_budget_caps_epochs_but_leaves_warm_up_room():
     assert epoch_count(10**6, TrainConfig(max_examples=0)) == 60           # 0 = no cap
     with pytest.raises(ValueError, match="max_examples"):
         TrainConfig(max_examples=-1)
+
+
+def test_cross_fitted_members_are_calibrated_on_the_rows_they_did_not_see():
+    from models.calibration import oriented
+    from models.scoring import Scorer
+    x = _blobs(120)
+    cfg = ModelConfig("features", (10,), latent_dim=2, hidden=(), n_recon_samples=8,
+                      n_iwae_samples=16, members=3, cross_fit=True)
+    pre = Preprocessing("features", (10,), tuple(f"f{i}" for i in range(10)))
+    ids = [f"r{i}" for i in range(len(x))]
+    result = fit(x, ids, cfg, TrainConfig(epochs=3, verbose=0), pre)
+    assert result.split_sizes["folds"] == 3 and result.split_sizes["train"] == 80
+    # Split A's calibration values are each row's score from the one member whose fold
+    # held it, not the ensemble's.
+    roles, folds = cross_fit_splits(len(x), TrainConfig(), 3)
+    t = result.preprocessing.transform(x)
+    own = np.concatenate([Scorer([member], cfg)(t[rows], [ids[i] for i in rows])["vae_elbo"]
+                          for member, fold in zip(result.members, folds)
+                          for rows in [np.intersect1d(roles["calibration_a"], fold)]])
+    np.testing.assert_allclose(result.calibration.scores["vae_elbo"],
+                               np.sort(oriented("vae_elbo", own)), rtol=1e-6)
+    everyone = Scorer(result.members, cfg)(t[roles["calibration_a"]], [ids[i] for i in roles["calibration_a"]])
+    assert not np.allclose(np.sort(oriented("vae_elbo", everyone["vae_elbo"])),
+                           result.calibration.scores["vae_elbo"])
+    with pytest.raises(ValueError, match="cross_fit=True with members=1"):
+        ModelConfig("features", (10,), cross_fit=True)
