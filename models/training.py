@@ -123,15 +123,10 @@ def cross_fit_splits(n: int, cfg: TrainConfig, folds: int) -> tuple[dict[str, np
     every fold holds its share of each.
     """
     perm = np.random.default_rng(cfg.seed).permutation(n)
-    total = _held_out_fraction(cfg)
-    sizes = {"validation": int(round(n * cfg.val_fraction / total)),
-             "calibration_a": int(round(n * cfg.calib_fraction / total))}
-    roles = _take(perm, sizes, rest="calibration_b")
-    fold_of, dealt = np.empty(n, dtype=int), 0
-    for idx in roles.values():          # dealt round-robin, part after part
-        fold_of[perm[np.isin(perm, idx)]] = (dealt + np.arange(len(idx))) % folds
-        dealt += len(idx)
-    return _bounded(roles, cfg), [np.flatnonzero(fold_of == k) for k in range(folds)]
+    # The parts are consecutive slices of perm, so dealing perm round-robin gives every
+    # fold its share of each part.
+    return (_bounded(_held_out_parts(perm, cfg, "validation"), cfg),
+            [np.sort(perm[k::folds]) for k in range(folds)])
 
 
 def train_split_size(n: int, cfg: TrainConfig, calibrate: bool = True) -> int:
@@ -165,11 +160,15 @@ def split_calibration(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
     if n < calibration_rows_needed(cfg):
         raise ValueError(f"the calibration input has {n} normal records; at target FPR "
                          f"{min(cfg.target_fprs)} it needs at least {calibration_rows_needed(cfg)}")
-    perm = np.random.default_rng(cfg.seed).permutation(n)
-    total = _held_out_fraction(cfg)
-    sizes = {"holdout": int(round(n * cfg.val_fraction / total)),
+    return _bounded(_held_out_parts(np.random.default_rng(cfg.seed).permutation(n), cfg, "holdout"), cfg)
+
+
+def _held_out_parts(perm: np.ndarray, cfg: TrainConfig, first: str) -> dict[str, np.ndarray]:
+    """All of ``perm`` as ``first`` / calibration_a / calibration_b, 10 : 15 : 15 by default."""
+    n, total = len(perm), _held_out_fraction(cfg)
+    sizes = {first: int(round(n * cfg.val_fraction / total)),
              "calibration_a": int(round(n * cfg.calib_fraction / total))}
-    return _bounded(_take(perm, sizes, rest="calibration_b"), cfg)
+    return _take(perm, sizes, rest="calibration_b")
 
 
 def effective_batch_size(n_train: int, batch_size: int, min_steps: int = 20) -> int:
@@ -272,7 +271,7 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
         splits["train"] = np.arange(n)
     else:
         splits = split_indices(n, cfg, calibrate=calibration_set is None)
-        folds, trains = [np.arange(n)] * model_config.members, [splits["train"]] * model_config.members
+        folds, trains = [], [splits["train"]] * model_config.members
     if preprocessing.kind == "features":
         preprocessing = Preprocessing.fit_features(x_raw[splits["train"]],
                                                    list(preprocessing.feature_columns),
