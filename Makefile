@@ -1,13 +1,13 @@
-# Every target sets itself up: .venv is (re)built when missing or when setup.py changes.
+# Every target sets itself up: .venv is (re)built when missing or when the build files change.
 PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench bench-accuracy bench-ceiling bench-throughput bench-calibration bench-report audit clean
+.PHONY: demo test lint bench bench-accuracy bench-ceiling bench-throughput bench-calibration bench-report audit clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -16,7 +16,11 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(BIN)/vigil demo --output ./vigil-demo
 
-test: $(STAMP)
+# Lint first (pyproject.toml's [tool.ruff]: errors, import order, no bare layer imports).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
 
 bench: bench-accuracy bench-ceiling bench-throughput bench-calibration
@@ -25,7 +29,7 @@ bench-accuracy: $(STAMP)
 	$(BIN)/python tests/benchmarks/accuracy.py $(BENCH_ARGS)
 
 # What the table protocols allow at all: reference methods on vigil's splits (about a minute;
-# BENCH_ARGS=--vigil adds vigil's own calibration study and --calibration-input, about 13 minutes).
+# BENCH_ARGS=--vigil adds vigil's own calibration study and --calibration-input, about 24 minutes).
 bench-ceiling: $(STAMP)
 	$(BIN)/python tests/benchmarks/ceiling.py $(BENCH_ARGS)
 

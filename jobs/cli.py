@@ -19,6 +19,8 @@ import traceback
 import click
 import yaml
 
+from vigil.schemas import __version__
+
 EXIT_BAD_RECORDS, EXIT_DQ_FAILED, EXIT_GATE_FAILED = 3, 4, 5
 
 
@@ -54,11 +56,11 @@ class _Failure(Exception):
 
 def _run(ctx: click.Context, fn):
     """Run fn; known errors become one line on stderr and an exit code."""
-    from models.bundle import BundleError
-    from models.registry import RegistryError
-    from jobs.specs import SpecError
-    from pipeline.commit import RunError
-    from pipeline.preflight import InputError
+    from vigil.jobs.specs import SpecError
+    from vigil.models.bundle import BundleError
+    from vigil.models.registry import RegistryError
+    from vigil.pipeline.commit import RunError
+    from vigil.pipeline.preflight import InputError
     try:
         return fn()
     except RunError as exc:
@@ -93,6 +95,7 @@ def _fail(ctx: click.Context, message: str, code: int):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "VIGIL"})
 @click.option("--verbose", is_flag=True, help="Show tracebacks and library logs.")
+@click.version_option(__version__, "--version", prog_name="vigil", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool):
     """vigil: batch anomaly detection with a VAE and a denoising autoencoder.
@@ -110,8 +113,7 @@ def cli(ctx: click.Context, verbose: bool):
         logging.getLogger(name).setLevel(logging.INFO)
 
 
-from jobs import commands  # noqa: E402,F401 - registers the subcommands on ``cli``
-
+from vigil.jobs import commands  # noqa: E402,F401 - registers the subcommands on ``cli``
 
 # Lines TensorFlow's and CUDA's native code write to stderr at start-up (absl and tsl
 # logging, which TF_CPP_MIN_LOG_LEVEL does not always reach).

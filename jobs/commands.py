@@ -5,9 +5,9 @@ import json
 
 import click
 
-from jobs.cli import EXIT_DQ_FAILED, EXIT_GATE_FAILED, _Failure, _run, cli, config_option
-from jobs.demo import TARGET_FPR as DEMO_TARGET_FPR
-from models.config import IMAGE_MAX_EXAMPLES
+from vigil.jobs.cli import EXIT_DQ_FAILED, EXIT_GATE_FAILED, _Failure, _run, cli, config_option
+from vigil.jobs.demo import TARGET_FPR as DEMO_TARGET_FPR
+from vigil.models.config import IMAGE_MAX_EXAMPLES
 
 BEAM_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
@@ -89,8 +89,8 @@ def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_co
         raise click.UsageError("--label-column needs --normal-values")
 
     def go():
-        from jobs.train import TrainJobConfig
-        from models.config import TrainConfig
+        from vigil.jobs.train import TrainJobConfig
+        from vigil.models.config import TrainConfig
         cfg = TrainJobConfig(
             tuple(inputs), registry, name, fmt, id_column,
             tuple(c.strip() for c in feature_columns.split(",")) if feature_columns else (),
@@ -107,7 +107,7 @@ def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_co
 
 def _train_and_report(cfg) -> None:
     """Train, publish, and say what happened; a failed gate is its own exit code."""
-    from jobs.train import run_training
+    from vigil.jobs.train import run_training
     out = run_training(cfg)
     click.echo(f"published {cfg.name} version {out.version}"
                + (" and promoted it to production" if out.promoted else ""))
@@ -157,7 +157,7 @@ def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite,
                   --output ./runs --run-id 2026-11-24
     """
     def go():
-        from pipeline.options import ScoreConfig
+        from vigil.pipeline.options import ScoreConfig
         _score_and_report(ScoreConfig(
             tuple(inputs), registry, name, output, model_version, run_id, overwrite, target_fpr,
             batch_size, max_bad_fraction, fmt, id_column, tuple(carry_column), max_pixels,
@@ -166,7 +166,7 @@ def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite,
 
 
 def _report(run_dir: str, fail_on_dq: bool, max_anomaly_multiple: float = 3.0) -> None:
-    from pipeline.report.run_report import build_run_report
+    from vigil.pipeline.report.run_report import build_run_report
     result = build_run_report(run_dir, max_anomaly_multiple)
     failed = [c for c in result.checks if not c.success]
     click.echo(f"report {run_dir}/report/index.html: {len(result.checks) - len(failed)} of "
@@ -180,8 +180,9 @@ def _report(run_dir: str, fail_on_dq: bool, max_anomaly_multiple: float = 3.0) -
 
 
 def _score_and_report(cfg, beam_args, report: bool = True, fail_on_dq: bool = False) -> None:
-    from pipeline.options import pipeline_options
-    from pipeline.run import plan_run, score as run_score
+    from vigil.pipeline.options import pipeline_options
+    from vigil.pipeline.run import plan_run
+    from vigil.pipeline.run import score as run_score
     plan = plan_run(cfg)
     result = run_score(plan, pipeline_options(cfg, beam_args))
     c = result.manifest["counts"]
@@ -208,19 +209,20 @@ def run_spec(ctx, spec, date):
     """
     def go():
         import datetime as dt
-        from jobs.specs import load_spec
+
+        from vigil.jobs.specs import load_spec
         day = date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
         job = load_spec(spec, day)
         o = dict(job.options)
         if job.kind == "score":
-            from pipeline.options import ScoreConfig
+            from vigil.pipeline.options import ScoreConfig
             carry = tuple(o.pop("carry_columns", ("label",)))
             cfg = ScoreConfig(job.inputs, job.registry, job.name, job.output, run_id=day,
                               overwrite=True, carry_columns=carry, **o)
             _score_and_report(cfg, list(job.beam_args))
             return
-        from jobs.train import TrainJobConfig
-        from models.config import TrainConfig
+        from vigil.jobs.train import TrainJobConfig
+        from vigil.models.config import TrainConfig
         train_keys = {"epochs", "max_examples", "batch_size", "seed", "target_fprs", "device",
                       "mixed_precision"}
         tc = TrainConfig(verbose=2, **{k: (tuple(v) if isinstance(v, list) else v)
@@ -245,7 +247,8 @@ def evaluate(ctx, run_dir, label_column, normal_values):
       vigil evaluate ./runs/2026-11-24 --label-column label --normal-values 0
     """
     def go():
-        from jobs.evaluate import evaluate as run_eval, format_table
+        from vigil.jobs.evaluate import evaluate as run_eval
+        from vigil.jobs.evaluate import format_table
         values = tuple(v.strip() for v in normal_values.split(",")) if normal_values else ()
         click.echo(format_table(run_eval(run_dir, label_column, values)))
     _run(ctx, go)
@@ -283,7 +286,7 @@ def _registry_options(f):
 def models_ls(ctx, registry, name):
     """List versions (* marks production). Example: vigil models ls --registry ./models --name digits"""
     def go():
-        from models import registry as reg
+        from vigil.models import registry as reg
         prod = reg.production_version(registry, name)
         versions = reg.list_versions(registry, name, complete_only=False)
         if not versions:
@@ -302,8 +305,8 @@ def models_ls(ctx, registry, name):
 def models_show(ctx, registry, name, model_version):
     """Show a version's manifest summary. Example: vigil models show --registry ./models --name digits"""
     def go():
-        from models import registry as reg
-        from models.bundle import read_manifest
+        from vigil.models import registry as reg
+        from vigil.models.bundle import read_manifest
         v = reg.resolve(registry, name, model_version)
         m = read_manifest(reg.version_dir(registry, name, v), f"{name}/{v}")
         summary = {k: m[k] for k in ("name", "version", "created_at", "input", "metrics", "gates")
@@ -318,9 +321,14 @@ def models_show(ctx, registry, name, model_version):
 @click.option("--model-version", required=True)
 @click.pass_context
 def models_promote(ctx, registry, name, model_version):
-    """Make a version production. Example: vigil models promote --registry ./models --name digits --model-version 3"""
+    """Make a version production.
+
+    \b
+    Example:
+      vigil models promote --registry ./models --name digits --model-version 3
+    """
     def go():
-        from models import registry as reg
+        from vigil.models import registry as reg
         click.echo(f"production is now {reg.promote(registry, name, model_version)['version']}")
     _run(ctx, go)
 
@@ -329,9 +337,14 @@ def models_promote(ctx, registry, name, model_version):
 @_registry_options
 @click.pass_context
 def models_rollback(ctx, registry, name):
-    """Point production back at the previous version. Example: vigil models rollback --registry ./models --name digits"""
+    """Point production back at the previous version.
+
+    \b
+    Example:
+      vigil models rollback --registry ./models --name digits
+    """
     def go():
-        from models import registry as reg
+        from vigil.models import registry as reg
         click.echo(f"production is now {reg.rollback(registry, name)['version']}")
     _run(ctx, go)
 
@@ -357,7 +370,7 @@ def demo(ctx, output, kind, epochs, target_fpr):
       vigil demo --output ./vigil-demo
     """
     def go():
-        from jobs.demo import run_demo
+        from vigil.jobs.demo import run_demo
         for line in run_demo(output, kind, epochs, target_fpr=target_fpr):
             click.echo(line)
     _run(ctx, go)

@@ -102,11 +102,11 @@ def run_demo(output: str, kind: str = "images", epochs: int = 40, overrides: dic
     import pyarrow.dataset as ds
     from sklearn.metrics import roc_auc_score
 
-    from jobs.train import TrainJobConfig, run_training
-    from models.config import TrainConfig
-    from pipeline.options import ScoreConfig, pipeline_options
-    from pipeline.run import plan_run, score
-    from schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
+    from vigil.jobs.train import TrainJobConfig, run_training
+    from vigil.models.config import TrainConfig
+    from vigil.pipeline.options import ScoreConfig, pipeline_options
+    from vigil.pipeline.run import plan_run, score
+    from vigil.schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
 
     output = os.path.abspath(output)
     train_glob, score_glob, label_column, normal_values = prepare(output, kind)
@@ -130,7 +130,8 @@ def run_demo(output: str, kind: str = "images", epochs: int = 40, overrides: dic
     yield f"vigil demo ({kind}): model {name} version {trained.version}" + \
         (" (promoted)" if trained.promoted else f" (not promoted: {'; '.join(trained.gate_failures)})")
     yield f"  scores:      {result.run_dir}/scores/ (Parquet)"
-    yield f"  records:     read {counts['read']}, scored {counts['scored']}, dead-lettered {counts['dead_lettered']}"
+    yield (f"  records:     read {counts['read']}, scored {counts['scored']}, "
+           f"dead-lettered {counts['dead_lettered']}")
     flags = np.array(table.column("is_anomaly").to_pylist())
     yield (f"  anomalies:   {counts['anomalies']} flagged at target FPR {cfg.target_fpr}: "
            f"{int(flags[truth == 1].sum())} of {int(truth.sum())} anomalies caught, "
@@ -144,7 +145,7 @@ def run_demo(output: str, kind: str = "images", epochs: int = 40, overrides: dic
         aurocs[col] = roc_auc_score(truth, sign * np.array(table.column(col).to_pylist()))
         yield f"    {col:<20} {aurocs[col]:.3f}"
     yield f"  best score:  {max(aurocs, key=aurocs.get)} ({max(aurocs.values()):.3f})"
-    from pipeline.report.run_report import build_run_report
+    from vigil.pipeline.report.run_report import build_run_report
     checks = build_run_report(result.run_dir).checks
     yield (f"  report:      {result.run_dir}/report/index.html "
            f"({sum(c.success for c in checks)} of {len(checks)} data-quality checks passed)")

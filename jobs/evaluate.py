@@ -7,8 +7,8 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
-from pipeline.commit import load_run
-from schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
+from vigil.pipeline.commit import load_run
+from vigil.schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
 
 
 def evaluate(run_dir: str, label_column: str, normal_values: tuple[str, ...] = ()) -> dict:

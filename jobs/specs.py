@@ -75,7 +75,7 @@ def _confine(spec_path: str, key: str, path: str, roots: list[str]) -> None:
     """Refuse a local path that resolves (through '..' and symlinks) outside every root.
 
     A glob is checked up to its first wildcard; the files it matches are checked again
-    when read (``pipeline.readers``), so a symlink inside an input folder cannot escape.
+    when read (``vigil.pipeline.readers``), so a symlink inside an input folder cannot escape.
     """
     if _is_url(path):
         return

@@ -15,18 +15,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models import registry
-from models.bundle import save_models
-from models.config import FEATURE_TAIL, IMAGE_MAX_EXAMPLES, ModelConfig, TrainConfig
-from models.preprocessing import Preprocessing
-from models.training import TrainResult, data_profile, fit, train_split_size, validation_metrics
-from pipeline.decode import DecodeSpec, decode
-from pipeline.preflight import InputError, check_columns, match_inputs, resolve_formats, table_schema
-from pipeline.readers import UNKNOWN_FORMAT, ReadSpec, read_file
-from pipeline.records import FileStats, RawRecord, ScoringInput
+from vigil.models import registry
+from vigil.models.bundle import save_models
+from vigil.models.config import FEATURE_TAIL, IMAGE_MAX_EXAMPLES, ModelConfig, TrainConfig
+from vigil.models.preprocessing import Preprocessing
+from vigil.models.training import TrainResult, data_profile, fit, train_split_size, validation_metrics
+from vigil.pipeline.decode import DecodeSpec, decode
+from vigil.pipeline.preflight import InputError, check_columns, match_inputs, resolve_formats, table_schema
+from vigil.pipeline.readers import UNKNOWN_FORMAT, ReadSpec, read_file
+from vigil.pipeline.records import FileStats, RawRecord, ScoringInput
+from vigil.schemas import DISTRIBUTION, __version__
 
 LOG = logging.getLogger("vigil.train")
-CODE_VERSION = "vigil-anomaly 0.1.0"
+CODE_VERSION = f"{DISTRIBUTION} {__version__}"
 EXIT_GATE_FAILED = 5
 METADATA_COLUMNS = ("label",)      # never picked as features unless named in --feature-columns
 
@@ -172,6 +173,7 @@ def _input_shape(first: RawRecord, kind: str, cfg: TrainJobConfig) -> tuple[int,
     if kind == "features":
         return (len(first.value),)
     import io
+
     from PIL import Image
     img = Image.open(io.BytesIO(first.value))
     h, w = cfg.image_size or (img.size[1], img.size[0])
@@ -184,22 +186,14 @@ def default_model_config(kind: str, shape: tuple[int, ...], cfg: TrainJobConfig,
     """Defaults that work without tuning on images and on tables.
 
     ``train_rows`` is the size of the split that fits the weights; tables with fewer of
-    them than features get linear, untrimmed models with a higher variance floor and
-    log-scaled inputs (see below).
+    them than features get linear, untrimmed, cross-fitted models with a higher variance
+    floor and log-scaled inputs.  The reasons and their measurements: docs/design.md.
     """
     if kind == "image":
-        # 16 importance samples: conv decoders dominate scoring cost (64 is 4x slower).
-        # Complexity-adjusted calibration: likelihoods and reconstruction errors grow with
-        # how much an image holds, so plain scores call simple anomalies normal
-        # (models.complexity).  mnist-oneclass 0.951 -> 0.967, mnist-anc 0.791 -> 0.838
-        # (digit 1: 0.228 -> 0.597; digit 0 loses 0.908 -> 0.881).
-        # anomaly_score is the DAE's surprise at its residual smoothed over ~1 pixel: a
-        # misplaced edge leaves a +/- pair that smoothing cancels, a missing or extra
-        # stroke a patch it keeps.  On the same trained models (harness, all 10 digits):
-        # max of VAE and plain DAE 0.966 / 0.822 (mnist-oneclass / mnist-anc), with the
-        # smoothed DAE 0.971 / 0.830, smoothed DAE alone 0.974 / 0.838; every weight
-        # moved from the DAE to the VAE lowered both.  Smoothing sigma 0.5 / 0.7 / 1.0 /
-        # 1.5 pixels: 0.973 / 0.974 / 0.973 / 0.964 and 0.834 / 0.838 / 0.837 / 0.823.
+        # Scores are judged against images of the same complexity (vigil.models.complexity),
+        # and anomaly_score is the DAE's surprise at its blurred residual: a misplaced edge
+        # leaves a +/- pair the blur cancels, a missing or extra stroke a patch it keeps.
+        # 16 importance samples: conv decoders dominate scoring cost.
         return ModelConfig("image", shape, latent_dim=cfg.latent_dim or 16, hidden=(32, 64),
                            likelihood=cfg.likelihood or "bernoulli", n_recon_samples=16,
                            n_iwae_samples=16, combine="dae", dae_error_sigma=0.7,
@@ -207,46 +201,16 @@ def default_model_config(kind: str, shape: tuple[int, ...], cfg: TrainJobConfig,
     d = shape[0]
     width = 128 if d >= 32 else 64
     # Tables arrive unlabelled and contaminated: each batch's highest-loss 40% (after the
-    # KL warm-up) does not train the models, so they fit the dense core of the data and
-    # anomalies in it are not learned as normal (a trimmed likelihood).  adbench-unsup,
-    # mean AUROC by trimmed share (fit on the protocol arrays): 0.1 -> 0.873, 0.2 -> 0.886,
-    # 0.3 -> 0.891, 0.4 -> 0.898, 0.45 -> 0.897; clean tables paid little (mvtec-resnet18
-    # 0.767 -> 0.759, before few-row tables went untrimmed).
-    # Latent 32 whatever the width: the KL term switches off the dimensions a table does
-    # not need, and a narrow latent (d/2) underfit wide tables (adbench mean +0.01,
-    # cardio 0.89 -> 0.91, satellite 0.73 -> 0.75, pendigits 0.85 -> 0.89).
-    # Three members: dense nets on tables train in seconds, and one training seed moves a
-    # table's AUROC by up to 0.06 (adbench mnist).  Mean AUROC, one member -> three:
-    # adbench-unsup 0.896 -> 0.901, mvtec-resnet18 0.757 -> 0.761; the ensemble also beats
-    # the average single member (0.903 -> 0.907 and 0.761 -> 0.765 on one split), so it
-    # is not a lucky seed.  Images keep one: three conv members took mnist-oneclass
-    # only 0.967 -> 0.969 for three times the training and scoring time.
-    # Fewer training rows than features (few-shot embeddings, such as mvtec-resnet18's
-    # ~100 rows of 512): a nonlinear net can only memorise the rows, so the networks are
-    # linear (the VAE is then probabilistic PCA with a learned noise, the DAE a PCA
-    # residual: the reference methods that top bench-ceiling there); nothing is trimmed,
-    # since dropping 40% of each batch starves a model that has fewer rows than
-    # dimensions; and the decoder's std is floored at 0.3 robust units instead of 0.03,
-    # since a feature's variance from so few residuals is mostly luck, and one that came
-    # out tiny would make any deviation in that feature decisive.  mvtec-resnet18 mean
-    # AUROC, one member (harness on the protocol arrays): deep and trimmed 0.761; linear
-    # and untrimmed 0.778; with the floor 0.795 (deep, untrimmed, floored: 0.791; linear,
-    # trimmed, floored: 0.782).  With enough rows the floor does not pay: adbench-unsup,
-    # three members, 0.901 -> 0.899.  Inputs past one robust unit are on a log scale
-    # (feature_tail 1, not 20): the sum over 512 features of squared deviations, each
-    # feature's tail seen in ~100 rows, is otherwise decided by the few that spiked in a
-    # normal record.  mvtec-resnet18, three members: 0.791 -> 0.818 (every category up;
-    # harness, tail 2 / 1 / 0.5: 0.815 / 0.819 / 0.820; the floor re-checked on these
-    # inputs, 0.1 / 0.3 / 0.5 / 1.0: 0.812 / 0.819 / 0.816 / 0.806); the reference methods
-    # gain as much on the same inputs (bench-ceiling).  Tables with enough rows lose by it
-    # (adbench-unsup, harness, three members: 0.906 -> 0.899, the DAE 0.868 -> 0.785), and
-    # there validation log-likelihood prefers the log scale all the same, so it cannot choose.
-    # Holding 40% of ~160 rows out of training costs such tables the most, so they are
-    # cross-fitted (models.training): five members, each trained on four fifths of the
-    # rows and calibrated on the fifth it did not see.  mvtec-resnet18: 0.818 -> 0.822
-    # (three folds 0.821; five members on one split 0.818, so the folds are the gain), and
-    # the calibration splits grow from 15% to 37.5% of the rows each, so from ~130 rows on
-    # is_anomaly can flag at 1% at all (its threshold needs 99 values of splits A and B).
+    # KL warm-up) does not train the models, so anomalies in the data are not learned as
+    # normal (a trimmed likelihood).  Latent 32 whatever the width: the KL term switches
+    # off what a table does not need.  Three members, because one training seed moves a
+    # table's AUROC a lot and dense nets train in seconds.
+    # With fewer training rows than features a nonlinear net can only memorise the rows:
+    # linear networks (probabilistic PCA and a PCA residual), nothing trimmed (it would
+    # starve them), a variance floor of 0.3 (per-feature variances from so few residuals
+    # are mostly luck), a log scale past one robust unit (else a few features that spiked
+    # in a normal row decide a 512-feature sum), and five cross-fitted members, since
+    # holding 40% of ~160 rows out of training costs such tables the most.
     few_rows = train_rows < d
     return ModelConfig("features", shape, latent_dim=cfg.latent_dim or 32,
                        hidden=() if few_rows else (width, width // 2),
@@ -338,8 +302,9 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
     manifest = _finite(manifest)
     def write_files(directory: str) -> dict[str, str]:
         import tensorflow as tf
-        from models.bundle import sha256_of
-        from pipeline.report.training_report import render
+
+        from vigil.models.bundle import sha256_of
+        from vigil.pipeline.report.training_report import render
         files = save_models(directory, result.members)
         other = result.preprocessing.transform(x_other) if x_other is not None else None
         with tf.io.gfile.GFile(f"{directory}/report.html", "w") as f:

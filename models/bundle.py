@@ -25,12 +25,12 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from models.calibration import Calibration
-from models.complexity import INPUT_BITS, input_bits
-from models.config import ModelConfig
-from models.preprocessing import Preprocessing
-from models.scoring import Member, Scorer
-from schemas.manifest import check_model_manifest
+from vigil.models.calibration import Calibration
+from vigil.models.complexity import INPUT_BITS, input_bits
+from vigil.models.config import ModelConfig
+from vigil.models.preprocessing import Preprocessing
+from vigil.models.scoring import Member, Scorer
+from vigil.schemas.manifest import check_model_manifest
 
 MODEL_FILES = ("vae_encoder.keras", "vae_decoder.keras", "dae.keras")      # member 0
 MANIFEST = "manifest.json"
@@ -182,7 +182,7 @@ class Bundle:
 
     def require_scorable(self) -> None:
         """Refuse to score on a machine whose PNG encoder sizes images unlike calibration's
-        (images adjusted for complexity, ``models.complexity``): every p-value would be off."""
+        (images adjusted for complexity, ``vigil.models.complexity``): every p-value would be off."""
         mismatch = self.calibration.encoder_mismatch()
         if mismatch:
             raise BundleError(f"{self.label}: {mismatch}")

@@ -14,28 +14,27 @@ Two disjoint held-out splits of *normal* training data are used:
   scores are independent, whatever the pooling rule.  Split A's rows join split B's with
   their leave-one-out ``anomaly_score`` (each row's surprise against the other rows of A:
   what it would score had it not calibrated the scores, the jackknife).  Twice the
-  values narrow the threshold's spread by about sqrt(2) (at 810 + 810 rows, the std of
-  the realised FPR at 0.01 falls from 0.0034 to 0.0025, ``make bench-calibration``),
+  values narrow the threshold's spread by about sqrt(2) (``make bench-calibration``),
   for a guarantee that holds up to the one row each jackknife value leaves out (1/n in
   each p~):
 
   - ``mean``: the mean of the four surprises.  The VAE's three scores are three views of
     one density model, so this leans on the VAE; on tables its likelihood is the sharper
-    signal (accuracy benchmark, adbench-unsup and mvtec-resnet18).
+    signal (docs/design.md).
   - ``max_model``: the larger of the VAE's mean surprise and the DAE's surprise, so
     whichever model is surprised decides.
-  - ``dae``: the DAE's surprise alone.  On images the DAE's error is the sharper signal:
-    ``mean`` gave it a quarter of the weight (mnist-oneclass: ``max_model`` 0.951 against
-    0.935 for ``mean``), and once the DAE is judged by its smoothed error, any weight on
-    the VAE lowers mean AUROC on both image protocols.
+  - ``dae``: the DAE's surprise alone.  On images the DAE's error is the sharper signal,
+    which ``mean`` gives a quarter of the weight; once the DAE is judged by its smoothed
+    error, any weight on the VAE lowers mean AUROC on both image protocols
+    (docs/design.md).
 
 The statistics pooled are the four scores, except that a model configured with
 ``dae_error_sigma`` (images) has the DAE judged by ``dae_smooth_error`` instead of its
-plain mean squared error (``models.scoring``); the ``dae_recon_error`` column and its
+plain mean squared error (``vigil.models.scoring``); the ``dae_recon_error`` column and its
 p-value stay the plain error.
 
 With ``adjust_complexity`` (images), each score is first replaced by its residual from a
-straight-line fit on the input's compressed size over split A (``models.complexity``):
+straight-line fit on the input's compressed size over split A (``vigil.models.complexity``):
 the p-values then ask "is this score unusual for a normal image this complex?".  The
 calibration then also records the PNG encoder's sizes for fixed probe images, so that a
 machine whose encoder sizes images differently can be refused (``encoder_mismatch``).
@@ -50,9 +49,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.complexity import INPUT_BITS, encoder_mismatch, encoder_probe
-from models.config import DAE_SMOOTH_ERROR
-from schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
+from vigil.models.complexity import INPUT_BITS, encoder_mismatch, encoder_probe
+from vigil.models.config import DAE_SMOOTH_ERROR
+from vigil.schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
 
 
 def conformal_pvalues(calibration: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -167,8 +166,7 @@ class Calibration:
         ``image_shape`` the calibration records this machine's PNG encoder at that shape.  The jackknife
         keeps split A's complexity slopes: refitting them without one row moves them by
         that row's leverage, about 1/n unless its complexity is extreme
-        (``bench-calibration``'s images setting, skewed complexities: mean FPR 0.0100
-        with split A, 0.0102 without).
+        (``make bench-calibration`` has an images setting with skewed complexities).
         """
         names = tuple(dict.fromkeys((*SCORE_NAMES, *combine)))
         slopes = {n: complexity_slope(oriented(n, scores_a[n]), scores_a[INPUT_BITS])
@@ -205,7 +203,7 @@ class Calibration:
             return values
         if INPUT_BITS not in scores:
             raise ValueError(f"this calibration adjusts for input complexity; pass "
-                             f"'{INPUT_BITS}' (models.complexity.input_bits) with the scores")
+                             f"'{INPUT_BITS}' (vigil.models.complexity.input_bits) with the scores")
         return values - self.slopes[name] * np.asarray(scores[INPUT_BITS], dtype=np.float64)
 
     def pvalues(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -5,10 +5,10 @@ Likelihood-based scores mostly measure how much there is to explain.  A simple i
 almost any model, a busy one the opposite (Serrà et al. 2020, "Input complexity and
 out-of-distribution detection with likelihood-based generative models").  On MNIST a '1'
 has about half the ink of the other digits, so a model trained without '1's still ranks
-them as the most normal records (mnist-anc digit 1: AUROC 0.09 for ``vae_log_px``).
+them as the most normal records.
 
 Calibration therefore judges an image's scores against normal images *of the same
-complexity* (``models.calibration``): each score is regressed on the compressed size over
+complexity* (``vigil.models.calibration``): each score is regressed on the compressed size over
 calibration split A, and p-values and ``anomaly_score`` use the residual.  PNG is the
 compressor because it is lossless, standard, and already how images travel; its size
 barely depends on the model, so the adjustment needs no extra training.
@@ -69,7 +69,8 @@ def probe_images(shape: tuple[int, int, int]) -> np.ndarray:
 
 def encoder_probe(shape: tuple[int, int, int]) -> dict:
     """This machine's PNG encoder, and its sizes in bits for ``probe_images(shape)``."""
-    from PIL import __version__ as pillow, features
+    from PIL import __version__ as pillow
+    from PIL import features
     return {"encoder": f"Pillow {pillow}, zlib {features.version('zlib') or 'unknown'}",
             "shape": [int(v) for v in shape],
             "bits": input_bits(probe_images(shape)).tolist()}

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 LIKELIHOODS = ("gaussian", "bernoulli")
-# Examples each image model sees at most when TrainConfig.max_examples is None: 40 epochs
-# of mnist-anc's 3,250 training images.  Tables train with dense nets and stop early.
+# Examples each image model sees at most when TrainConfig.max_examples is None (about 40
+# epochs of 3,000 images): image validation loss creeps down long after AUROC stops
+# improving.  Tables train with dense nets and stop early.
 IMAGE_MAX_EXAMPLES = 130_000
-# Robust units past which a table's inputs grow logarithmically (models.preprocessing).
+# Robust units past which a table's inputs grow logarithmically (vigil.models.preprocessing).
 FEATURE_TAIL = 20.0
 KINDS = ("image", "features")
 COMBINE_RULES = ("mean", "max_model", "dae")
@@ -40,7 +41,7 @@ class ModelConfig:
                                     # "max_model": the larger of the VAE's and the DAE's,
                                     # or "dae": the DAE's alone
     adjust_complexity: bool = False  # images: judge scores against normal images of the
-                                     # same compressed size (models.complexity)
+                                     # same compressed size (vigil.models.complexity)
     members: int = 1                # VAE+DAE pairs trained from different initial weights
                                     # on the same split; scores are their mean
     cross_fit: bool = False         # members train on different folds instead, each

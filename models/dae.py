@@ -9,10 +9,10 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from models import losses
-from models.config import ModelConfig
-from models.networks import build_dae
-from models.vae import trim_weights
+from vigil.models import losses
+from vigil.models.config import ModelConfig
+from vigil.models.networks import build_dae
+from vigil.models.vae import trim_weights
 
 
 def corrupt(x: tf.Tensor, noise_std: float, mask_prob: float) -> tf.Tensor:

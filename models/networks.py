@@ -12,7 +12,7 @@ import math
 import tf_keras as keras
 from tf_keras import layers
 
-from models.config import ModelConfig
+from vigil.models.config import ModelConfig
 
 
 def _downsampled(config: ModelConfig) -> tuple[int, int]:

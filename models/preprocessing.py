@@ -5,9 +5,9 @@ models were trained with.  Features are centred and scaled robustly (median and 
 that contamination in the training data does not set the scale), and values beyond
 ``tail`` = 20 robust units grow only logarithmically: spiky features (mostly constant,
 with rare huge values) otherwise reach z of thousands, and a Gaussian decoder trained on
-them diverges to NaN (MVTec embeddings).  A tighter tail (5) hid real anomalies in
-heavy-tailed tables (cardio AUROC 0.65, against 0.71 at 20 and 0.91 unsquashed).  The
-squashing is monotone and unbounded, so a more extreme value still looks more anomalous.
+them diverges to NaN (MVTec embeddings).  A much tighter tail hides real anomalies in
+heavy-tailed tables.  The squashing is monotone and unbounded, so a more extreme value
+still looks more anomalous.
 Tables with fewer training rows than features take ``tail`` = 1 (``ModelConfig.feature_tail``),
 a signed log past one robust unit: a score summed over hundreds of features whose tails
 were seen in a hundred rows is otherwise decided by whichever few spiked.  Images are
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.config import FEATURE_TAIL
+from vigil.models.config import FEATURE_TAIL
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The model registry: numbered immutable versions and an atomic production pointer.
 
-    <registry>/<name>/versions/0001/ ...   complete versions (see models.bundle)
+    <registry>/<name>/versions/0001/ ...   complete versions (see vigil.models.bundle)
     <registry>/<name>/versions/.staging-*  versions being written (ignored by readers)
     <registry>/<name>/production           JSON {"version", "previous": [...]}
 
@@ -19,7 +19,7 @@ import uuid
 
 import tensorflow as tf
 
-from models.bundle import COMPLETE, MANIFEST, BundleError, load_bundle, read_manifest, sha256_of
+from vigil.models.bundle import COMPLETE, MANIFEST, BundleError, load_bundle, read_manifest, sha256_of
 
 VERSION_RE = re.compile(r"^\d{4,}$")
 
@@ -153,6 +153,6 @@ def resolve(registry: str, name: str, version: str | int | None = None) -> str:
 
 
 def load(registry: str, name: str, version: str | int | None = None):
-    """Resolve and load a version (a verified ``models.bundle.Bundle``)."""
+    """Resolve and load a version (a verified ``vigil.models.bundle.Bundle``)."""
     version = resolve(registry, name, version)
     return load_bundle(version_dir(registry, name, version), f"{name}/{version}")

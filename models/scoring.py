@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from models import losses
-from models.config import DAE_SMOOTH_ERROR, ModelConfig
+from vigil.models import losses
+from vigil.models.config import DAE_SMOOTH_ERROR, ModelConfig
 
 
 def _not_scorer_retracing(record: logging.LogRecord) -> bool:

@@ -37,16 +37,16 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from models.calibration import Calibration
-from models.complexity import INPUT_BITS, input_bits
-from models.config import DAE_SMOOTH_ERROR, ModelConfig, TrainConfig
-from models.dae import DAE, TrimAfter
-from models.devices import DevicePlan, make_strategy, plan_devices, precision_policy, visible_gpus
-from models.networks import build_dae, build_decoder, build_encoder
-from models.preprocessing import Preprocessing
-from models.scoring import Member, Scorer
-from models.vae import VAE, KLWarmup
-from schemas.tables import SCORE_NAMES
+from vigil.models.calibration import Calibration
+from vigil.models.complexity import INPUT_BITS, input_bits
+from vigil.models.config import DAE_SMOOTH_ERROR, ModelConfig, TrainConfig
+from vigil.models.dae import DAE, TrimAfter
+from vigil.models.devices import DevicePlan, make_strategy, plan_devices, precision_policy, visible_gpus
+from vigil.models.networks import build_dae, build_decoder, build_encoder
+from vigil.models.preprocessing import Preprocessing
+from vigil.models.scoring import Member, Scorer
+from vigil.models.vae import VAE, KLWarmup
+from vigil.schemas.tables import SCORE_NAMES
 
 
 @dataclass
@@ -224,8 +224,8 @@ def _fit_one(model, x_train, x_val, cfg: TrainConfig, global_batch: int, callbac
     monitor = "val_loss" if len(x_val) else "loss"
     stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
                                          restore_best_weights=True, start_from_epoch=start_from)
-    history = model.fit(_dataset(x_train, global_batch, cfg.seed, True),
-                        validation_data=_dataset(x_val, global_batch, cfg.seed, False) if len(x_val) else None,
+    validation = _dataset(x_val, global_batch, cfg.seed, False) if len(x_val) else None
+    history = model.fit(_dataset(x_train, global_batch, cfg.seed, True), validation_data=validation,
                         epochs=epoch_count(len(x_train), cfg), callbacks=[*callbacks, stop],
                         verbose=cfg.verbose)
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
@@ -241,8 +241,10 @@ def _fit_member(part: dict[str, np.ndarray], model_config: ModelConfig, cfg: Tra
         dae.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
     warmup = model_config.kl_warmup_epochs
     history = {
-        "vae": _fit_one(vae, part["train"], part["validation"], cfg, global_batch, [KLWarmup()], warmup),
-        "dae": _fit_one(dae, part["train"], part["validation"], cfg, global_batch, [TrimAfter(warmup)], warmup),
+        "vae": _fit_one(vae, part["train"], part["validation"], cfg, global_batch, [KLWarmup()],
+                        warmup),
+        "dae": _fit_one(dae, part["train"], part["validation"], cfg, global_batch, [TrimAfter(warmup)],
+                        warmup),
     }
     member = Member(_float32_copy(vae.encoder, build_encoder, model_config),
                     _float32_copy(vae.decoder, build_decoder, model_config),

@@ -4,16 +4,16 @@
 
 with one reparameterised sample per step, beta_t warming up linearly over the first
 epochs, and the per-record loss averaged over the *global* batch so that gradients summed
-across replicas are right.  Scoring lives in ``models.scoring``.
+across replicas are right.  Scoring lives in ``vigil.models.scoring``.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 import tf_keras as keras
 
-from models import losses
-from models.config import ModelConfig
-from models.networks import build_decoder, build_encoder
+from vigil.models import losses
+from vigil.models.config import ModelConfig
+from vigil.models.networks import build_decoder, build_encoder
 
 
 def trim_weights(per_record_loss: tf.Tensor, trim_fraction: float) -> tf.Tensor:

@@ -1,2 +1,2 @@
 """vigil's Apache Beam pipeline: sources, decode and validate, RunInference, sinks, commit."""
-import models as _models  # noqa: F401 - sets TensorFlow's environment before TF loads
+import vigil.models as _models  # noqa: F401 - sets TensorFlow's environment before TF loads

@@ -18,8 +18,8 @@ from apache_beam.ml.anomaly.base import AnomalyPrediction
 from apache_beam.ml.anomaly.detectors.offline import OfflineDetector
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult
 
-from pipeline.handler import VigilModelHandler
-from schemas.tables import SCORE_NAMES
+from vigil.pipeline.handler import VigilModelHandler
+from vigil.schemas.tables import SCORE_NAMES
 
 
 def to_anomaly_prediction(keyed: tuple[Any, PredictionResult]) -> tuple[Any, AnomalyPrediction]:

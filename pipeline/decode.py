@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.records import DeadLetter, RawRecord, ScoringInput, record_dead_letter
+from vigil.pipeline.records import DeadLetter, RawRecord, ScoringInput, record_dead_letter
 
 Image.MAX_IMAGE_PIXELS = None   # vigil applies its own cap from the header, below
 

@@ -18,10 +18,10 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from models.bundle import Bundle, load_bundle
-from models.scoring import Scorer
-from pipeline.records import ScoringInput
-from schemas.tables import SCORE_NAMES
+from vigil.models.bundle import Bundle, load_bundle
+from vigil.models.scoring import Scorer
+from vigil.pipeline.records import ScoringInput
+from vigil.schemas.tables import SCORE_NAMES
 
 
 @dataclass

@@ -6,11 +6,12 @@ settings show up in a runner's UI with the rest of the pipeline options.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 LOCAL_RUNNER = "FnApiRunner"   # DirectRunner in Beam 2.77 first tries to download Prism
+
 
 
 class VigilOptions(PipelineOptions):

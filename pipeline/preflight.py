@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.readers import UNKNOWN_FORMAT, format_of, tfrecord_kind
-from schemas.tables import label_field
+from vigil.pipeline.readers import UNKNOWN_FORMAT, format_of, tfrecord_kind
+from vigil.schemas.tables import label_field
 
 
 class InputError(Exception):

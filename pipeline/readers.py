@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.records import DeadLetter, FileStats, RawRecord
+from vigil.pipeline.records import DeadLetter, FileStats, RawRecord
 
 FORMATS = ("tfrecord-image", "tfrecord-features", "image", "parquet", "csv")
 # A file matched beside readable ones whose name says no format (a README in an image

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from schemas.tables import DEAD_LETTER_REASONS, STAGES
+from vigil.schemas.tables import DEAD_LETTER_REASONS, STAGES
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``plan_run`` does everything that can fail on bad options, a bad model or bad inputs
 *before* anything is written; ``build_pipeline`` wires the Beam graph; ``score`` runs it
-and publishes through ``pipeline.commit``.
+and publishes through ``vigil.pipeline.commit``.
 """
 from __future__ import annotations
 
@@ -14,22 +14,33 @@ from dataclasses import dataclass, field
 
 import apache_beam as beam
 import pyarrow as pa
-import tensorflow as tf
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from models import registry
-from models.bundle import Bundle
-from pipeline import commit
-from pipeline.decode import DecodeSpec
-from pipeline.handler import VigilModelHandler
-from pipeline.options import ScoreConfig
-from pipeline.preflight import (InputError, InputFile, carried_fields, check_columns,
-                                match_inputs, resolve_formats)
-from pipeline.readers import ReadSpec
-from pipeline.transforms import (DEAD_LETTER, STATS, Decode, ReadFiles, ToRow,
-                                 failed_batch_to_dead_letters)
-from schemas.tables import DEAD_LETTER_SCHEMA, scores_schema
+from vigil.models import registry
+from vigil.models.bundle import Bundle
+from vigil.pipeline import commit
+from vigil.pipeline.decode import DecodeSpec
+from vigil.pipeline.handler import VigilModelHandler
+from vigil.pipeline.options import ScoreConfig
+from vigil.pipeline.preflight import (
+    InputError,
+    InputFile,
+    carried_fields,
+    check_columns,
+    match_inputs,
+    resolve_formats,
+)
+from vigil.pipeline.readers import ReadSpec
+from vigil.pipeline.transforms import (
+    DEAD_LETTER,
+    STATS,
+    Decode,
+    ReadFiles,
+    ToRow,
+    failed_batch_to_dead_letters,
+)
+from vigil.schemas.tables import DEAD_LETTER_SCHEMA, scores_schema
 
 LOG = logging.getLogger("vigil.pipeline")
 EXIT_BAD_RECORDS = 3

@@ -10,13 +10,12 @@ import math
 import time
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.metrics import Metrics
 
-from pipeline.decode import DecodeSpec, decode
-from pipeline.readers import ReadSpec, read_file
-from pipeline.records import DeadLetter, FileStats, RawRecord, ScoringInput
-from schemas.tables import SCORE_NAMES
+from vigil.pipeline.decode import DecodeSpec, decode
+from vigil.pipeline.readers import ReadSpec, read_file
+from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, ScoringInput
+from vigil.schemas.tables import SCORE_NAMES
 
 DEAD_LETTER = "dead_letter"
 STATS = "stats"

@@ -1,7 +1,7 @@
 """The data-quality suites of a scoring run, as plain data.
 
 Each expectation is ``{"expectation": <GX class name>, "kwargs": {...}, "critical": bool,
-"why": str}``; ``pipeline.report.quality`` turns them into great-expectations objects.
+"why": str}``; ``vigil.pipeline.report.quality`` turns them into great-expectations objects.
 Three frames are validated:
 
 * ``scores``  a bounded sample of the scores table;
@@ -11,7 +11,7 @@ Three frames are validated:
 """
 from __future__ import annotations
 
-from schemas.tables import SCORE_NAMES
+from vigil.schemas.tables import SCORE_NAMES
 
 NON_FINITE_TOLERANCE = 0.01     # share of non-finite values a feature may have
 RANGE_SLACK = 0.5               # ranges widen by this share of the training range

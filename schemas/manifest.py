@@ -16,11 +16,11 @@ MODEL_MANIFEST_KEYS: dict[str, type | tuple] = {
     "created_at": str,
     "code_version": str,
     "input": dict,           # kind ("image"|"features"), shape, feature_columns, channels
-    "preprocessing": dict,   # see models.preprocessing.Preprocessing.to_dict
-    "model_config": dict,    # see models.config.ModelConfig
+    "preprocessing": dict,   # see vigil.models.preprocessing.Preprocessing.to_dict
+    "model_config": dict,    # see vigil.models.config.ModelConfig
     "training": dict,        # config, seed, epochs run, history, device/strategy
     "metrics": dict,         # held-out losses and calibration checks
-    "calibration": dict,     # see models.calibration.Calibration.to_dict
+    "calibration": dict,     # see vigil.models.calibration.Calibration.to_dict
     "profile": dict,         # data profile from which input expectations are derived
     "files": dict,           # file name -> sha256 of every other file in the version
 }

@@ -1,13 +1,9 @@
 """Session fixtures: tiny but real trained model versions (features and images)."""
 from __future__ import annotations
 
-import os
-
-import models  # noqa: E402,F401 - TF environment (oneDNN off, quiet logs) before TF loads
-
-import numpy as np
 import pytest
 
+import vigil.models  # noqa: E402,F401 - TF environment (oneDNN off, quiet logs) before TF loads
 from tests import helpers
 
 RUNNER = ["--runner=FnApiRunner"]
@@ -16,10 +12,10 @@ RUNNER = ["--runner=FnApiRunner"]
 @pytest.fixture(scope="session")
 def features_registry(tmp_path_factory):
     """A dense model trained on the normal rows of ADBench cardio, as Parquet shards."""
-    from jobs.train import TrainJobConfig, run_training
-    from models.config import TrainConfig
+    from vigil.jobs.train import TrainJobConfig, run_training
+    from vigil.models.config import TrainConfig
     root = tmp_path_factory.mktemp("features")
-    x, y = helpers.adbench("6_cardio")
+    x, y = helpers.cardio()
     paths = helpers.table_shards(root / "train", x[y == 0][:900], y[y == 0][:900])
     registry = str(root / "registry")
     out = run_training(TrainJobConfig(
@@ -33,8 +29,8 @@ def features_registry(tmp_path_factory):
 @pytest.fixture(scope="session")
 def images_registry(tmp_path_factory):
     """A conv model trained on 600 MNIST digits (not 7), as PNG TFRecord shards."""
-    from jobs.train import TrainJobConfig, run_training
-    from models.config import TrainConfig
+    from vigil.jobs.train import TrainJobConfig, run_training
+    from vigil.models.config import TrainConfig
     root = tmp_path_factory.mktemp("images")
     images, labels = helpers.mnist(900)
     keep = labels != 7
@@ -45,6 +41,6 @@ def images_registry(tmp_path_factory):
         train=TrainConfig(epochs=3, verbose=0)))
     assert out.version == "0001"
     if not out.promoted:     # 3 epochs may miss a gate; the pipeline tests need production
-        from models import registry as reg
+        from vigil.models import registry as reg
         reg.promote(registry, "mnist", out.version)
     return {"registry": registry, "name": "mnist", "root": root, "version": out.version}

@@ -1,7 +1,6 @@
 """Builders of real input files for tests, and the run invariant check."""
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -14,43 +13,42 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-def shared_root() -> Path:
-    """The team's shared folder: $VIGIL_SHARED, else ``../shared`` beside the checkout."""
-    candidates = [os.environ.get("VIGIL_SHARED"), Path(__file__).resolve().parents[2] / "shared",
-                  "/work/shared"]
-    for c in candidates:
-        if c and Path(c, "data").is_dir():
-            return Path(c)
-    raise FileNotFoundError("shared data not found; set VIGIL_SHARED to the folder holding data/")
-
-
-SHARED = shared_root() / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def mnist(n: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images (n, 28, 28), labels) from the shared MNIST test set."""
-    def read(name):
-        with gzip.open(SHARED / "mnist" / name, "rb") as f:
-            data = f.read()
-        ndim = data[3]
-        dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-        return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-    return read("t10k-images-idx3-ubyte.gz")[offset:offset + n], \
-        read("t10k-labels-idx1-ubyte.gz")[offset:offset + n]
+    """(uint8 images (n, 28, 28), labels) from the MNIST test images in tests/fixtures."""
+    with np.load(FIXTURES / "mnist-t10k-1200.npz", allow_pickle=False) as d:
+        images, labels = d["images"], d["labels"]
+    if offset + n > len(images):
+        raise ValueError(f"the fixture holds {len(images)} images; asked for {offset}..{offset + n}")
+    return images[offset:offset + n], labels[offset:offset + n]
 
 
-def _npz(folder: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-    d = np.load(SHARED / folder / f"{name}.npz", allow_pickle=False)
-    return np.asarray(d["X"], np.float64), np.asarray(d["y"]).astype(int)
+def cardio() -> tuple[np.ndarray, np.ndarray]:
+    """ADBench's cardio table from tests/fixtures: X (1831, 21) float64, y = 1 anomaly."""
+    with np.load(FIXTURES / "adbench-6_cardio.npz", allow_pickle=False) as d:
+        return np.asarray(d["X"], np.float64), np.asarray(d["y"]).astype(int)
 
 
-def adbench(name: str = "6_cardio") -> tuple[np.ndarray, np.ndarray]:
-    return _npz("adbench", name)
+def few_shot_embeddings(n_normal: int, n_defect: int, dim: int = 512, rank: int = 12,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding-like rows: normals near a low-rank subspace, defects pushed off it.
 
-
-def mvtec(category: str = "MVTec-AD_bottle") -> tuple[np.ndarray, np.ndarray]:
-    """ResNet18 embeddings (512 features) of an MVTec-AD category; y = 1 defective."""
-    return _npz("mvtec_resnet18", category)
+    Like pooled CNN features of one product, the normal rows vary along a few directions
+    with small independent noise; a defect adds a bump on a random handful of features.
+    Returns (x (n_normal + n_defect, dim), y) with y = 1 for defects, shuffled.
+    """
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(rank, dim)) / np.sqrt(rank)
+    n = n_normal + n_defect
+    x = rng.normal(size=(n, rank)) @ basis + 0.3 * rng.normal(size=(n, dim)) + 2.0
+    for row in range(n_normal, n):
+        bumped = rng.choice(dim, size=dim // 32, replace=False)
+        x[row, bumped] += rng.choice([-1.0, 1.0], size=len(bumped)) * rng.uniform(1.0, 1.5, len(bumped))
+    y = np.r_[np.zeros(n_normal, int), np.ones(n_defect, int)]
+    order = rng.permutation(n)
+    return x[order], y[order]
 
 
 def png(image: np.ndarray, mode: str | None = None) -> bytes:
@@ -113,7 +111,8 @@ def table_shards(directory: Path, x: np.ndarray, y: np.ndarray | None = None, sh
 def score_cli(reg: dict, inputs: list[str], out, *extra: str, run_id: str = "run1"):
     """``vigil score`` through click's CliRunner, on a registry fixture."""
     from click.testing import CliRunner
-    from jobs.cli import cli
+
+    from vigil.jobs.cli import cli
     args = ["score", "--registry", reg["registry"], "--name", reg["name"], "--output", str(out),
             "--run-id", run_id, "--no-report"]
     for i in inputs:

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from schemas.tables import SCORE_NAMES  # noqa: E402
+from vigil.schemas.tables import SCORE_NAMES  # noqa: E402
 
 
 def score_histograms(sample: dict[str, np.ndarray], thresholds: dict, path: str) -> None:

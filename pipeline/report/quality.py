@@ -1,7 +1,7 @@
 """Run great-expectations over a published run and build its Data Docs in the run folder.
 
 GX Core 1.x in an ephemeral context with pandas assets; the suites come from
-``schemas.expectations``.  GX never sees the whole run: ``pipeline.report.sample`` feeds
+``vigil.schemas.expectations``.  GX never sees the whole run: ``vigil.pipeline.report.sample`` feeds
 it bounded samples plus exact counts.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from schemas import expectations as suites
+from vigil.schemas import expectations as suites
 
 
 @dataclass
@@ -54,6 +54,7 @@ def _observed(result) -> str:
 def validate(frames: dict[str, pd.DataFrame], specs: dict[str, list[dict]], docs_dir: str) -> QualityReport:
     """Validate each frame against its suite; Data Docs go to ``docs_dir``."""
     import logging
+
     import great_expectations as gx
     # GX sets INFO on some of its module loggers itself (the temporary Data Docs folder).
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")]:
@@ -66,7 +67,6 @@ def validate(frames: dict[str, pd.DataFrame], specs: dict[str, list[dict]], docs
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir}})
     source = context.data_sources.add_pandas("vigil")
     report = QualityReport()
-    definitions, batches = [], {}
     for frame, spec in specs.items():
         if frame not in frames or not spec:
             continue
@@ -127,6 +127,7 @@ def input_frame(records, kind: str, feature_columns: list[str]) -> pd.DataFrame:
     """Sampled raw records as a frame: features with non-finite values as nulls, or image shapes."""
     if kind == "image":
         import io
+
         from PIL import Image
         shapes = []
         for r in records:

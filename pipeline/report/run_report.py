@@ -6,16 +6,15 @@ import json
 import logging
 import os
 
-import numpy as np
 import tensorflow as tf
 
-from models import registry
-from pipeline.commit import MANIFEST, is_published, require_published
-from pipeline.decode import DecodeSpec, decode
-from pipeline.readers import ReadSpec
-from pipeline.records import ScoringInput
-from pipeline.report import plots, quality, sample
-from schemas.tables import SCORE_NAMES
+from vigil.models import registry
+from vigil.pipeline.commit import MANIFEST, is_published, require_published
+from vigil.pipeline.decode import DecodeSpec, decode
+from vigil.pipeline.readers import ReadSpec
+from vigil.pipeline.records import ScoringInput
+from vigil.pipeline.report import plots, quality, sample
+from vigil.schemas.tables import SCORE_NAMES
 
 LOG = logging.getLogger("vigil.report")
 

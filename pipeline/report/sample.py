@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.commit import _open, parquet_files
-from pipeline.readers import ReadSpec, read_file
-from pipeline.records import FileStats, RawRecord
+from vigil.pipeline.commit import _open, parquet_files
+from vigil.pipeline.readers import ReadSpec, read_file
+from vigil.pipeline.records import FileStats, RawRecord
 
 
 def sample_scores(run_dir: str, columns: list[str], cap: int, seed: int = 0) -> pa.Table:

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from schemas.tables import SCORE_NAMES  # noqa: E402
+from vigil.schemas.tables import SCORE_NAMES  # noqa: E402
 
 
 def _png(fig) -> str:

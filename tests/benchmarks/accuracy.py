@@ -29,19 +29,18 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_peers, pin_threads, protocols, table, write_json  # noqa: E402
-
-import models  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
+from common import best_peers, pin_threads, protocols, table, write_json  # noqa: E402
 from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: E402
 
-from jobs.demo import write_image_shards, write_table_shards  # noqa: E402
-from jobs.train import TrainJobConfig, run_training  # noqa: E402
-from models.config import TrainConfig  # noqa: E402
-from pipeline.options import ScoreConfig, pipeline_options  # noqa: E402
-from pipeline.run import plan_run, score  # noqa: E402
-from schemas.tables import SCORE_NAMES, SCORE_ORIENTATION  # noqa: E402
+import vigil.models  # noqa: E402,F401
+from vigil.jobs.demo import write_image_shards, write_table_shards  # noqa: E402
+from vigil.jobs.train import TrainJobConfig, run_training  # noqa: E402
+from vigil.models.config import TrainConfig  # noqa: E402
+from vigil.pipeline.options import ScoreConfig, pipeline_options  # noqa: E402
+from vigil.pipeline.run import plan_run, score  # noqa: E402
+from vigil.schemas.tables import SCORE_NAMES, SCORE_ORIENTATION  # noqa: E402
 
 GOALS = {"mnist-oneclass": 0.97, "mnist-anc": 0.85, "adbench-unsup": 0.90, "mvtec-resnet18": 0.82}
 COLUMNS = (*SCORE_NAMES, "anomaly_score")
@@ -80,14 +79,15 @@ def run_case(P, protocol: str, case: dict, work: Path, epochs: int | None,
     y = np.asarray(y_test)[order]
     assert t.column("id").to_pylist() == sorted(test_ids), "scores must cover the test split"
     out = {"case": case_name(case), "n_train": len(x_train), "n_test": len(x_test),
-           "train_seconds": round(trained_s, 1), "score_seconds": result.manifest["timings"]["pipeline_seconds"],
+           "train_seconds": round(trained_s, 1),
+           "score_seconds": result.manifest["timings"]["pipeline_seconds"],
            "auroc": {}, "auprc": {}}
     for col in COLUMNS:
         s = SCORE_ORIENTATION.get(col, 1) * t.column(col).to_numpy()
         out["auroc"][col] = round(float(roc_auc_score(y, s)), 4)
         out["auprc"][col] = round(float(average_precision_score(y, s)), 4)
     if dump:    # raw scores and split-A calibration, to study score combinations offline
-        from models import registry
+        from vigil.models import registry
         cal = registry.load(str(work / "reg"), "bench", trained.version).calibration
         Path(dump).mkdir(parents=True, exist_ok=True)
         np.savez(Path(dump) / f"{protocol}-{case_name(case)}-{case.get('seed', 0)}.npz", y=y,

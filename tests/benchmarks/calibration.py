@@ -2,7 +2,7 @@
 
 The threshold on ``anomaly_score`` is an order statistic of a finite calibration set, so
 the false-positive rate it gives on new normal data is a random variable around the
-target.  This benchmark draws synthetic normal scores, fits ``models.calibration.Calibration``
+target.  This benchmark draws synthetic normal scores, fits ``vigil.models.calibration.Calibration``
 on two splits of n rows, and measures the FPR of the threshold on a large fresh sample,
 many times over, in two settings:
 
@@ -26,13 +26,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
 from common import table, write_json  # noqa: E402
 
-import numpy as np  # noqa: E402
-
-from models.calibration import Calibration  # noqa: E402
-from models.complexity import INPUT_BITS  # noqa: E402
-from schemas.tables import SCORE_NAMES, SCORE_ORIENTATION  # noqa: E402
+from vigil.models.calibration import Calibration  # noqa: E402
+from vigil.models.complexity import INPUT_BITS  # noqa: E402
+from vigil.schemas.tables import SCORE_NAMES, SCORE_ORIENTATION  # noqa: E402
 
 TARGET = 0.01
 FRESH = 100_000

@@ -7,7 +7,7 @@ second):
 * **Detection** (``mvtec-resnet18``): the AUROC of reference detectors (k-NN distance,
   Mahalanobis with Ledoit-Wolf shrinkage, PCA residual, one-class SVM, isolation forest,
   and a rank ensemble of 1-NN, Mahalanobis and PCA-30) trained on every train row, on
-  the share vigil's models train on (``models.training.split_indices``: the rest is held out for
+  the share vigil's models train on (``vigil.models.training.split_indices``: the rest is held out for
   validation and calibration), and on that share as vigil's models see it (its default
   ``Preprocessing``: robust scaling, and a log scale past ``feature_tail`` robust units).
 * **Calibration under contamination** (``adbench-unsup``): the false-positive rate on the
@@ -30,9 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, pin_threads, protocols, table, write_json  # noqa: E402
-
 import numpy as np  # noqa: E402
+from common import RESULTS, pin_threads, protocols, table, write_json  # noqa: E402
 from scipy.stats import rankdata  # noqa: E402
 from sklearn.covariance import LedoitWolf  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
@@ -41,9 +40,9 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.neighbors import NearestNeighbors  # noqa: E402
 from sklearn.svm import OneClassSVM  # noqa: E402
 
-from models.calibration import conformal_threshold  # noqa: E402
-from models.config import TrainConfig  # noqa: E402
-from models.training import split_indices  # noqa: E402
+from vigil.models.calibration import conformal_threshold  # noqa: E402
+from vigil.models.config import TrainConfig  # noqa: E402
+from vigil.models.training import split_indices  # noqa: E402
 
 TARGET_FPR = 0.01
 
@@ -80,8 +79,8 @@ def reference_scores(train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarra
 
 def vigil_inputs(share: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The train share and the test rows as vigil's default table models see them."""
-    from jobs.train import TrainJobConfig, default_model_config
-    from models.preprocessing import Preprocessing
+    from vigil.jobs.train import TrainJobConfig, default_model_config
+    from vigil.models.preprocessing import Preprocessing
     d = share.shape[1]
     defaults = default_model_config("features", (d,), TrainJobConfig((), "", ""), len(share))
     pre = Preprocessing.fit_features(share, [f"f{j}" for j in range(d)], tail=defaults.feature_tail)
@@ -134,9 +133,9 @@ def iforest_fpr(x_train, x_test, y_test, y_train, split) -> dict[str, float]:
 
 def _vigil_fit(x: np.ndarray, ids: list[str], calibration_set=None):
     """vigil's default table models fitted as ``vigil train`` fits them; (result, config)."""
-    from jobs.train import TrainJobConfig, default_model_config
-    from models.preprocessing import Preprocessing
-    from models.training import fit, train_split_size
+    from vigil.jobs.train import TrainJobConfig, default_model_config
+    from vigil.models.preprocessing import Preprocessing
+    from vigil.models.training import fit, train_split_size
     d = x.shape[1]
     train_cfg = TrainConfig(verbose=0, max_examples=0)
     rows = train_split_size(len(x), train_cfg, calibrate=calibration_set is None)
@@ -148,7 +147,7 @@ def _vigil_fit(x: np.ndarray, ids: list[str], calibration_set=None):
 
 
 def _scorer(trained, config):
-    from models.scoring import Scorer
+    from vigil.models.scoring import Scorer
     return Scorer(trained.members, config, seed=0)
 
 
@@ -161,8 +160,8 @@ def _test_normal_scores(trained, config, x_test, y_test) -> dict[str, np.ndarray
 def vigil_fpr(x_train, x_test, y_test, y_train, split) -> dict[str, float | None]:
     """The same for vigil's default table models: one training, calibrated twice; and a
     second training as ``--calibration-input`` runs it (``curated``)."""
-    from models.calibration import Calibration
-    from models.training import combined_statistics
+    from vigil.models.calibration import Calibration
+    from vigil.models.training import combined_statistics
     ids = [f"tr-{i:06d}" for i in range(len(x_train))]
     trained, config = _vigil_fit(x_train, ids)
     x = trained.preprocessing.transform(x_train)

@@ -1,16 +1,31 @@
-"""Shared by the benchmarks: the protocols module, peers' numbers, result tables."""
+"""Shared by the benchmarks: the protocols module, peers' numbers, result tables.
+
+The benchmarks (and only they; the test suite reads nothing outside the repository) use
+the team's shared data: the folder named by ``$VIGIL_SHARED``, else ``../shared`` beside
+the checkout, holding ``data/`` and ``bench/protocols.py``.
+"""
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-sys.path.insert(0, str(HERE.parents[1]))   # the repo, when run as a script
-from tests.helpers import shared_root  # noqa: E402
+sys.path.insert(0, str(HERE.parents[1]))   # the repo (for tests.helpers), when run as a script
+
+
+def shared_root() -> Path:
+    """The team's shared folder: ``$VIGIL_SHARED``, else ``../shared`` beside the checkout."""
+    root = Path(os.environ.get("VIGIL_SHARED") or HERE.parents[2] / "shared")
+    if not (root / "data").is_dir() or not (root / "bench").is_dir():
+        raise SystemExit(f"benchmarks need the team's shared data: no data/ and bench/ in {root}; "
+                         "set VIGIL_SHARED to the folder that holds them")
+    return root
+
 
 SHARED_BENCH = shared_root() / "bench"
 
@@ -20,6 +35,11 @@ def protocols():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def mnist_t10k():
+    """(images uint8 (10000, 28, 28), labels) of the shared MNIST test set."""
+    return protocols().load_mnist_t10k()
 
 
 def best_peers() -> dict[str, dict[str, tuple[str, float]]]:

@@ -19,24 +19,23 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table, write_json  # noqa: E402
-
-import models  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from common import table, write_json  # noqa: E402
 
-from jobs.demo import write_table_shards  # noqa: E402
-from jobs.train import TrainJobConfig, run_training  # noqa: E402
-from models.config import TrainConfig  # noqa: E402
-from pipeline.options import ScoreConfig, pipeline_options  # noqa: E402
-from pipeline.readers import file_sha256  # noqa: E402
-from pipeline.run import plan_run, score  # noqa: E402
+import vigil.models  # noqa: E402,F401
+from vigil.jobs.demo import write_table_shards  # noqa: E402
+from vigil.jobs.train import TrainJobConfig, run_training  # noqa: E402
+from vigil.models.config import TrainConfig  # noqa: E402
+from vigil.pipeline.options import ScoreConfig, pipeline_options  # noqa: E402
+from vigil.pipeline.readers import file_sha256  # noqa: E402
+from vigil.pipeline.run import plan_run, score  # noqa: E402
 
 ROWS_PER_FILE = 100_000
-MEASURE = ("import json, resource, sys, time; import models; "
-           "from pipeline.report.run_report import build_run_report; t = time.time(); "
+MEASURE = ("import json, resource, sys, time; import vigil.models; "
+           "from vigil.pipeline.report.run_report import build_run_report; t = time.time(); "
            "r = build_run_report(sys.argv[1]); "
            "print(json.dumps({'seconds': time.time() - t, 'checks': len(r.checks), "
            "'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")

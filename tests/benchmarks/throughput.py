@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,14 +23,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table, write_json  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def make_shards(directory: Path, n: int, shards: int = 8) -> str:
-    import numpy as np
     import tensorflow as tf
-    from tests.helpers import example, mnist, png
-    images, labels = mnist(10_000)
+    from common import mnist_t10k
+
+    from tests.helpers import example, png
+    images, labels = mnist_t10k()
     encoded = [png(img) for img in images]
     directory.mkdir(parents=True, exist_ok=True)
     writers = [tf.io.TFRecordWriter(str(directory / f"part-{s:03d}.tfrecord")) for s in range(shards)]
@@ -43,20 +41,22 @@ def make_shards(directory: Path, n: int, shards: int = 8) -> str:
 
 
 def train(directory: Path) -> str:
-    from jobs.train import TrainJobConfig, run_training
-    from models.config import TrainConfig
+    from vigil.jobs.train import TrainJobConfig, run_training
+    from vigil.models.config import TrainConfig
     glob = make_shards(directory / "train", 2000, shards=2)
-    run_training(TrainJobConfig((glob,), str(directory / "reg"), "tp", train=TrainConfig(epochs=2, verbose=0)))
+    run_training(TrainJobConfig((glob,), str(directory / "reg"), "tp",
+                                train=TrainConfig(epochs=2, verbose=0)))
     return str(directory / "reg")
 
 
 def bare_rate(registry: str, n: int, batch: int) -> float:
     import numpy as np
-    from models import registry as reg
-    from tests.helpers import mnist
+    from common import mnist_t10k
+
+    from vigil.models import registry as reg
     bundle = reg.load(registry, "tp")
     scorer = bundle.scorer()
-    images, _ = mnist(10_000)
+    images, _ = mnist_t10k()
     x = bundle.preprocessing.transform(images[..., None])
     ids = [f"r{i:08d}" for i in range(n)]
     scorer(x[:batch], ids[:batch])                       # trace once
@@ -69,10 +69,9 @@ def bare_rate(registry: str, n: int, batch: int) -> float:
 
 CHILD = """
 import json, resource, sys, time
-sys.path.insert(0, {repo!r})
-import models
-from pipeline.options import ScoreConfig, pipeline_options
-from pipeline.run import plan_run, score
+import vigil.models
+from vigil.pipeline.options import ScoreConfig, pipeline_options
+from vigil.pipeline.run import plan_run, score
 cfg = ScoreConfig(({glob!r},), {reg!r}, "tp", {out!r}, run_id="tp", overwrite=True, batch_size={batch})
 t = time.time()
 result = score(plan_run(cfg), pipeline_options(cfg, {beam_args!r}))
@@ -82,7 +81,7 @@ print(json.dumps({{"seconds": time.time() - t, "scored": result.manifest["counts
 
 
 def pipeline_run(glob: str, registry: str, out: str, batch: int, beam_args: list[str]) -> dict:
-    code = CHILD.format(repo=str(REPO), glob=glob, reg=registry, out=out, batch=batch,
+    code = CHILD.format(glob=glob, reg=registry, out=out, batch=batch,
                         beam_args=beam_args)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -100,8 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--beam-args", default="", help="extra Beam flags for the pipeline runs")
     ap.add_argument("--tag", default="", help="suffix of the results file")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(REPO))
-    import models  # noqa: F401
+    import vigil.models  # noqa: F401
     rss_sizes = [int(v) for v in args.rss.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -113,7 +111,8 @@ def main(argv=None) -> int:
             runs[n] = pipeline_run(glob, registry, str(tmp / f"out-{n}"), args.batch,
                                    args.beam_args.split())
             assert runs[n]["scored"] == n
-            print(f"{n} records: {runs[n]['seconds']:.1f}s, peak RSS {runs[n]['peak_rss_mb']:.0f} MB", flush=True)
+            print(f"{n} records: {runs[n]['seconds']:.1f}s, peak RSS {runs[n]['peak_rss_mb']:.0f} MB",
+                  flush=True)
     steady = (args.records - args.small) / (runs[args.records]["seconds"] - runs[args.small]["seconds"])
     rss_ratio = runs[rss_sizes[1]]["peak_rss_mb"] / runs[rss_sizes[0]]["peak_rss_mb"]
     result = {"bare_records_per_s": bare, "pipeline_steady_records_per_s": steady,
@@ -121,7 +120,8 @@ def main(argv=None) -> int:
               "peak_rss_ratio": rss_ratio, "batch_size": args.batch, "beam_args": args.beam_args,
               "targets": {"pipeline_over_bare": 0.8, "peak_rss_ratio": 1.2}}
     rows = [["bare Scorer", f"{bare:.0f}", ""],
-            [f"pipeline steady ({args.small}->{args.records})", f"{steady:.0f}", f"{steady / bare:.2f}x bare (target >= 0.8)"],
+            [f"pipeline steady ({args.small}->{args.records})", f"{steady:.0f}",
+             f"{steady / bare:.2f}x bare (target >= 0.8)"],
             [f"peak RSS {rss_sizes[0]} -> {rss_sizes[1]}",
              f"{runs[rss_sizes[0]]['peak_rss_mb']:.0f} -> {runs[rss_sizes[1]]['peak_rss_mb']:.0f} MB",
              f"{rss_ratio:.2f}x (target <= 1.2)"]]

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from jobs.cli import cli
-from models import registry
 from tests import helpers
+from vigil.jobs.cli import cli
+from vigil.models import registry
 
 
 @pytest.fixture(scope="module")
 def cardio(tmp_path_factory):
     """Contaminated training rows (normal and anomalous cardio, unlabelled) and curated normals."""
     root = tmp_path_factory.mktemp("calibration-input")
-    x, y = helpers.adbench("6_cardio")
+    x, y = helpers.cardio()
     rng = np.random.default_rng(0)
     normal, anomalous = rng.permutation(np.flatnonzero(y == 0)), np.flatnonzero(y == 1)
     train = np.r_[normal[:900], anomalous]                  # 176 anomalies in 1,076 rows
@@ -63,7 +63,7 @@ def test_curated_calibration_sets_thresholds_and_gates(cardio):
     (lambda x, d: helpers.image_shards(d, *helpers.mnist(20)), "image records"),
 ])
 def test_unusable_calibration_input_stops_before_anything_is_written(cardio, tmp_path, make, message):
-    x, _ = helpers.adbench("6_cardio")
+    x, _ = helpers.cardio()
     make(x, tmp_path / "cal")
     res = _train(cardio["root"], "refused", "--calibration-input", str(tmp_path / "cal" / "*"))
     assert res.exit_code != 0 and message in res.output, res.output
@@ -72,7 +72,7 @@ def test_unusable_calibration_input_stops_before_anything_is_written(cardio, tmp
 
 
 def test_spec_calibration_inputs_are_dated_and_confined(tmp_path):
-    from jobs.specs import SpecError, load_spec
+    from vigil.jobs.specs import SpecError, load_spec
     spec = tmp_path / "train.yaml"
     spec.write_text(f"kind: train\ninputs: ['{tmp_path}/t/*.parquet']\nregistry: {tmp_path}/r\n"
                     f"name: m\noptions: {{calibration_inputs: '{tmp_path}/cal/{{date}}/*.parquet'}}\n"

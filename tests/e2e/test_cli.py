@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from jobs.cli import cli
+from vigil.jobs.cli import cli
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["score"], ["demo"], ["models", "ls"],

@@ -5,10 +5,10 @@ import numpy as np
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
-from jobs.cli import cli
-from jobs.train import TrainJobConfig, default_model_config
-from models import registry
 from tests import helpers
+from vigil.jobs.cli import cli
+from vigil.jobs.train import TrainJobConfig, default_model_config
+from vigil.models import registry
 
 
 def test_the_table_defaults_turn_linear_and_untrimmed_below_one_row_per_feature():
@@ -25,16 +25,16 @@ def test_the_table_defaults_turn_linear_and_untrimmed_below_one_row_per_feature(
 
 
 def test_few_shot_embeddings_train_linear_models_that_find_the_defects(tmp_path):
-    x, y = helpers.mvtec("MVTec-AD_bottle")
+    x, y = helpers.few_shot_embeddings(n_normal=220, n_defect=60)
     rng = np.random.default_rng(0)
     normal = rng.permutation(np.flatnonzero(y == 0))
     train, test = normal[:150], np.r_[normal[150:], np.flatnonzero(y == 1)]
     helpers.table_shards(tmp_path / "train", x[train], prefix="train")
     result = CliRunner().invoke(cli, [
         "train", "--input", str(tmp_path / "train" / "*.parquet"), "--registry",
-        str(tmp_path / "reg"), "--name", "bottle", "--no-promote"])
+        str(tmp_path / "reg"), "--name", "embeddings", "--no-promote"])
     assert result.exit_code in (0, 5), result.output
-    bundle = registry.load(str(tmp_path / "reg"), "bottle", "0001")
+    bundle = registry.load(str(tmp_path / "reg"), "embeddings", "0001")
     config = bundle.manifest["model_config"]
     # Five cross-fitted members, each trained on four fifths of the 150 rows.
     sizes = bundle.manifest["training"]["split_sizes"]

@@ -5,11 +5,10 @@ import json
 from pathlib import Path
 
 import pyarrow.dataset as ds
-import pytest
 from click.testing import CliRunner
 
-from jobs.cli import cli
 from tests import helpers
+from vigil.jobs.cli import cli
 
 
 def _spec(tmp_path, features_registry, extra=""):

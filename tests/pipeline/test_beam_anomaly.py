@@ -6,9 +6,9 @@ import numpy as np
 from apache_beam.ml.anomaly.transforms import AnomalyDetection
 from apache_beam.testing.util import assert_that
 
-from models import registry
-from pipeline.anomaly import offline_detector
-from pipeline.handler import LoadedModel, score_batch
+from vigil.models import registry
+from vigil.pipeline.anomaly import offline_detector
+from vigil.pipeline.handler import LoadedModel, score_batch
 
 
 def test_offline_detector_matches_vigil_scores(features_registry):

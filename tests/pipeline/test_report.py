@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from jobs.cli import cli
 from tests import helpers
+from vigil.jobs.cli import cli
 
 
 def _failed(run: Path) -> set[tuple[str, str, str]]:
@@ -70,7 +70,7 @@ def test_clean_run_passes_every_check(features_registry, tmp_path):
 
 
 def test_training_report_is_in_the_bundle(features_registry):
-    from models import registry
+    from vigil.models import registry
     d = Path(registry.version_dir(features_registry["registry"], "cardio", "0001"))
     page = (d / "report.html").read_text()
     assert page.count("<img src='data:image/png;base64,") >= 3

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from jobs.cli import cli
 from tests import helpers
+from vigil.jobs.cli import cli
 
 
 def _score(reg, inputs, out, *extra, run_id="run1"):
@@ -26,7 +26,7 @@ def _score(reg, inputs, out, *extra, run_id="run1"):
 def feature_inputs(features_registry, tmp_path_factory):
     root = tmp_path_factory.mktemp("feature_inputs")
     x, y = features_registry["x"], features_registry["y"]
-    good = helpers.table_shards(root / "in", x[:300], y[:300], shards=2)
+    helpers.table_shards(root / "in", x[:300], y[:300], shards=2)
     # A shard with 4 bad rows among 6: NaN, +Inf, missing id, -Inf.
     bad = x[300:306].copy()
     bad[0, 3], bad[1, 5], bad[3, 0] = np.nan, np.inf, -np.inf
@@ -143,7 +143,7 @@ def test_missing_model_is_one_line(tmp_path):
 
 
 def test_images_run_with_bad_records(images_registry, tmp_path):
-    images, labels = helpers.mnist(120, offset=2000)
+    images, labels = helpers.mnist(120, offset=960)
     files = helpers.image_shards(tmp_path / "in", images[:100], labels[:100], shards=2)
     rgb = np.stack([images[100]] * 3, axis=-1)
     extra = [
@@ -169,7 +169,8 @@ def test_images_run_with_bad_records(images_registry, tmp_path):
         ["undecodable_image", "missing_id", "non_utf8_id", "image_too_large", "truncated_file"])
     assert "rgb-ok" in scores.column("id").to_pylist()
     assert scores.num_rows == 100 + 1 + 4
-    assert dead.filter(pa.compute.equal(dead.column("reason"), "non_utf8_id")).column("id_hex").to_pylist() == ["fffe"]
+    non_utf8 = dead.filter(pa.compute.equal(dead.column("reason"), "non_utf8_id"))
+    assert non_utf8.column("id_hex").to_pylist() == ["fffe"]
     top = scores.column("top_features").to_pylist()[0]
     assert all(0 <= t["index"] < 28 * 28 for t in top)
 
@@ -177,10 +178,10 @@ def test_images_run_with_bad_records(images_registry, tmp_path):
 def test_images_are_flagged_by_the_dae_smoothed_error(images_registry, tmp_path):
     """The image default judges the DAE by its smoothed residual: the scores table's
     anomaly_score is that statistic's surprise, recomputed here from the bundle alone."""
-    from models import registry
-    from models.calibration import smooth_surprise
-    from models.config import DAE_SMOOTH_ERROR
-    images, labels = helpers.mnist(40, offset=3000)
+    from vigil.models import registry
+    from vigil.models.calibration import smooth_surprise
+    from vigil.models.config import DAE_SMOOTH_ERROR
+    images, labels = helpers.mnist(40, offset=1080)
     helpers.image_shards(tmp_path / "in", images, labels, shards=1)
     res = _score(images_registry, [str(tmp_path / "in" / "*.tfrecord")], tmp_path / "out")
     assert res.exit_code == 0, res.output

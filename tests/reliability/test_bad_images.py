@@ -30,7 +30,7 @@ def image_run(images_registry, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad_images")
     d = tmp / "imgs"
     d.mkdir()
-    digits, labels = helpers.mnist(30, offset=3000)
+    digits, labels = helpers.mnist(30, offset=1080)
     gray = Image.fromarray(digits[0], "L")
     files = {
         "gray.png": _encode(gray, "PNG"),

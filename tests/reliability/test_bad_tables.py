@@ -183,7 +183,7 @@ def test_missing_renamed_column_stops_before_anything_is_written(features_regist
 
 
 def test_training_skips_a_file_whose_name_says_no_format(tmp_path):
-    from jobs.train import TrainJobConfig, load_training_data
+    from vigil.jobs.train import TrainJobConfig, load_training_data
     x = np.random.default_rng(0).normal(size=(40, 3))
     helpers.table_shards(tmp_path / "train", x)
     (tmp_path / "train" / "README.md").write_text("exported nightly\n")

@@ -10,16 +10,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from jobs.cli import cli
-from pipeline import commit
 from tests import helpers
+from vigil.jobs.cli import cli
+from vigil.pipeline import commit
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,7 @@ def clean_run(features_registry, shards, tmp_path_factory):
 
 def test_step_failing_once_is_retried_without_duplicates(features_registry, shards, clean_run,
                                                           tmp_path, monkeypatch):
-    import pipeline.transforms as transforms
+    import vigil.pipeline.transforms as transforms
     root, files = shards
     marker = tmp_path / "failed-once"
     real_decode = transforms.decode
@@ -63,7 +62,7 @@ def test_step_failing_once_is_retried_without_duplicates(features_registry, shar
 
 
 def _vigil(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from jobs.cli import main; main()", *args]
+    return [sys.executable, "-c", "from vigil.jobs.cli import main; main()", *args]
 
 
 def test_sigkill_while_writing_publishes_nothing_and_rerun_is_clean(

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from models import registry
 from tests import helpers
+from vigil.models import registry
 
 
 def copy_registry(src: str, dst: Path) -> str:
@@ -52,7 +52,7 @@ def inputs(features_registry, tmp_path):
 
 
 def _refuses_before_reading(reg, inputs, tmp_path, monkeypatch, *expected):
-    import pipeline.run as run
+    import vigil.pipeline.run as run
     monkeypatch.setattr(run, "match_inputs", lambda *a: pytest.fail("inputs were listed"))
     res = helpers.score_cli(reg, [str(tmp_path / "in" / "*.parquet")], tmp_path / "out")
     assert res.exit_code != 0
@@ -127,7 +127,7 @@ def test_input_that_does_not_fit_the_model_stops_the_run(images_registry, inputs
 
 def test_pointer_change_mid_run_keeps_the_version_resolved_at_start(features_registry, inputs,
                                                                      tmp_path, monkeypatch):
-    import pipeline.transforms as transforms
+    import vigil.pipeline.transforms as transforms
     reg = copy_registry(features_registry["registry"], tmp_path)
     v2 = republish(reg, "cardio")
     real_decode = transforms.decode
@@ -152,7 +152,7 @@ def test_two_trainings_at_once_get_distinct_complete_versions(features_registry,
     reg = str(tmp_path / "reg")
     x, y = features_registry["x"], features_registry["y"]
     helpers.table_shards(tmp_path / "train", x[y == 0][:300], y[y == 0][:300])
-    cmd = [sys.executable, "-c", "from jobs.cli import main; main()", "train", "--input",
+    cmd = [sys.executable, "-c", "from vigil.jobs.cli import main; main()", "train", "--input",
            str(tmp_path / "train" / "*.parquet"), "--registry", reg, "--name", "twin",
            "--epochs", "2", "--members", "2"]
     seen, stop = [], threading.Event()
@@ -185,8 +185,8 @@ def test_two_trainings_at_once_get_distinct_complete_versions(features_registry,
 
 
 def test_model_output_that_is_not_finite_is_never_a_score(features_registry, inputs, tmp_path):
-    import tf_keras as keras
     import numpy as np
+    import tf_keras as keras
     reg = copy_registry(features_registry["registry"], tmp_path)
     d1 = Path(registry.version_dir(reg, "cardio", "0001"))
     dae = keras.models.load_model(d1 / "dae.keras", compile=False, safe_mode=True)
@@ -211,7 +211,7 @@ def test_training_does_not_compare_with_a_production_it_cannot_score(images_regi
     """A production version calibrated on another PNG encoder has no FPR to measure here."""
     from types import SimpleNamespace
 
-    from jobs.train import TrainJobConfig, gates
+    from vigil.jobs.train import TrainJobConfig, gates
     reg = copy_registry(images_registry["registry"], tmp_path)
     bundle = registry.load(reg, "mnist", "0001")
     images, _ = helpers.mnist(60, offset=900)

@@ -6,9 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from models.calibration import (Calibration, conformal_pvalues, conformal_threshold,
-                                loo_surprise, smooth_surprise)
-from schemas.tables import SCORE_NAMES
+from vigil.models.calibration import (
+    Calibration,
+    conformal_pvalues,
+    conformal_threshold,
+    loo_surprise,
+    smooth_surprise,
+)
+from vigil.schemas.tables import SCORE_NAMES
 
 
 def test_pvalue_formula():
@@ -105,7 +110,7 @@ def test_calibration_round_trips_through_json():
 
 
 def test_max_model_rule_lets_either_model_decide():
-    from models.calibration import Calibration
+    from vigil.models.calibration import Calibration
     rng = np.random.default_rng(0)
     names = ("vae_recon_logprob", "vae_elbo", "vae_log_px", "dae_recon_error")
     normal = lambda n: {k: rng.normal(size=n) for k in names}  # noqa: E731
@@ -127,7 +132,7 @@ def test_complexity_adjustment_judges_scores_against_equally_complex_normals():
     planted anomalies have low complexity and mid-range scores: unremarkable overall, far
     off for images that simple.
     """
-    from models.complexity import INPUT_BITS
+    from vigil.models.complexity import INPUT_BITS
     rng = np.random.default_rng(5)
 
     def normals(n):
@@ -154,7 +159,7 @@ def test_complexity_adjustment_judges_scores_against_equally_complex_normals():
 
 
 def test_input_bits_measure_what_a_compressor_needs():
-    from models.complexity import input_bits
+    from vigil.models.complexity import input_bits
     flat = np.zeros((1, 28, 28, 1), np.uint8)
     noise = np.random.default_rng(6).integers(0, 256, size=(1, 28, 28, 1)).astype(np.uint8)
     bits = input_bits(np.concatenate([flat, noise]))
@@ -167,7 +172,7 @@ def test_input_bits_measure_what_a_compressor_needs():
 
 
 def test_calibration_records_the_png_encoder_and_refuses_another():
-    from models.complexity import INPUT_BITS, encoder_probe, probe_images
+    from vigil.models.complexity import INPUT_BITS, encoder_probe, probe_images
     probes = probe_images((28, 28, 1))
     assert probes.shape == (4, 28, 28, 1) and probes.dtype == np.uint8
     np.testing.assert_array_equal(probes, probe_images((28, 28, 1)))      # fixed pixels
@@ -196,7 +201,7 @@ def test_calibration_records_the_png_encoder_and_refuses_another():
 def test_the_dae_can_be_judged_by_its_smoothed_error():
     """With dae_smooth_error pooled, the DAE's surprise comes from it, not the plain MSE
     (whose column and p-value stay as they are)."""
-    from models.config import DAE_SMOOTH_ERROR
+    from vigil.models.config import DAE_SMOOTH_ERROR
     rng = np.random.default_rng(8)
 
     def normals(n):

@@ -4,13 +4,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from models import losses
-from models.config import ModelConfig
-from models.scoring import Member, Scorer, record_seeds
+from vigil.models import losses
+from vigil.models.config import ModelConfig
+from vigil.models.scoring import Member, Scorer, record_seeds
 
 
 def test_kl_closed_form_matches_monte_carlo():
@@ -61,7 +60,8 @@ def _true_log_px(x, b, cov):
     d = len(b)
     diff = x - b
     _, logdet = np.linalg.slogdet(cov)
-    return -0.5 * (d * math.log(2 * math.pi) + logdet + np.einsum("ni,ij,nj->n", diff, np.linalg.inv(cov), diff))
+    mahalanobis = np.einsum("ni,ij,nj->n", diff, np.linalg.inv(cov), diff)
+    return -0.5 * (d * math.log(2 * math.pi) + logdet + mahalanobis)
 
 
 def _scores(config, enc, dec, dae, x, K, L=8):
@@ -98,7 +98,7 @@ def test_exact_posterior_gives_exact_log_px():
 
 
 def test_scores_do_not_depend_on_batch_or_order(features_registry):
-    from models import registry
+    from vigil.models import registry
     bundle = registry.load(features_registry["registry"], "cardio")
     scorer = bundle.scorer()
     x = bundle.preprocessing.transform(features_registry["x"][:40])
@@ -116,7 +116,7 @@ def test_many_scorers_in_one_process_raise_no_retracing_warning(features_registr
     """Each Scorer traces once; TensorFlow's retracing alarm about that is dropped, others pass."""
     import logging
 
-    from models import registry
+    from vigil.models import registry
     bundle = registry.load(features_registry["registry"], "cardio")
     x = bundle.preprocessing.transform(features_registry["x"][:4])
     seen = []

@@ -7,12 +7,11 @@ import threading
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tf_keras as keras
 
-from models import registry
-from models.bundle import BundleError, load_bundle, load_keras_file
+from vigil.models import registry
+from vigil.models.bundle import BundleError, load_bundle, load_keras_file
 
 
 def _copy_registry(src: str, dst: Path) -> str:

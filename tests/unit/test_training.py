@@ -5,11 +5,16 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from models.config import ModelConfig, TrainConfig
-from models.devices import plan_devices
-from models.preprocessing import Preprocessing
-from models.training import (cross_fit_splits, effective_batch_size, fit, split_calibration,
-                             split_indices)
+from vigil.models.config import ModelConfig, TrainConfig
+from vigil.models.devices import plan_devices
+from vigil.models.preprocessing import Preprocessing
+from vigil.models.training import (
+    cross_fit_splits,
+    effective_batch_size,
+    fit,
+    split_calibration,
+    split_indices,
+)
 
 
 @pytest.mark.parametrize("device, gpus, mixed, strategy, precision", [
@@ -78,7 +83,7 @@ def test_same_seed_same_model_and_scores_rank_normals_above_noise():
     a, b = _fit(x, epochs=15), _fit(x, epochs=15)
     for wa, wb in zip(a.encoder.get_weights(), b.encoder.get_weights()):
         np.testing.assert_array_equal(wa, wb)
-    from models.scoring import Scorer
+    from vigil.models.scoring import Scorer
     scorer = Scorer(a.members, ModelConfig(
         "features", (10,), latent_dim=2, hidden=(32, 16), n_recon_samples=8, n_iwae_samples=16))
     normal = a.preprocessing.transform(_blobs(300, seed=5))
@@ -92,8 +97,8 @@ def test_same_seed_same_model_and_scores_rank_normals_above_noise():
 
 
 def test_an_ensemble_scores_the_mean_of_its_members():
-    from models.scoring import Scorer
-    from schemas.tables import SCORE_NAMES
+    from vigil.models.scoring import Scorer
+    from vigil.schemas.tables import SCORE_NAMES
     x = _blobs(400)
     single, pair = _fit(x, epochs=3), _fit(x, members=2, epochs=3)
     # Member 0 is the single model; member 1 starts from other weights on the same split.
@@ -119,7 +124,7 @@ def test_mixed_precision_trains_with_finite_losses():
 
 
 def test_spiky_features_stay_bounded_and_ordered():
-    from models.preprocessing import Preprocessing
+    from vigil.models.preprocessing import Preprocessing
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 3))
     x[:, 1] = np.where(rng.random(500) < 0.97, 0.0, rng.exponential(50.0, 500))   # mostly 0
@@ -136,7 +141,7 @@ def test_spiky_features_stay_bounded_and_ordered():
 
 
 def test_a_tail_of_one_robust_unit_is_a_signed_log_that_still_grows():
-    from models.preprocessing import Preprocessing
+    from vigil.models.preprocessing import Preprocessing
     x = np.random.default_rng(0).normal(size=(200, 2))
     pre = Preprocessing.fit_features(x, ["a", "b"], tail=1.0)
     z = np.linspace(-50, 50, 1001)
@@ -155,7 +160,8 @@ def test_a_tail_of_one_robust_unit_is_a_signed_log_that_still_grows():
 def test_label_column_is_never_a_feature_by_default(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from jobs.train import TrainJobConfig, load_training_data
+
+    from vigil.jobs.train import TrainJobConfig, load_training_data
     pq.write_table(pa.table({"id": ["a", "b", "c"], "x1": [1.0, 2.0, 3.0], "x2": [0, 1, 0],
                              "label": [0, 0, 1]}), tmp_path / "t.parquet")
     loaded = load_training_data(TrainJobConfig((str(tmp_path / "t.parquet"),), str(tmp_path / "r"), "m"))
@@ -173,7 +179,7 @@ def test_complexity_adjustment_and_smoothed_dae_error_are_image_options():
 
 
 def test_example_budget_caps_epochs_but_leaves_warm_up_room():
-    from models.training import epoch_count
+    from vigil.models.training import epoch_count
     assert epoch_count(3250, TrainConfig(max_examples=130_000)) == 40
     assert epoch_count(500, TrainConfig(max_examples=130_000)) == 60       # small: all epochs
     assert epoch_count(10**6, TrainConfig(max_examples=130_000)) == 10     # huge: the floor
@@ -183,8 +189,8 @@ def test_example_budget_caps_epochs_but_leaves_warm_up_room():
 
 
 def test_cross_fitted_members_are_calibrated_on_the_rows_they_did_not_see():
-    from models.calibration import oriented
-    from models.scoring import Scorer
+    from vigil.models.calibration import oriented
+    from vigil.models.scoring import Scorer
     x = _blobs(120)
     cfg = ModelConfig("features", (10,), latent_dim=2, hidden=(), n_recon_samples=8,
                       n_iwae_samples=16, members=3, cross_fit=True)
@@ -201,7 +207,8 @@ def test_cross_fitted_members_are_calibrated_on_the_rows_they_did_not_see():
                           for rows in [np.intersect1d(roles["calibration_a"], fold)]])
     np.testing.assert_allclose(result.calibration.scores["vae_elbo"],
                                np.sort(oriented("vae_elbo", own)), rtol=1e-6)
-    everyone = Scorer(result.members, cfg)(t[roles["calibration_a"]], [ids[i] for i in roles["calibration_a"]])
+    rows = roles["calibration_a"]
+    everyone = Scorer(result.members, cfg)(t[rows], [ids[i] for i in rows])
     assert not np.allclose(np.sort(oriented("vae_elbo", everyone["vae_elbo"])),
                            result.calibration.scores["vae_elbo"])
     with pytest.raises(ValueError, match="cross_fit=True with members=1"):
