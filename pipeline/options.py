@@ -6,12 +6,21 @@ settings show up in a runner's UI with the rest of the pipeline options.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 LOCAL_RUNNER = "FnApiRunner"   # DirectRunner in Beam 2.77 first tries to download Prism
 
+
+def absolute_uri(path: str) -> str:
+    """A local path made absolute against the launching folder; a URI (gs://...) as it is.
+
+    Resolved once at launch: workers, the report step and later readers of the manifest
+    may run in another working directory.
+    """
+    return path if "://" in path else os.path.abspath(path)
 
 
 class VigilOptions(PipelineOptions):
@@ -62,6 +71,9 @@ class ScoreConfig:
     def __post_init__(self):
         if not self.inputs:
             raise ValueError("no --input given")
+        object.__setattr__(self, "inputs", tuple(absolute_uri(i) for i in self.inputs))
+        for name in ("registry", "output"):
+            object.__setattr__(self, name, absolute_uri(getattr(self, name)))
         if not 0 < self.target_fpr < 0.5:
             raise ValueError(f"--target-fpr {self.target_fpr}: must be in (0, 0.5)")
         if not 0 <= self.max_bad_fraction <= 1:

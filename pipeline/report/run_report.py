@@ -11,6 +11,7 @@ import tensorflow as tf
 from vigil.models import registry
 from vigil.pipeline.commit import MANIFEST, is_published, require_published
 from vigil.pipeline.decode import DecodeSpec, decode
+from vigil.pipeline.options import absolute_uri
 from vigil.pipeline.readers import ReadSpec
 from vigil.pipeline.records import ScoringInput
 from vigil.pipeline.report import plots, quality, sample
@@ -35,7 +36,7 @@ def _history(run_dir: str) -> list[tuple[str, float]]:
 def build_run_report(run_dir: str, max_anomaly_multiple: float = 3.0, sample_rows: int = 100_000,
                      input_rows: int = 5_000, top_n: int = 8) -> quality.QualityReport:
     """Write ``run_dir/report/`` and return the data-quality result."""
-    run_dir = require_published(run_dir)
+    run_dir = require_published(absolute_uri(run_dir))
     with tf.io.gfile.GFile(f"{run_dir}/{MANIFEST}") as f:
         manifest = json.load(f)
     m = manifest["model"]

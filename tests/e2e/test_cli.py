@@ -96,3 +96,27 @@ def test_demo_in_a_real_subprocess(tmp_path):
     assert f"report:      {report}" in out.stdout and report.exists()
     assert "versions/0001/report.html" in out.stdout
     assert "great_expectations" not in out.stdout + out.stderr      # no library chatter
+
+
+def test_relative_paths_score_report_and_reread_from_another_folder(features_registry, tmp_path,
+                                                                    monkeypatch):
+    """The README's own commands, as a cron job runs them: relative input, registry and
+    output, with the report; every path lands in the manifest absolute, so the run can be
+    re-reported from anywhere."""
+    import shutil
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    shutil.copytree(features_registry["registry"], work / "registry")
+    shutil.copy(features_registry["train_paths"][0], work / "data" / "part-0.parquet")
+    monkeypatch.chdir(work)
+    res = CliRunner().invoke(cli, ["score", "--input", "data/*.parquet", "--registry", "./registry",
+                                   "--name", "cardio", "--output", "./runs", "--run-id", "night"])
+    assert res.exit_code == 0, res.output
+    run = work / "runs" / "night"
+    assert (run / "_SUCCESS").exists() and (run / "report" / "index.html").exists()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["model"]["registry"] == str(work / "registry")
+    assert [i["uri"] for i in manifest["inputs"]] == [str(work / "data" / "part-0.parquet")]
+    monkeypatch.chdir(tmp_path)
+    again = CliRunner().invoke(cli, ["report", "work/runs/night"])
+    assert again.exit_code == 0, again.output
