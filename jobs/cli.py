@@ -58,32 +58,24 @@ def _run(ctx: click.Context, fn):
     """Run fn; known errors become one line on stderr and an exit code."""
     from vigil.jobs.specs import SpecError
     from vigil.models.bundle import BundleError
+    from vigil.models.config import ConfigError
     from vigil.models.registry import RegistryError
-    from vigil.pipeline.commit import RunError
+    from vigil.pipeline.commit import RunError, storage_failure
     from vigil.pipeline.preflight import InputError
     try:
         return fn()
     except RunError as exc:
         _fail(ctx, str(exc), exc.exit_code)
-    except (InputError, SpecError) as exc:
+    except (InputError, SpecError, ConfigError) as exc:
         _fail(ctx, str(exc), 2)
     except (BundleError, RegistryError, ValueError, _Failure) as exc:
         _fail(ctx, str(exc), getattr(exc, "code", 1))
     except Exception as exc:  # noqa: BLE001 - storage errors become one line, others propagate
-        if not _is_storage_error(exc):
+        failure = storage_failure(exc)
+        if failure is None:
             raise
-        # Disk full, permissions, a vanished bucket, an unknown scheme: nothing was
-        # published, a re-run is safe.
-        _fail(ctx, f"{type(exc).__name__}: {' '.join(str(exc).split())}; nothing was published", 1)
-
-
-def _is_storage_error(exc: Exception) -> bool:
-    """OSError, or TensorFlow's file-system errors (``tf.io.gfile`` on gs://, s3://, ...).
-
-    TensorFlow is only looked up, not imported: if it was never loaded, it raised nothing.
-    """
-    tf = sys.modules.get("tensorflow")
-    return isinstance(exc, OSError) or (tf is not None and isinstance(exc, tf.errors.OpError))
+        # Disk full, permissions, a vanished bucket, an unknown scheme.
+        _fail(ctx, f"storage: {failure}", 1)
 
 
 def _fail(ctx: click.Context, message: str, code: int):
@@ -111,6 +103,11 @@ def cli(ctx: click.Context, verbose: bool):
                         format="%(asctime)s %(name)s %(message)s")
     for name in ("vigil.pipeline", "vigil.train", "vigil.demo"):
         logging.getLogger(name).setLevel(logging.INFO)
+    if not verbose:
+        # Beam and GX log a worker's or a page's error as a traceback before it reaches
+        # vigil, which then says it in one line.
+        for name in ("apache_beam", "great_expectations"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 from vigil.jobs import commands  # noqa: E402,F401 - registers the subcommands on ``cli``

@@ -125,7 +125,8 @@ def _train_and_report(cfg) -> None:
 @click.option("--output", required=True, help="Output root; the run goes to OUTPUT/RUN_ID.")
 @click.option("--run-id", default=None, help="Run id (default: UTC timestamp).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run of the same id.")
-@click.option("--target-fpr", type=float, default=0.01, show_default=True)
+@click.option("--target-fpr", type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
+              default=0.01, show_default=True, help="False-positive rate is_anomaly is set at.")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--max-bad-fraction", type=click.FloatRange(0, 1), default=0.05, show_default=True)
 @click.option("--format", "fmt", default="auto", show_default=True,
@@ -190,7 +191,15 @@ def _score_and_report(cfg, beam_args, report: bool = True, fail_on_dq: bool = Fa
                f"dead-lettered {c['dead_lettered']}, anomalies {c['anomalies']} "
                f"(model {cfg.name}/{plan.version}, target FPR {cfg.target_fpr})")
     if report:
-        _report(result.run_dir, fail_on_dq)
+        from vigil.pipeline.commit import storage_failure
+        try:
+            _report(result.run_dir, fail_on_dq)
+        except Exception as exc:  # noqa: BLE001 - a storage error here must not read as "nothing published"
+            failure = storage_failure(exc, where=f"{result.run_dir}/report")
+            if failure is None:
+                raise
+            raise _Failure(f"run {result.run_dir} is published, but its report could not be "
+                           f"written: {failure}; 'vigil report {result.run_dir}' retries it") from exc
 
 
 @cli.command("run")

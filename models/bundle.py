@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -131,23 +132,39 @@ def save_models(directory: str, members: list[Member]) -> dict[str, str]:
     return {name: sha256_of(f"{directory}/{name}") for name in names}
 
 
+def complete_marker(directory: str) -> str | None:
+    """The manifest sha256 a version's ``COMPLETE`` marker holds; None if it holds none.
+
+    A missing, empty or malformed marker all mean the same: the version never finished
+    publishing, so nothing in it is trusted (and no check is skipped).
+    """
+    path = f"{directory}/{COMPLETE}"
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "r") as f:
+        text = f.read(200).strip()
+    return text if re.fullmatch(r"[0-9a-f]{64}", text) else None
+
+
 def read_manifest(directory: str, label: str) -> dict:
     """Read and check the manifest of a complete version (no model loading)."""
-    if not tf.io.gfile.exists(f"{directory}/{COMPLETE}"):
-        raise BundleError(f"{label}: incomplete version (no {COMPLETE} marker); "
-                          "it was never finished publishing, choose another version")
+    expected = complete_marker(directory)
+    if expected is None:
+        raise BundleError(f"{label}: incomplete version (no valid {COMPLETE} marker); "
+                          "it never finished publishing, choose another version")
+    if not tf.io.gfile.exists(f"{directory}/{MANIFEST}"):
+        raise BundleError(f"{label}/{MANIFEST}: missing; republish the version")
+    if expected != sha256_of(f"{directory}/{MANIFEST}"):
+        raise BundleError(f"{label}/{MANIFEST}: checksum does not match the {COMPLETE} marker "
+                          "(the manifest changed after publishing); republish the version")
     try:
         with tf.io.gfile.GFile(f"{directory}/{MANIFEST}", "r") as f:
             manifest = json.load(f)
     except (tf.errors.NotFoundError, ValueError) as exc:
-        raise BundleError(f"{label}/{MANIFEST}: unreadable ({type(exc).__name__})") from None
+        raise BundleError(f"{label}/{MANIFEST}: unreadable ({type(exc).__name__})") from exc
     problems = check_model_manifest(manifest)
     if problems:
         raise BundleError(f"{label}/{MANIFEST}: " + "; ".join(problems))
-    with tf.io.gfile.GFile(f"{directory}/{COMPLETE}", "r") as f:
-        expected = f.read().strip()
-    if expected and expected != sha256_of(f"{directory}/{MANIFEST}"):
-        raise BundleError(f"{label}/{MANIFEST}: checksum does not match the {COMPLETE} marker")
     return manifest
 
 

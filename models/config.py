@@ -5,6 +5,11 @@ import dataclasses
 from dataclasses import dataclass
 
 LIKELIHOODS = ("gaussian", "bernoulli")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or unknown: a usage error (the CLI exits 2)."""
+
 # Examples each image model sees at most when TrainConfig.max_examples is None (about 40
 # epochs of 3,000 images): image validation loss creeps down long after AUROC stops
 # improving.  Tables train with dense nets and stop early.
@@ -53,33 +58,33 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"kind={self.kind!r}; expected one of {KINDS}")
+            raise ConfigError(f"kind={self.kind!r}; expected one of {KINDS}")
         if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood={self.likelihood!r}; expected one of {LIKELIHOODS}")
+            raise ConfigError(f"likelihood={self.likelihood!r}; expected one of {LIKELIHOODS}")
         if self.kind == "image" and len(self.input_shape) != 3:
-            raise ValueError(f"image input_shape={self.input_shape}; expected (H, W, C)")
+            raise ConfigError(f"image input_shape={self.input_shape}; expected (H, W, C)")
         if self.kind == "image" and not self.hidden:
-            raise ValueError("image hidden=(); convolutional networks need at least one layer")
+            raise ConfigError("image hidden=(); convolutional networks need at least one layer")
         if self.kind == "features" and len(self.input_shape) != 1:
-            raise ValueError(f"features input_shape={self.input_shape}; expected (D,)")
+            raise ConfigError(f"features input_shape={self.input_shape}; expected (D,)")
         for name in ("latent_dim", "n_recon_samples", "n_iwae_samples", "top_k", "members"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}; must be >= 1")
+                raise ConfigError(f"{name}={getattr(self, name)}; must be >= 1")
         if not 0.0 <= self.trim_fraction < 0.5:
-            raise ValueError(f"trim_fraction={self.trim_fraction}; must be in [0, 0.5)")
+            raise ConfigError(f"trim_fraction={self.trim_fraction}; must be in [0, 0.5)")
         if self.combine not in COMBINE_RULES:
-            raise ValueError(f"combine={self.combine!r}; expected one of {COMBINE_RULES}")
+            raise ConfigError(f"combine={self.combine!r}; expected one of {COMBINE_RULES}")
         if self.adjust_complexity and self.kind != "image":
-            raise ValueError("adjust_complexity=True needs kind='image' (it compresses images)")
+            raise ConfigError("adjust_complexity=True needs kind='image' (it compresses images)")
         if self.dae_error_sigma < 0 or (self.dae_error_sigma and self.kind != "image"):
-            raise ValueError(f"dae_error_sigma={self.dae_error_sigma}; must be >= 0, and 0 "
+            raise ConfigError(f"dae_error_sigma={self.dae_error_sigma}; must be >= 0, and 0 "
                              "unless kind='image' (it smooths over pixel neighbours)")
         if self.min_scale <= 0:
-            raise ValueError(f"min_scale={self.min_scale}; must be > 0")
+            raise ConfigError(f"min_scale={self.min_scale}; must be > 0")
         if self.cross_fit and self.members < 2:
-            raise ValueError(f"cross_fit=True with members={self.members}; it needs >= 2 folds")
+            raise ConfigError(f"cross_fit=True with members={self.members}; it needs >= 2 folds")
         if self.feature_tail is not None and not self.feature_tail > 0:
-            raise ValueError(f"feature_tail={self.feature_tail}; must be > 0 or None")
+            raise ConfigError(f"feature_tail={self.feature_tail}; must be > 0 or None")
 
     @property
     def input_dim(self) -> int:
@@ -120,17 +125,17 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.max_examples is not None and self.max_examples < 0:
-            raise ValueError(f"max_examples={self.max_examples}; must be >= 0 (0 = no cap)")
+            raise ConfigError(f"max_examples={self.max_examples}; must be >= 0 (0 = no cap)")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs={self.epochs}, batch_size={self.batch_size}; must be >= 1")
+            raise ConfigError(f"epochs={self.epochs}, batch_size={self.batch_size}; must be >= 1")
         held_out = self.val_fraction + self.calib_fraction + self.combined_calib_fraction
         if not 0 < held_out < 0.9:
-            raise ValueError(f"held-out fractions sum to {held_out:.2f}; must be in (0, 0.9)")
+            raise ConfigError(f"held-out fractions sum to {held_out:.2f}; must be in (0, 0.9)")
         for fpr in self.target_fprs:
             if not 0 < fpr < 0.5:
-                raise ValueError(f"target FPR {fpr}; must be in (0, 0.5)")
+                raise ConfigError(f"target FPR {fpr}; must be in (0, 0.5)")
         if self.device not in ("auto", "cpu", "gpu"):
-            raise ValueError(f"device={self.device!r}; expected auto, cpu or gpu")
+            raise ConfigError(f"device={self.device!r}; expected auto, cpu or gpu")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -19,7 +19,15 @@ import uuid
 
 import tensorflow as tf
 
-from vigil.models.bundle import COMPLETE, MANIFEST, BundleError, load_bundle, read_manifest, sha256_of
+from vigil.models.bundle import (
+    COMPLETE,
+    MANIFEST,
+    BundleError,
+    complete_marker,
+    load_bundle,
+    read_manifest,
+    sha256_of,
+)
 
 VERSION_RE = re.compile(r"^\d{4,}$")
 
@@ -59,16 +67,29 @@ def list_versions(registry: str, name: str, complete_only: bool = True) -> list[
         return []
     found = sorted(v.rstrip("/") for v in tf.io.gfile.listdir(root) if VERSION_RE.match(v.rstrip("/")))
     if complete_only:
-        found = [v for v in found if tf.io.gfile.exists(f"{root}/{v}/{COMPLETE}")]
+        found = [v for v in found if complete_marker(f"{root}/{v}") is not None]
     return found
 
 
 def read_pointer(registry: str, name: str) -> dict | None:
+    """The production pointer, checked; None if there is none.  A malformed one fails."""
     path = f"{_model_dir(registry, name)}/production"
     if not tf.io.gfile.exists(path):
         return None
     with tf.io.gfile.GFile(path, "r") as f:
-        return json.load(f)
+        text = f.read(1 << 16)
+    try:
+        pointer = json.loads(text)
+    except ValueError:
+        pointer = None
+    if not (isinstance(pointer, dict) and isinstance(pointer.get("version"), str)
+            and VERSION_RE.match(pointer["version"])
+            and isinstance(pointer.get("previous", []), list)
+            and all(isinstance(v, str) and VERSION_RE.match(v) for v in pointer.get("previous", []))):
+        raise RegistryError(f"{path}: not a production pointer (expected a JSON object like "
+                            '{"version": "0003", "previous": ["0002"]}); '
+                            f"re-point it with 'vigil models promote --model-version N'")
+    return pointer
 
 
 def production_version(registry: str, name: str) -> str | None:
@@ -85,7 +106,13 @@ def publish(registry: str, name: str, write_files, manifest: dict) -> str:
     root = f"{_model_dir(registry, name)}/versions"
     tf.io.gfile.makedirs(root)
     staging = f"{root}/.staging-{uuid.uuid4().hex}"
-    files = write_files(staging)
+    try:
+        files = write_files(staging)
+    except BaseException:
+        # Nothing of a failed publish stays behind in the registry.
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
+        raise
     for _ in range(1000):
         existing = [v.rstrip("/") for v in tf.io.gfile.listdir(root) if VERSION_RE.match(v.rstrip("/"))]
         version = f"{max((int(v) for v in existing), default=0) + 1:04d}"
@@ -114,7 +141,10 @@ def promote(registry: str, name: str, version: str) -> dict:
         read_manifest(directory, f"{name}/{version}")
     except BundleError as exc:
         raise RegistryError(f"cannot promote: {exc}") from None
-    pointer = read_pointer(registry, name) or {"version": None, "previous": []}
+    try:
+        pointer = read_pointer(registry, name) or {"version": None, "previous": []}
+    except RegistryError:       # a damaged pointer: promoting is how it is repaired
+        pointer = {"version": None, "previous": []}
     previous = list(pointer.get("previous", []))
     if pointer.get("version") and pointer["version"] != version:
         previous.append(pointer["version"])

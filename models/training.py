@@ -103,15 +103,40 @@ def split_indices(n: int, cfg: TrainConfig, calibrate: bool = True) -> dict[str,
     ``calibrate=False`` (calibration comes from a curated set): train and validation only.
     """
     perm = np.random.default_rng(cfg.seed).permutation(n)
+    out = _take(perm, _held_out_sizes(n, cfg, calibrate), rest="train")
+    _require_rows(out, n, cfg, calibrate)
+    return _bounded(out, cfg)
+
+
+def _held_out_sizes(n: int, cfg: TrainConfig, calibrate: bool) -> dict[str, int]:
     sizes = {"validation": int(round(n * cfg.val_fraction))}
     if calibrate:
         floor = _calibration_floor(n, cfg)
         sizes["calibration_a"] = max(int(round(n * cfg.calib_fraction)), floor)
         sizes["calibration_b"] = max(int(round(n * cfg.combined_calib_fraction)), floor)
-    out = _take(perm, sizes, rest="train")
-    if len(out["train"]) < 2:
-        raise ValueError(f"only {n} normal records; need enough for training and calibration")
-    return _bounded(out, cfg)
+    return sizes
+
+
+MIN_PART_ROWS = 2   # every split needs two rows: a loss to stop on, a quantile to take
+
+
+def minimum_records(cfg: TrainConfig, calibrate: bool = True) -> int:
+    """The fewest normal records whose train and held-out splits all get ``MIN_PART_ROWS``."""
+    for n in range(MIN_PART_ROWS * 4, 10_000):
+        parts = _take(np.arange(n), _held_out_sizes(n, cfg, calibrate), rest="train")
+        if min(len(part) for part in parts.values()) >= MIN_PART_ROWS:
+            return n
+    raise ValueError(f"no record count gives every split {MIN_PART_ROWS} rows with {cfg}")
+
+
+def _require_rows(splits: dict[str, np.ndarray], n: int, cfg: TrainConfig, calibrate: bool) -> None:
+    small = {name: len(part) for name, part in splits.items() if len(part) < MIN_PART_ROWS}
+    if small:
+        fewest = min(small.values())
+        raise ValueError(f"only {n} normal records: the {' and '.join(small)} "
+                         f"split{'s' if len(small) > 1 else ''} would get {fewest} "
+                         f"row{'' if fewest == 1 else 's'}; training needs at least "
+                         f"{minimum_records(cfg, calibrate)} normal records")
 
 
 def cross_fit_splits(n: int, cfg: TrainConfig, folds: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:

@@ -1,7 +1,9 @@
 """Publishing a run: count what was written, check the books, then make it visible at once.
 
-The pipeline writes into ``<output>/.staging-<run_id>-<nonce>/``.  After it finishes, the
-driver counts rows from the Parquet footers and per-file read stats, checks
+A run first takes ``<output>/.lock-<run_id>`` (created exclusively, naming its process),
+so two runs of one id never write at once, and it only ever removes folders of its own
+exact run id.  The pipeline writes into ``<output>/.staging-<run_id>-<nonce>/``.  After it
+finishes, the driver counts rows from the Parquet footers and per-file read stats, checks
 ``read == scored + dead_lettered`` and the bad fraction, writes ``manifest.json`` into
 the staging folder, renames it to ``<output>/<run_id>`` (an older run of the same id is
 moved aside first and deleted after) and writes ``_SUCCESS`` last.  A run that fails any
@@ -10,7 +12,14 @@ check leaves nothing under ``<output>/<run_id>``; readers refuse folders without
 """
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import errno
 import json
+import os
+import re
+import socket
+import sys
 import uuid
 
 import pyarrow.parquet as pq
@@ -30,8 +39,126 @@ class RunError(Exception):
         self.exit_code = exit_code
 
 
+NONCE = 8   # hex digits that make a staging or replaced folder's name unique
+
+
 def staging_dir(output: str, run_id: str) -> str:
-    return f"{output.rstrip('/')}/.staging-{run_id}-{uuid.uuid4().hex[:8]}"
+    return f"{output.rstrip('/')}/.staging-{run_id}-{uuid.uuid4().hex[:NONCE]}"
+
+
+def storage_failure(exc: BaseException, where: str | None = None) -> str | None:
+    """One line naming the path and what the file system said, if ``exc`` is a storage error.
+
+    ``where`` names the folder being written when the error itself names no path (a full
+    disk says only "No space left on device").
+
+    Beam's runners re-raise a worker's error as a ``RuntimeError`` that keeps only its text
+    ("OSError: [Errno 28] No space left on device: '/x' [while running 'WriteScores/...']"),
+    so the text is read as well as the chain of causes.  TensorFlow's file-system errors
+    (``tf.io.gfile`` on gs://, s3://) count too; TensorFlow is looked up, not imported.
+    """
+    tf_errors = getattr(sys.modules.get("tensorflow"), "errors", None)
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return _describe(exc.errno, exc.strerror or str(exc), exc.filename or where)
+        if isinstance(exc, OSError) or (tf_errors is not None and isinstance(exc, tf_errors.OpError)):
+            return " ".join(str(exc).split())
+        found = re.search(r"\[Errno (\d+)\] ([^:\]\[']+?)(?:: '([^']*)')?(?: \[while running|$|\n)",
+                          str(exc))
+        if found:
+            return _describe(int(found.group(1)), found.group(2), found.group(3) or where)
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _describe(code: int, meaning: str, path: str | None) -> str:
+    name = errno.errorcode.get(code, f"errno {code}")
+    return f"{path}: {meaning} ({name})" if path else f"{meaning} ({name})"
+
+
+def discard(directory: str) -> str:
+    """Remove a folder of a failed run; the clause to end the error line with."""
+    try:
+        if tf.io.gfile.exists(directory):
+            tf.io.gfile.rmtree(directory)
+        return "its staging folder was removed"
+    except Exception:  # noqa: BLE001 - the storage that failed may refuse this too
+        return f"its staging folder {directory} is left behind (remove it)"
+
+
+@contextlib.contextmanager
+def run_lock(output: str, run_id: str):
+    """Hold ``<output>/.lock-<run_id>`` while a run of that id is written.
+
+    Local outputs take the lock with an exclusive create, so two launches cannot both
+    hold it; a lock whose process is gone (same host, no such pid) is stale and taken
+    over.  On object stores the check and the write are two steps, so two launches of one
+    id in the same second are not excluded there.
+    """
+    path = f"{output.rstrip('/')}/.lock-{run_id}"
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
+             "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(3):
+        if _create_exclusive(path, json.dumps(owner)):
+            break
+        holder = _read_lock(path)
+        if holder is not None and not _is_stale(holder):
+            raise RunError(f"run {run_id} is being written to {output} by process "
+                           f"{holder.get('pid')} on {holder.get('host')} since "
+                           f"{holder.get('started_at')}; wait for it, or pick another --run-id "
+                           f"(if that process is gone, remove {path})")
+        with contextlib.suppress(Exception):   # stale: another launch may take it first
+            tf.io.gfile.remove(path)
+    else:
+        raise RunError(f"could not take the lock {path}; another launch of run {run_id} keeps it")
+    try:
+        yield owner
+    finally:
+        if (_read_lock(path) or {}).get("token") == owner["token"]:
+            with contextlib.suppress(Exception):
+                tf.io.gfile.remove(path)
+
+
+def _create_exclusive(path: str, text: str) -> bool:
+    if "://" not in path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+    if tf.io.gfile.exists(path):
+        return False
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
+    return True
+
+
+def _read_lock(path: str) -> dict | None:
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            holder = json.loads(f.read(4096))
+        return holder if isinstance(holder, dict) else {}
+    except tf.errors.NotFoundError:
+        return None
+    except (ValueError, tf.errors.OpError):
+        return {}      # half-written or damaged: treated as held, and the message says so
+
+
+def _is_stale(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def run_dir(output: str, run_id: str) -> str:
@@ -111,7 +238,8 @@ def publish(staging: str, final: str, manifest: dict) -> None:
 
     _SUCCESS comes last because a folder rename is not atomic on object stores (GCS
     copies then deletes): readers trust only _SUCCESS, so a crash at any point leaves
-    nothing they will read, and the next run of this id replaces what is left.
+    nothing they will read, and the next run of this id replaces what is left.  An error
+    (rather than a crash) in the middle puts an earlier run of the id back in place.
     """
     if tf.io.gfile.isdir(f"{staging}/_stats"):
         tf.io.gfile.rmtree(f"{staging}/_stats")
@@ -119,13 +247,25 @@ def publish(staging: str, final: str, manifest: dict) -> None:
         json.dump(manifest, f, indent=1, default=str)
     trash = None
     if tf.io.gfile.exists(final):
-        trash = f"{final.rstrip('/')}.replaced-{uuid.uuid4().hex[:8]}"
+        trash = f"{final.rstrip('/')}.replaced-{uuid.uuid4().hex[:NONCE]}"
         tf.io.gfile.rename(final, trash)
-    tf.io.gfile.rename(staging, final)
-    with tf.io.gfile.GFile(f"{final}/{SUCCESS}", "w") as f:
-        f.write("")
+    try:
+        tf.io.gfile.rename(staging, final)
+        try:
+            with tf.io.gfile.GFile(f"{final}/{SUCCESS}", "w") as f:
+                f.write("")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                tf.io.gfile.rename(final, staging)
+            raise
+    except BaseException:
+        if trash:
+            with contextlib.suppress(Exception):
+                tf.io.gfile.rename(trash, final)
+        raise
     if trash:
-        tf.io.gfile.rmtree(trash)
+        with contextlib.suppress(Exception):   # the next run of this id removes it
+            tf.io.gfile.rmtree(trash)
 
 
 def is_published(directory: str) -> bool:
@@ -133,12 +273,18 @@ def is_published(directory: str) -> bool:
 
 
 def clean_stale(output: str, run_id: str) -> None:
-    """Remove staging and replaced folders that an earlier crashed run of this id left."""
+    """Remove staging and replaced folders that an earlier crashed run of this id left.
+
+    Only names this run id makes, to the letter: run ``night`` never touches the folders
+    of run ``night-eu``.  Called with the run's lock held, so none of them is live.
+    """
     if not tf.io.gfile.isdir(output):
         return
+    rid = re.escape(run_id)
+    own = re.compile(rf"^(\.staging-{rid}|{rid}\.replaced)-[0-9a-f]{{{NONCE}}}$")
     for name in tf.io.gfile.listdir(output):
         name = name.rstrip("/")
-        if name.startswith(f".staging-{run_id}-") or name.startswith(f"{run_id}.replaced-"):
+        if own.match(name):
             tf.io.gfile.rmtree(f"{output.rstrip('/')}/{name}")
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from vigil.models.config import ConfigError
+
 LOCAL_RUNNER = "FnApiRunner"   # DirectRunner in Beam 2.77 first tries to download Prism
 
 
@@ -70,21 +72,21 @@ class ScoreConfig:
 
     def __post_init__(self):
         if not self.inputs:
-            raise ValueError("no --input given")
+            raise ConfigError("no --input given")
         object.__setattr__(self, "inputs", tuple(absolute_uri(i) for i in self.inputs))
         for name in ("registry", "output"):
             object.__setattr__(self, name, absolute_uri(getattr(self, name)))
         if not 0 < self.target_fpr < 0.5:
-            raise ValueError(f"--target-fpr {self.target_fpr}: must be in (0, 0.5)")
+            raise ConfigError(f"--target-fpr {self.target_fpr}: must be in (0, 0.5)")
         if not 0 <= self.max_bad_fraction <= 1:
-            raise ValueError(f"--max-bad-fraction {self.max_bad_fraction}: must be in [0, 1]")
+            raise ConfigError(f"--max-bad-fraction {self.max_bad_fraction}: must be in [0, 1]")
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size {self.batch_size}: must be >= 1")
+            raise ConfigError(f"--batch-size {self.batch_size}: must be >= 1")
         for name in ("max_pixels", "max_record_bytes", "max_files"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.num_shards < 0:
-            raise ValueError(f"--num-shards {self.num_shards}: must be >= 0 (0: the runner decides)")
+            raise ConfigError(f"--num-shards {self.num_shards}: must be >= 0 (0: the runner decides)")
 
     def to_flags(self) -> list[str]:
         """The same settings as ``--vigil_*`` flags, for PipelineOptions."""

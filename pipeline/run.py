@@ -139,10 +139,35 @@ class RunResult:
 
 
 def score(plan: RunPlan, options: PipelineOptions) -> RunResult:
-    """Run the pipeline for a plan and publish the run; raises RunError if it must not be."""
+    """Run the pipeline for a plan and publish the run; raises RunError if it must not be.
+
+    A storage failure anywhere (the lock, a sink on a worker, the commit) ends in one
+    RunError naming the path; an earlier published run of the id stays as it was.
+    """
     cfg = plan.config
-    commit.clean_stale(cfg.output, plan.run_id)
-    plan.staging = commit.staging_dir(cfg.output, plan.run_id)
+    final = commit.run_dir(cfg.output, plan.run_id)
+    try:
+        with commit.run_lock(cfg.output, plan.run_id):
+            commit.clean_stale(cfg.output, plan.run_id)
+            plan.staging = commit.staging_dir(cfg.output, plan.run_id)
+            manifest = _run_and_check(plan, options)
+            commit.publish(plan.staging, final, manifest)
+    except commit.RunError:
+        raise
+    except Exception as exc:
+        failure = commit.storage_failure(exc, where=plan.staging or cfg.output)
+        if failure is None:
+            raise
+        left = f"; {commit.discard(plan.staging)}" if plan.staging else ""
+        earlier = "the earlier run of this id is untouched" if commit.is_published(final) \
+            else "nothing was published"
+        raise commit.RunError(f"cannot write run {plan.run_id}: {failure}; {earlier}{left}") from exc
+    return RunResult(final, manifest)
+
+
+def _run_and_check(plan: RunPlan, options: PipelineOptions) -> dict:
+    """Run the pipeline into the staging folder, check its books, return the manifest."""
+    cfg = plan.config
     started = time.time()
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, plan)
@@ -150,24 +175,21 @@ def score(plan: RunPlan, options: PipelineOptions) -> RunResult:
     try:
         counts, stats = commit.tally(plan.staging)
         commit.check_books(counts, cfg.max_bad_fraction, len(plan.files), EXIT_BAD_RECORDS)
-        info = {f.uri: {"bytes": f.size, "format": f.format, "root": f.root} for f in plan.files}
-        manifest = {
-            "format": 1, "run_id": plan.run_id,
-            "model": {"registry": cfg.registry, "name": cfg.name, "version": plan.version,
-                      "label": plan.bundle.label},
-            "inputs": [dict(s, **info.get(s["uri"], {})) for s in sorted(stats, key=lambda s: s["uri"])],
-            "counts": counts,
-            "thresholds": plan.thresholds,
-            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
-            "timings": {"pipeline_seconds": round(elapsed, 3),
-                        "records_per_second": round(counts["read"] / elapsed, 1) if elapsed else None,
-                        "started_at": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat()},
-            "calibration": plan.bundle.calibration.describe(),
-        }
     except commit.RunError as exc:
         # The staging folder stays for inspection (it never looks published); the next
         # run of this id removes it.
-        raise commit.RunError(f"{exc} [staging kept at {plan.staging}]", exc.exit_code) from None
-    final = commit.run_dir(cfg.output, plan.run_id)
-    commit.publish(plan.staging, final, manifest)
-    return RunResult(final, manifest)
+        raise commit.RunError(f"{exc} [staging kept at {plan.staging}]", exc.exit_code) from exc
+    info = {f.uri: {"bytes": f.size, "format": f.format, "root": f.root} for f in plan.files}
+    return {
+        "format": 1, "run_id": plan.run_id,
+        "model": {"registry": cfg.registry, "name": cfg.name, "version": plan.version,
+                  "label": plan.bundle.label},
+        "inputs": [dict(s, **info.get(s["uri"], {})) for s in sorted(stats, key=lambda s: s["uri"])],
+        "counts": counts,
+        "thresholds": plan.thresholds,
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+        "timings": {"pipeline_seconds": round(elapsed, 3),
+                    "records_per_second": round(counts["read"] / elapsed, 1) if elapsed else None,
+                    "started_at": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat()},
+        "calibration": plan.bundle.calibration.describe(),
+    }

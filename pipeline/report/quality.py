@@ -56,9 +56,12 @@ def validate(frames: dict[str, pd.DataFrame], specs: dict[str, list[dict]], docs
     import logging
 
     import great_expectations as gx
-    # GX sets INFO on some of its module loggers itself (the temporary Data Docs folder).
+    # GX sets INFO on some of its module loggers itself (the temporary Data Docs folder);
+    # those inherit the caller's level again.
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")]:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logger = logging.getLogger(name)
+        if logging.NOTSET < logger.level < logging.WARNING:
+            logger.setLevel(logging.NOTSET)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
     context.add_data_docs_site("vigil", {

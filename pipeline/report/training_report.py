@@ -90,7 +90,9 @@ def _latent(z_normal: np.ndarray, z_other: np.ndarray | None) -> str:
     both = z_normal if z_other is None or not len(z_other) else np.concatenate([z_normal, z_other])
     center = both.mean(axis=0)
     _, _, vt = np.linalg.svd(both - center, full_matrices=False)
-    proj = lambda z: (z - center) @ vt[:2].T  # noqa: E731
+    axes = np.zeros((2, both.shape[1]))       # a single row (or a 1-D latent) has fewer axes
+    axes[:min(2, len(vt))] = vt[:2]
+    proj = lambda z: (z - center) @ axes.T  # noqa: E731
     fig, ax = plt.subplots(figsize=(5, 4))
     p = proj(z_normal)
     ax.scatter(p[:, 0], p[:, 1], s=5, alpha=0.5, label="normal (validation)")

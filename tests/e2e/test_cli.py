@@ -120,3 +120,32 @@ def test_relative_paths_score_report_and_reread_from_another_folder(features_reg
     monkeypatch.chdir(tmp_path)
     again = CliRunner().invoke(cli, ["report", "work/runs/night"])
     assert again.exit_code == 0, again.output
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])
+def test_out_of_range_options_are_usage_errors_in_every_command(features_registry, tmp_path, value):
+    data = str(Path(features_registry["train_paths"][0]))
+    common = ["--registry", str(tmp_path / "reg"), "--name", "m"]
+    score = CliRunner().invoke(cli, ["score", "--input", data, *common, "--output", str(tmp_path / "o"),
+                                     "--target-fpr", value])
+    train = CliRunner().invoke(cli, ["train", "--input", data, *common, "--target-fpr", value])
+    assert (score.exit_code, train.exit_code) == (2, 2), score.output + train.output
+    spec = tmp_path / "night.yaml"
+    spec.write_text(f"kind: score\ninputs: ['{data}']\nregistry: {features_registry['registry']}\n"
+                    f"name: cardio\noutput: {tmp_path / 'runs'}\noptions: {{target_fpr: {value}}}\n"
+                    f"roots: ['{tmp_path}', '{Path(data).parent}', '{features_registry['registry']}']\n")
+    run = CliRunner().invoke(cli, ["run", str(spec), "--date", "2026-12-04"])
+    assert run.exit_code == 2 and "--target-fpr" in run.output, run.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "o").exists()
+
+
+def test_too_few_rows_stop_before_training_with_the_minimum(features_registry, tmp_path):
+    from tests import helpers
+    x = features_registry["x"]
+    helpers.table_shards(tmp_path / "few", x[:12], shards=1)
+    res = CliRunner().invoke(cli, ["train", "--input", str(tmp_path / "few" / "*.parquet"),
+                                   "--registry", str(tmp_path / "reg"), "--name", "few"])
+    assert res.exit_code == 1
+    assert "only 12 normal records" in res.output and "training needs at least 15" in res.output
+    assert res.output.strip().splitlines()[-1].startswith("vigil: error:")
+    assert not (tmp_path / "reg").exists() or not any((tmp_path / "reg").rglob("*.keras"))

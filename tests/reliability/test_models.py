@@ -65,6 +65,8 @@ def _refuses_before_reading(reg, inputs, tmp_path, monkeypatch, *expected):
 
 @pytest.mark.parametrize("damage,file_name,problem", [
     ("no_marker", "COMPLETE", "incomplete version"),
+    ("empty_marker", "COMPLETE", "incomplete version"),
+    ("tampered_manifest", "manifest.json", "checksum does not match the COMPLETE marker"),
     ("checksum", "dae.keras", "sha256 mismatch"),
     ("missing", "vae_decoder.keras", "file is missing"),
     ("truncated", "vae_encoder.keras", "sha256 mismatch"),
@@ -75,6 +77,12 @@ def test_damaged_version_stops_the_run_before_inputs(features_registry, inputs, 
     d = Path(registry.version_dir(reg, "cardio", "0001"))
     if damage == "no_marker":
         (d / "COMPLETE").unlink()
+    elif damage == "empty_marker":          # fails closed: no check is skipped
+        (d / "COMPLETE").write_text("")
+    elif damage == "tampered_manifest":     # still valid JSON, thresholds loosened
+        manifest = json.loads((d / file_name).read_text())
+        manifest["metrics"]["tampered"] = True
+        (d / file_name).write_text(json.dumps(manifest))
     elif damage == "checksum":
         with open(d / file_name, "ab") as f:
             f.write(b"x")
@@ -83,9 +91,30 @@ def test_damaged_version_stops_the_run_before_inputs(features_registry, inputs, 
     else:
         data = (d / file_name).read_bytes()
         (d / file_name).write_bytes(data[: len(data) // 2])
-    named = () if damage == "no_marker" else (file_name,)
+    named = () if damage in ("no_marker", "empty_marker") else (file_name,)
     _refuses_before_reading({"registry": reg, "name": "cardio"}, inputs, tmp_path, monkeypatch,
                             "cardio/0001", problem, *named)
+
+
+@pytest.mark.parametrize("pointer", ["3", '"0001"', "[1]", '{"version": 1}', '{"version": "../x"}',
+                                     "{not json", ""])
+def test_malformed_production_pointer_is_one_line_and_promote_repairs_it(
+        features_registry, inputs, tmp_path, monkeypatch, pointer):
+    reg = copy_registry(features_registry["registry"], tmp_path)
+    path = Path(reg, "cardio", "production")
+    path.write_text(pointer)
+    _refuses_before_reading({"registry": reg, "name": "cardio"}, inputs, tmp_path, monkeypatch,
+                            str(path), "not a production pointer")
+    from click.testing import CliRunner
+
+    from vigil.jobs.cli import cli
+    listed = CliRunner().invoke(cli, ["models", "ls", "--registry", reg, "--name", "cardio"])
+    assert listed.exit_code == 1 and "not a production pointer" in listed.output, listed.output
+    assert len(listed.output.strip().splitlines()) == 1
+    repaired = CliRunner().invoke(cli, ["models", "promote", "--registry", reg, "--name", "cardio",
+                                        "--model-version", "1"])
+    assert repaired.exit_code == 0, repaired.output
+    assert registry.production_version(reg, "cardio") == "0001"
 
 
 def test_truncated_keras_with_matching_checksum_is_refused(features_registry, inputs, tmp_path,

@@ -1,0 +1,180 @@
+"""Real storage failures and runs side by side: one line naming the path, nothing half-done.
+
+File-system cases use real mounts (a read-only and a nearly full tmpfs); they need root,
+as CI has, and skip without it.  Each run that goes ahead ends with the run invariant.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests import helpers
+from vigil.pipeline import commit
+
+
+@pytest.fixture(scope="module")
+def shards(features_registry, tmp_path_factory):
+    root = tmp_path_factory.mktemp("storage_inputs")
+    x, y = features_registry["x"], features_registry["y"]
+    return root, sorted(helpers.table_shards(root, x[:300], y[:300], shards=3))
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size, read_only) -> a fresh tmpfs folder; unmounted afterwards."""
+    mounted = []
+
+    def mount(size: str, read_only: bool = False) -> Path:
+        point = tmp_path / f"fs-{uuid.uuid4().hex[:6]}"
+        point.mkdir()
+        opts = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def _one_error_line(res) -> str:
+    lines = res.output.strip().splitlines()
+    assert lines and lines[-1].startswith("vigil: error:"), res.output
+    assert not any("Traceback" in line for line in lines), res.output
+    return lines[-1]
+
+
+def test_output_under_a_regular_file(features_registry, shards, tmp_path):
+    root, _ = shards
+    (tmp_path / "plain").write_text("not a folder")
+    out = tmp_path / "plain" / "runs"
+    res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], out)
+    assert res.exit_code == 1
+    line = _one_error_line(res)
+    assert str(out) in line and "Not a directory (ENOTDIR)" in line and "nothing was published" in line
+
+
+def test_read_only_file_system(features_registry, shards, tmpfs):
+    root, _ = shards
+    out = tmpfs("1m", read_only=True) / "runs"
+    res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], out)
+    assert res.exit_code == 1
+    line = _one_error_line(res)
+    assert str(out) in line and "Read-only file system (EROFS)" in line, line
+
+
+def test_full_file_system_while_the_pipeline_writes(features_registry, shards, tmpfs):
+    root, _ = shards
+    fs = tmpfs("16k")
+    res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], fs / "runs")
+    assert res.exit_code == 1
+    line = _one_error_line(res)
+    assert "No space left on device (ENOSPC)" in line and str(fs / "runs") in line, line
+    assert "nothing was published" in line and "staging folder was removed" in line, line
+    assert sorted(p.name for p in (fs / "runs").iterdir()) == []
+
+
+def test_full_file_system_while_the_report_is_written(features_registry, shards, tmpfs):
+    """Room for the run but not its report: the run is published, and the line says so."""
+    from click.testing import CliRunner
+
+    from vigil.jobs.cli import cli
+    root, files = shards
+    probe = tmpfs("64m")
+    res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], probe / "runs")
+    assert res.exit_code == 0, res.output
+    used = sum(p.stat().st_size + 4096 for p in (probe / "runs").rglob("*"))
+    fs = tmpfs(str(used + 16384))
+    res = CliRunner().invoke(cli, ["score", "--input", f"{root}/*.parquet", "--registry",
+                                   features_registry["registry"], "--name", "cardio", "--output",
+                                   str(fs / "runs"), "--run-id", "night"])
+    assert res.exit_code == 1, res.output
+    line = _one_error_line(res)
+    assert f"run {fs}/runs/night is published, but its report could not be written" in line, line
+    assert "No space left on device (ENOSPC)" in line, line
+    helpers.check_invariant(str(fs / "runs" / "night"), files)
+
+
+def _vigil(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "from vigil.jobs.cli import main; main()", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _score_args(reg: dict, root: Path, out: Path, run_id: str) -> list[str]:
+    return ["score", "--input", f"{root}/*.parquet", "--registry", reg["registry"], "--name",
+            reg["name"], "--output", str(out), "--run-id", run_id, "--no-report",
+            "--runner", "FnApiRunner"]
+
+
+def _wait_for(path_glob, out: Path, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if any(out.glob(path_glob)):
+            return
+        time.sleep(0.02)
+    pytest.fail(f"{what} never appeared (exit {proc.poll()})")
+
+
+def test_a_run_never_touches_another_run_ids_folders(features_registry, shards, tmp_path):
+    """Run 'night' starts while run 'night-eu' writes: both publish, each its own."""
+    root, files = shards
+    out = tmp_path / "out"
+    other = _vigil(*_score_args(features_registry, root, out, "night-eu"))
+    _wait_for(".staging-night-eu-*", out, other, "night-eu's staging folder")
+    res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], out, run_id="night")
+    assert res.exit_code == 0, res.output
+    stdout, stderr = other.communicate(timeout=300)
+    assert other.returncode == 0, stdout + stderr
+    assert sorted(p.name for p in out.iterdir()) == ["night", "night-eu"]
+    for run_id in ("night", "night-eu"):
+        helpers.check_invariant(str(out / run_id), files)
+
+
+def test_two_runs_of_one_id_at_once_publish_once(features_registry, shards, tmp_path):
+    root, files = shards
+    out = tmp_path / "out"
+    first = _vigil(*_score_args(features_registry, root, out, "same"))
+    _wait_for(".staging-same-*", out, first, "the first run's staging folder")
+    second = helpers.score_cli(features_registry, [f"{root}/*.parquet"], out, run_id="same")
+    assert second.exit_code == 1
+    line = _one_error_line(second)
+    assert f"run same is being written to {out} by process {first.pid}" in line, line
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stdout + stderr
+    assert sorted(p.name for p in out.iterdir()) == ["same"]
+    helpers.check_invariant(str(out / "same"), files)
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(features_registry, shards, tmp_path):
+    root, files = shards
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    import json
+    import socket
+    (out / ".lock-night").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead),
+                                                 "token": "x", "started_at": "earlier"}))
+    (out / ".staging-night-0123abcd").mkdir()          # what the dead run left
+    (out / ".staging-nightly-0123abcd").mkdir()        # another id's: never touched
+    res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], out, run_id="night")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == [".staging-nightly-0123abcd", "night"]
+    helpers.check_invariant(str(out / "night"), files)
+
+
+def test_clean_stale_matches_names_exactly(tmp_path):
+    for name in (".staging-a-0123abcd", ".staging-a-b-0123abcd", "a.replaced-0123abcd",
+                 "a-b.replaced-0123abcd", ".staging-a-0123abcd-x", "a"):
+        (tmp_path / name).mkdir()
+    commit.clean_stale(str(tmp_path), "a")
+    assert sorted(os.listdir(tmp_path)) == [".staging-a-0123abcd-x", ".staging-a-b-0123abcd", "a",
+                                            "a-b.replaced-0123abcd"]
