@@ -190,6 +190,8 @@ def _score_and_report(cfg, beam_args, report: bool = True, fail_on_dq: bool = Fa
     click.echo(f"run {result.run_dir}: read {c['read']}, scored {c['scored']}, "
                f"dead-lettered {c['dead_lettered']}, anomalies {c['anomalies']} "
                f"(model {cfg.name}/{plan.version}, target FPR {cfg.target_fpr})")
+    for item in result.manifest["skipped"]:
+        click.echo(f"  skipped {item['uri']}: {item['skipped']}, not read")
     if report:
         from vigil.pipeline.commit import storage_failure
         try:

@@ -22,7 +22,7 @@ from vigil.models.preprocessing import Preprocessing
 from vigil.models.training import TrainResult, data_profile, fit, train_split_size, validation_metrics
 from vigil.pipeline.decode import DecodeSpec, decode
 from vigil.pipeline.preflight import InputError, check_columns, match_inputs, resolve_formats, table_schema
-from vigil.pipeline.readers import UNKNOWN_FORMAT, ReadSpec, read_file
+from vigil.pipeline.readers import UNKNOWN_FORMAT, ReadSpec, printable, read_file
 from vigil.pipeline.records import FileStats, RawRecord, ScoringInput
 from vigil.schemas import DISTRIBUTION, __version__
 
@@ -85,7 +85,7 @@ def _records(files, cfg: TrainJobConfig, columns: list[str], carry: tuple[str, .
     """Every record of the files, in order; an unreadable one as None."""
     for f in files:
         spec = ReadSpec(f.format, cfg.id_column, tuple(columns), carry, f.root)
-        for item in read_file(f.uri, spec, FileStats(f.uri)):
+        for item in read_file(f.uri, spec, FileStats(printable(f.uri))):
             yield item if isinstance(item, RawRecord) else None
 
 

@@ -63,7 +63,7 @@ def storage_failure(exc: BaseException, where: str | None = None) -> str | None:
         if isinstance(exc, OSError) and exc.errno is not None:
             return _describe(exc.errno, exc.strerror or str(exc), exc.filename or where)
         if isinstance(exc, OSError) or (tf_errors is not None and isinstance(exc, tf_errors.OpError)):
-            return " ".join(str(exc).split())
+            return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         found = re.search(r"\[Errno (\d+)\] ([^:\]\[']+?)(?:: '([^']*)')?(?: \[while running|$|\n)",
                           str(exc))
         if found:

@@ -8,8 +8,11 @@ input is scored.
 """
 from __future__ import annotations
 
+import functools
+import glob
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -18,8 +21,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from vigil.pipeline.readers import UNKNOWN_FORMAT, format_of, tfrecord_kind
-from vigil.schemas.tables import label_field
+from vigil.pipeline.readers import UNKNOWN_FORMAT, format_of, printable, tfrecord_kind
+from vigil.schemas.tables import scores_schema
 
 
 class InputError(Exception):
@@ -43,19 +46,57 @@ def glob_root(pattern: str) -> str:
     return head if head.endswith("/") else os.path.dirname(head)
 
 
+def _not_a_file(path: str) -> str | None:
+    """What a local path that is not a regular file is (opening a pipe would block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a symbolic link to nothing"
+    except OSError as exc:
+        return f"not inspectable ({exc.strerror})"
+    kinds = ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def skipped_matches(patterns: list[str] | tuple[str, ...]) -> list[dict]:
+    """Local paths a glob matches that are not regular files: never opened, each listed.
+
+    Beam's own match leaves out directories and dangling links and keeps pipes and
+    sockets; this lists them all, with what each is.
+    """
+    out = {}
+    for pattern in patterns:
+        if "://" in pattern:
+            continue
+        for path in glob.glob(pattern, recursive="**" in pattern):
+            what = _not_a_file(path)
+            if what is not None:
+                out.setdefault(path, {"uri": printable(path), "skipped": what})
+    return [out[p] for p in sorted(out)]
+
+
 def match_inputs(patterns: list[str] | tuple[str, ...], max_files: int) -> list[tuple[str, int, str]]:
-    """(uri, size, root) of every file matched; raises InputError for an empty glob."""
+    """(uri, size, root) of every regular file matched; raises InputError for an empty glob."""
     found: dict[str, tuple[str, int, str]] = {}
     for pattern in patterns:
         if not pattern.strip():
             raise InputError("an --input pattern is empty")
+        if "://" not in pattern and os.path.isdir(pattern):
+            raise InputError(f"--input {pattern} is a folder; give a glob of its files, e.g. "
+                             f"'{pattern.rstrip('/')}/*.parquet' or '{pattern.rstrip('/')}/*.png'")
         try:
             metadata = FileSystems.match([pattern])[0].metadata_list
         except Exception as exc:  # noqa: BLE001 - Beam raises BeamIOError for bad paths
             raise InputError(f"--input {pattern}: cannot be listed ({exc})") from None
-        files = [m for m in metadata if not m.path.endswith("/")]
+        files = [m for m in metadata if not m.path.endswith("/")
+                 and ("://" in m.path or _not_a_file(m.path) is None)]
         if not files:
-            raise InputError(f"--input {pattern}: matches no files; check the path and quote "
+            others = skipped_matches([pattern])
+            what = f" (only {len(others)} that are not regular files, e.g. {others[0]['uri']}: " \
+                   f"{others[0]['skipped']})" if others else ""
+            raise InputError(f"--input {pattern}: matches no files{what}; check the path and quote "
                              "the glob so the shell does not expand it")
         for m in files:
             found.setdefault(m.path, (m.path, m.size_in_bytes, glob_root(pattern)))
@@ -91,6 +132,7 @@ def resolve_formats(files, override: str, kind: str | None) -> list[InputFile]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def table_schema(f: InputFile) -> pa.Schema | None:
     """The Arrow schema of a Parquet/CSV file, or None if its header cannot be read."""
     try:
@@ -117,25 +159,58 @@ def check_columns(files: list[InputFile], id_column: str, required: list[str]) -
 
 
 def carried_fields(files: list[InputFile], carry_columns: tuple[str, ...]) -> list[pa.Field]:
-    """Arrow fields of the label columns that are present, typed from the first table."""
+    """Arrow fields of the carried label columns present in the inputs.
+
+    A column's type is one that holds every file's values: integers in every file stay
+    int64, integers and floats become float64, any other mix becomes string, so one odd
+    shard cannot fail the Parquet sink after the whole run.  A name the scores table
+    already uses is refused here, before anything is read.
+    """
+    taken = set(scores_schema().names)
+    for name in carry_columns:
+        if name in taken:
+            raise InputError(f"--carry-column {name}: the scores table has its own '{name}' "
+                             "column; carry another column, or rename this one in the input")
     if not carry_columns:
         return []
     if any(f.format.startswith("tfrecord") for f in files):
         return [pa.field("label", pa.int64())] if "label" in carry_columns else []
+    kinds: dict[str, set[str]] = {}
     for f in files:
         if f.format in ("parquet", "csv") and f.size:
             schema = table_schema(f)
-            if schema is not None:
-                return [_plain_field(schema.field(c)) for c in carry_columns if c in schema.names]
-    return []
+            for name in carry_columns:
+                if schema is not None and name in schema.names:
+                    kinds.setdefault(name, set()).add(_kind(schema.field(name).type))
+    return [pa.field(name, _unified(kinds[name])) for name in carry_columns if name in kinds]
 
 
-def _plain_field(field: pa.Field) -> pa.Field:
-    t = field.type
+def _kind(t: pa.DataType) -> str:
     if pa.types.is_integer(t):
-        return pa.field(field.name, pa.int64())
+        return "int"
     if pa.types.is_floating(t):
-        return pa.field(field.name, pa.float64())
+        return "float"
     if pa.types.is_boolean(t):
-        return pa.field(field.name, pa.bool_())
-    return label_field(field.name, "")
+        return "bool"
+    return "string"
+
+
+def _unified(kinds: set[str]) -> pa.DataType:
+    if kinds <= {"int"}:
+        return pa.int64()
+    if kinds <= {"int", "float"}:
+        return pa.float64()
+    if kinds == {"bool"}:
+        return pa.bool_()
+    return pa.string()
+
+
+def carried_value(value, field: pa.Field):
+    """A carried value as its column's unified type (None stays None)."""
+    if value is None:
+        return None
+    if pa.types.is_string(field.type):
+        return value if isinstance(value, str) else str(value)
+    if pa.types.is_floating(field.type):
+        return float(value)
+    return value

@@ -78,8 +78,25 @@ def tfrecord_kind(uri: str) -> str | None:
     return None
 
 
+def printable(path: str) -> str:
+    """A path as valid UTF-8 text: bytes of a file name that are not UTF-8 as ``\\xNN``.
+
+    Such names reach Python as lone surrogates, which Parquet, JSON lines and Beam's coders
+    refuse; the real name is still what is opened.
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def read_file(uri: str, spec: ReadSpec, stats: FileStats) -> Iterator[RawRecord | DeadLetter]:
-    """Yield the records of one file; never raises for bad data."""
+    """Yield the records of one file; never raises for bad data.
+
+    ``uri`` is opened; records and dead letters name ``stats.uri`` as their source (the
+    same path, printable).
+    """
     readers = {"tfrecord-image": _read_tfrecord, "tfrecord-features": _read_tfrecord,
                "image": _read_image_file, "parquet": _read_parquet, "csv": _read_csv}
     if not _inside_root(uri, spec.root):
@@ -97,7 +114,7 @@ def read_file(uri: str, spec: ReadSpec, stats: FileStats) -> Iterator[RawRecord 
             yield _file_failure(stats, "unknown_format", "the file name says no format "
                                 "(.png .jpg .jpeg .tfrecord .parquet .csv); not read")
             return
-        for item in readers[spec.format](uri, spec):
+        for item in readers[spec.format](uri, stats.uri, spec):
             stats.records += 1      # a record, or a record-level dead letter: both were read
             yield item
     except _Truncated as exc:
@@ -163,7 +180,7 @@ def _tfrecord_dataset(uri: str):
     return dataset.with_options(options)
 
 
-def _read_tfrecord(uri: str, spec: ReadSpec) -> Iterator[RawRecord]:
+def _read_tfrecord(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord]:
     import tensorflow as tf
     iterator = _tfrecord_dataset(uri).as_numpy_iterator()
     while True:
@@ -185,19 +202,19 @@ def _read_tfrecord(uri: str, spec: ReadSpec) -> Iterator[RawRecord]:
                 if "image/encoded" in feats and feats["image/encoded"].bytes_list.value else None
         else:
             value = list(feats["features"].float_list.value) if "features" in feats else None
-        yield _decode_id(ids[0] if ids else None, uri, len(raw), value, labels)
+        yield _decode_id(ids[0] if ids else None, source, len(raw), value, labels)
 
 
 # ----------------------------------------------------------------------------- image files
-def _read_image_file(uri: str, spec: ReadSpec) -> Iterator[RawRecord]:
-    rel = os.path.relpath(uri, spec.root) if spec.root else os.path.basename(uri)
+def _read_image_file(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord]:
+    rel = printable(os.path.relpath(uri, spec.root) if spec.root else os.path.basename(uri))
     size = FileSystems.match([uri])[0].metadata_list[0].size_in_bytes
     if size > spec.max_record_bytes:
-        yield RawRecord(rel, uri, None, nbytes=size)   # flagged by decode, never read
+        yield RawRecord(rel, source, None, nbytes=size)   # flagged by decode, never read
         return
     with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         data = f.read()
-    yield RawRecord(rel, uri, data, nbytes=len(data))
+    yield RawRecord(rel, source, data, nbytes=len(data))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -218,7 +235,7 @@ def _numeric(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray
     return values, bad
 
 
-def _rows_from_batch(batch: pa.RecordBatch, uri: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
+def _rows_from_batch(batch: pa.RecordBatch, source: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
     names = batch.schema.names
     ids = batch.column(names.index(spec.id_column)).to_pylist()
     columns = [_numeric(batch.column(names.index(c))) for c in spec.feature_columns]
@@ -227,17 +244,18 @@ def _rows_from_batch(batch: pa.RecordBatch, uri: str, spec: ReadSpec) -> Iterato
     carried = {c: batch.column(names.index(c)).to_pylist() for c in spec.carry_columns if c in names}
     for i, rid in enumerate(ids):
         labels = {c: vals[i] for c, vals in carried.items()}
-        rec = _decode_id(rid.encode() if isinstance(rid, str) else rid, uri, x.shape[1] * 8, x[i], labels)
+        rec = _decode_id(rid.encode() if isinstance(rid, str) else rid, source, x.shape[1] * 8, x[i],
+                         labels)
         if bad[i].any():
             col = spec.feature_columns[int(np.argmax(bad[i]))]
-            yield DeadLetter(uri, "decode", "non_numeric_feature",
+            yield DeadLetter(source, "decode", "non_numeric_feature",
                              f"column '{col}' holds a value that is not a number",
                              rec.id, rec.id_bytes.hex() if rec.id_bytes else None)
             continue
         yield rec
 
 
-def _read_parquet(uri: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
+def _read_parquet(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
     with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         parquet = pq.ParquetFile(f)
         columns = [spec.id_column, *spec.feature_columns,
@@ -250,10 +268,10 @@ def _read_parquet(uri: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
                 return
             except (pa.ArrowException, OSError) as exc:
                 raise _Truncated(_first_line(exc)) from None
-            yield from _rows_from_batch(batch, uri, spec)
+            yield from _rows_from_batch(batch, source, spec)
 
 
-def _read_csv(uri: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
+def _read_csv(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
     with FileSystems.open(uri) as f:
         reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22),
                                 convert_options=pacsv.ConvertOptions(
@@ -265,4 +283,4 @@ def _read_csv(uri: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
                 return
             except pa.ArrowException as exc:
                 raise _Truncated(_first_line(exc)) from None
-            yield from _rows_from_batch(batch, uri, spec)
+            yield from _rows_from_batch(batch, source, spec)

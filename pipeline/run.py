@@ -30,8 +30,9 @@ from vigil.pipeline.preflight import (
     check_columns,
     match_inputs,
     resolve_formats,
+    skipped_matches,
 )
-from vigil.pipeline.readers import ReadSpec
+from vigil.pipeline.readers import ReadSpec, printable
 from vigil.pipeline.transforms import (
     DEAD_LETTER,
     STATS,
@@ -39,6 +40,7 @@ from vigil.pipeline.transforms import (
     ReadFiles,
     ToRow,
     failed_batch_to_dead_letters,
+    path_token,
 )
 from vigil.schemas.tables import DEAD_LETTER_SCHEMA, scores_schema
 
@@ -56,6 +58,7 @@ class RunPlan:
     read_spec: ReadSpec
     decode_spec: DecodeSpec
     label_fields: list[pa.Field]
+    skipped: list[dict] = field(default_factory=list)   # matched paths that are not files
     staging: str = ""
 
     @property
@@ -96,7 +99,7 @@ def plan_run(config: ScoreConfig) -> RunPlan:
     decode_spec = DecodeSpec(kind, tuple(bundle.config.input_shape), config.max_pixels,
                              config.max_record_bytes)
     return RunPlan(config, run_id, version, bundle, files, read_spec, decode_spec,
-                   carried_fields(files, config.carry_columns))
+                   carried_fields(files, config.carry_columns), skipped_matches(config.inputs))
 
 
 def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
@@ -108,7 +111,8 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
                                                "vigil.model_version": plan.version,
                                                "vigil.run_id": plan.run_id})
     read = (p
-            | "Files" >> beam.Create([(f.uri, f.format, f.root) for f in plan.files])
+            | "Files" >> beam.Create([(path_token(f.uri), f.format, path_token(f.root))
+                                      for f in plan.files])
             | "SpreadFiles" >> beam.Reshuffle()
             | "Read" >> beam.ParDo(ReadFiles(plan.read_spec)).with_outputs(DEAD_LETTER, STATS,
                                                                           main="records"))
@@ -116,7 +120,7 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
         DEAD_LETTER, main="ok")
     scored, failed = (decoded.ok | "Score" >> RunInference(KeyedModelHandler(handler))
                       .with_exception_handling())
-    rows = scored | "ToRow" >> beam.ParDo(ToRow(plan.run_id, [f.name for f in plan.label_fields])
+    rows = scored | "ToRow" >> beam.ParDo(ToRow(plan.run_id, plan.label_fields)
                                           ).with_outputs(DEAD_LETTER, main="rows")
     failed_rows = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_to_dead_letters)
     dead = ((read[DEAD_LETTER], decoded[DEAD_LETTER], rows[DEAD_LETTER], failed_rows)
@@ -179,13 +183,15 @@ def _run_and_check(plan: RunPlan, options: PipelineOptions) -> dict:
         # The staging folder stays for inspection (it never looks published); the next
         # run of this id removes it.
         raise commit.RunError(f"{exc} [staging kept at {plan.staging}]", exc.exit_code) from exc
-    info = {f.uri: {"bytes": f.size, "format": f.format, "root": f.root} for f in plan.files}
+    info = {printable(f.uri): {"bytes": f.size, "format": f.format, "root": printable(f.root)}
+            for f in plan.files}
     return {
         "format": 1, "run_id": plan.run_id,
         "model": {"registry": cfg.registry, "name": cfg.name, "version": plan.version,
                   "label": plan.bundle.label},
         "inputs": [dict(s, **info.get(s["uri"], {})) for s in sorted(stats, key=lambda s: s["uri"])],
-        "counts": counts,
+        "skipped": plan.skipped,
+        "counts": dict(counts, skipped_paths=len(plan.skipped)),
         "thresholds": plan.thresholds,
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
         "timings": {"pipeline_seconds": round(elapsed, 3),

@@ -10,10 +10,12 @@ import math
 import time
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from vigil.pipeline.decode import DecodeSpec, decode
-from vigil.pipeline.readers import ReadSpec, read_file
+from vigil.pipeline.preflight import carried_value
+from vigil.pipeline.readers import ReadSpec, printable, read_file
 from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, ScoringInput
 from vigil.schemas.tables import SCORE_NAMES
 
@@ -22,8 +24,18 @@ STATS = "stats"
 LOG = logging.getLogger("vigil.pipeline")
 
 
+def path_token(path: str) -> str:
+    """A path as hex of its bytes: a file name that is not UTF-8 survives every coder."""
+    return path.encode("utf-8", "surrogateescape").hex()
+
+
+def _from_token(token: str) -> str:
+    return bytes.fromhex(token).decode("utf-8", "surrogateescape")
+
+
 class ReadFiles(beam.DoFn):
-    """(uri, format, root) -> raw records; file problems -> dead letters; one stats per file."""
+    """(path token, format, root token) -> raw records; file problems -> dead letters; one
+    stats per file.  Records name their file printably (``readers.printable``)."""
 
     def __init__(self, spec: ReadSpec):
         self.spec = spec
@@ -31,11 +43,12 @@ class ReadFiles(beam.DoFn):
         self.failed_files = Metrics.counter("vigil", "files_not_fully_read")
 
     def process(self, element):
-        uri, fmt, root = element
+        token, fmt, root_token = element
+        uri, root = _from_token(token), _from_token(root_token)
         spec = ReadSpec(fmt, self.spec.id_column, self.spec.feature_columns,
                         self.spec.carry_columns, root, self.spec.max_record_bytes,
                         self.spec.batch_rows)
-        stats = FileStats(uri)
+        stats = FileStats(printable(uri))
         for item in read_file(uri, spec, stats):
             if isinstance(item, DeadLetter):
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
@@ -67,9 +80,9 @@ class ToRow(beam.DoFn):
     Also logs progress (records and records/s) at most every ``log_every`` seconds.
     """
 
-    def __init__(self, run_id: str, label_names: list[str], log_every: float = 5.0):
+    def __init__(self, run_id: str, label_fields: list[pa.Field], log_every: float = 5.0):
         self.run_id = run_id
-        self.label_names = list(label_names)
+        self.label_fields = list(label_fields)
         self.log_every = log_every
         self.scored = Metrics.counter("vigil", "records_scored")
         self.anomalies = Metrics.counter("vigil", "anomalies")
@@ -98,8 +111,8 @@ class ToRow(beam.DoFn):
                    model_version=str(result.model_id), run_id=self.run_id,
                    top_features=[{"index": int(i), "contribution": float(c)}
                                  for i, c in zip(inf["top_index"], inf["top_contribution"])])
-        for name in self.label_names:
-            row[name] = example.labels.get(name)
+        for f in self.label_fields:
+            row[f.name] = carried_value(example.labels.get(f.name), f)
         self.scored.inc()
         if row["is_anomaly"]:
             self.anomalies.inc()

@@ -72,14 +72,3 @@ DEAD_LETTER_SCHEMA = pa.schema([
     pa.field("reason", pa.string(), nullable=False),
     pa.field("message", pa.string(), nullable=False),
 ])
-
-
-def label_field(name: str, value) -> pa.Field:
-    """An Arrow field for a carried-through label column, typed from one value."""
-    if isinstance(value, bool):
-        return pa.field(name, pa.bool_())
-    if isinstance(value, int):
-        return pa.field(name, pa.int64())
-    if isinstance(value, float):
-        return pa.field(name, pa.float64())
-    return pa.field(name, pa.string())

@@ -60,8 +60,8 @@ def test_storage_errors_are_one_line(features_registry, tmp_path, command):
     res = CliRunner().invoke(cli, [*args, "--registry", "nosuchfs://registry", "--name", "cardio"])
     assert res.exit_code == 1, res.output
     line = res.output.strip()
-    assert "\n" not in line and line.startswith("vigil: error: UnimplementedError")
-    assert "'nosuchfs' not implemented" in line and line.endswith("nothing was published")
+    assert "\n" not in line and line.startswith("vigil: error: storage: UnimplementedError")
+    assert "'nosuchfs' not implemented" in line and "nosuchfs://registry" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -25,11 +25,12 @@ def _tracked_package_files() -> set[str]:
 
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory) -> dict[str, Path]:
-    """The wheel (``python -m build``) and the sdist (built by Beam's own stager)."""
+    """The wheel (``python -m build``: from its own sdist, so nothing is built in the
+    checkout) and the sdist exactly as Beam's stager builds it for --setup_file."""
     from apache_beam.runners.portability.stager import Stager
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", str(out),
-                    str(REPO)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(REPO)],
+                   check=True, capture_output=True)
     sdist_dir = out / "sdist"
     sdist_dir.mkdir()
     sdist = Stager._build_setup_package(str(REPO / "setup.py"), str(sdist_dir))

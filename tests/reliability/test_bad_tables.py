@@ -190,3 +190,78 @@ def test_training_skips_a_file_whose_name_says_no_format(tmp_path):
     cfg = TrainJobConfig((str(tmp_path / "train" / "*"),), str(tmp_path / "reg"), "t")
     arrays, ids, kind, columns, _ = load_training_data(cfg)
     assert (kind, columns, len(ids)) == ("features", ["f0", "f1", "f2"], 40)
+
+
+def test_matches_that_are_not_files_are_listed_and_never_opened(features_registry, tmp_path):
+    """A pipe named like a shard would block a reader forever; a name that is not UTF-8
+    would break every text sink.  The first kind is skipped and listed, the second read."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    x, y = features_registry["x"], features_registry["y"]
+    d = tmp_path / "in"
+    (good,) = helpers.table_shards(d, x[:40], y[:40], shards=1)
+    odd = os.path.join(os.fsencode(str(d)), b"night-\xff.parquet")
+    with open(odd, "wb") as f:
+        f.write(open(good, "rb").read())
+    os.mkfifo(d / "pipe.parquet")
+    (d / "folder.parquet").mkdir()
+    os.symlink(tmp_path / "nowhere", d / "dangling.parquet")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(d / "sock.parquet"))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "from vigil.jobs.cli import main; main()", "score", "--input",
+             f"{d}/*.parquet", "--registry", features_registry["registry"], "--name", "cardio",
+             "--output", str(tmp_path / "out"), "--run-id", "r", "--no-report", "--runner", "FnApiRunner"],
+            capture_output=True, text=True, timeout=300)
+    finally:
+        sock.close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name, what in [("dangling", "a symbolic link to nothing"), ("folder", "a directory"),
+                       ("pipe", "a named pipe"), ("sock", "a socket")]:
+        assert f"skipped {d}/{name}.parquet: {what}, not read" in done.stdout, done.stdout
+    scores, dead, manifest = helpers.read_run(str(tmp_path / "out" / "r"))
+    assert [s["skipped"] for s in manifest["skipped"]] == ["a symbolic link to nothing", "a directory",
+                                                           "a named pipe", "a socket"]
+    printable = f"{d}/night-\\xff.parquet"
+    assert sorted(i["uri"] for i in manifest["inputs"]) == sorted([good, printable])
+    assert manifest["counts"]["read"] == manifest["counts"]["scored"] == scores.num_rows == 80
+    assert dead.num_rows == 0
+    assert sorted(set(scores.column("source").to_pylist())) == sorted([good, printable])
+    json.dumps(manifest, allow_nan=False)
+
+
+def test_carried_columns_of_different_types_are_unified(features_registry, tmp_path):
+    """One shard's label is an integer, another's a float, a third's text: the run is
+    published with the label as the type that holds all three."""
+    x = features_registry["x"]
+    cols = {f"f{j}": x[:30, j] for j in range(x.shape[1])}
+    d = tmp_path / "in"
+    d.mkdir()
+    labels = {"a": pa.array([0] * 10, pa.int64()), "b": pa.array([1.5] * 10),
+              "c": pa.array(["odd"] * 10)}
+    for k, (name, label) in enumerate(labels.items()):
+        part = {c: v[k * 10:(k + 1) * 10] for c, v in cols.items()}
+        pq.write_table(pa.table({"id": [f"{name}{i}" for i in range(10)], **part, "label": label}),
+                       d / f"{name}.parquet")
+    res = helpers.score_cli(features_registry, [f"{d}/*.parquet"], tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    run = str(tmp_path / "out" / "run1")
+    helpers.check_invariant(run, sorted(str(p) for p in d.glob("*.parquet")))
+    scores = helpers.read_run(run)[0]
+    assert scores.schema.field("label").type == pa.string()
+    assert sorted(set(scores.column("label").to_pylist())) == ["0", "1.5", "odd"]
+
+
+@pytest.mark.parametrize("column", ["source", "is_anomaly", "anomaly_score"])
+def test_a_carried_column_named_like_an_output_column_is_refused(features_registry, tmp_path, column):
+    x, y = features_registry["x"], features_registry["y"]
+    helpers.table_shards(tmp_path / "in", x[:20], y[:20], shards=1)
+    res = helpers.score_cli(features_registry, [f"{tmp_path}/in/*.parquet"], tmp_path / "out",
+                            "--carry-column", column)
+    assert res.exit_code == 2
+    line = res.output.strip()
+    assert "\n" not in line and f"--carry-column {column}: the scores table has its own" in line
+    assert not (tmp_path / "out").exists()
