@@ -140,12 +140,15 @@ def _train_and_report(cfg) -> None:
 @click.option("--max-files", type=click.IntRange(1), default=100_000, show_default=True)
 @click.option("--num-shards", type=click.IntRange(0), default=0, show_default=True,
               help="Parquet files per table (0: the runner decides).")
+@click.option("--allow-uncounted-files", is_flag=True,
+              help="Publish although a file failed before its records could be counted (a "
+                   "TFRecord or CSV cut short, a Parquet file without footer).")
 @click.option("--no-report", is_flag=True, help="Skip the data-quality report.")
 @click.option("--fail-on-dq", is_flag=True, help="Exit 4 when a critical data-quality check fails.")
 @click.pass_context
 def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite, target_fpr,
           batch_size, max_bad_fraction, fmt, id_column, carry_column, max_pixels,
-          max_record_bytes, max_files, num_shards, no_report, fail_on_dq):
+          max_record_bytes, max_files, num_shards, allow_uncounted_files, no_report, fail_on_dq):
     """Score files with a model version on Apache Beam and publish a run.
 
     Any option vigil does not know goes to Beam (--runner DataflowRunner --project ...
@@ -162,7 +165,8 @@ def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite,
         _score_and_report(ScoreConfig(
             tuple(inputs), registry, name, output, model_version, run_id, overwrite, target_fpr,
             batch_size, max_bad_fraction, fmt, id_column, tuple(carry_column), max_pixels,
-            max_record_bytes, max_files, num_shards), ctx.args, not no_report, fail_on_dq)
+            max_record_bytes, max_files, num_shards, allow_uncounted_files), ctx.args,
+            not no_report, fail_on_dq)
     _run(ctx, go)
 
 

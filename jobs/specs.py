@@ -31,7 +31,7 @@ TOP_KEYS = {"kind", "inputs", "registry", "name", "output", "options", "beam_arg
             "roots"}
 SCORE_OPTIONS = {"target_fpr", "batch_size", "max_bad_fraction", "format", "id_column",
                  "carry_columns", "max_pixels", "max_record_bytes", "max_files", "model_version",
-                 "num_shards"}
+                 "num_shards", "allow_uncounted_files"}
 TRAIN_OPTIONS = {"format", "id_column", "feature_columns", "label_column", "normal_values",
                  "calibration_inputs",
                  "image_size", "channels", "epochs", "max_examples", "batch_size", "latent_dim",

@@ -21,6 +21,7 @@ from vigil.models.config import FEATURE_TAIL, IMAGE_MAX_EXAMPLES, ModelConfig, T
 from vigil.models.preprocessing import Preprocessing
 from vigil.models.training import TrainResult, data_profile, fit, train_split_size, validation_metrics
 from vigil.pipeline.decode import DecodeSpec, decode
+from vigil.pipeline.options import absolute_uri
 from vigil.pipeline.preflight import InputError, check_columns, match_inputs, resolve_formats, table_schema
 from vigil.pipeline.readers import UNKNOWN_FORMAT, ReadSpec, printable, read_file
 from vigil.pipeline.records import FileStats, RawRecord, ScoringInput
@@ -54,6 +55,12 @@ class TrainJobConfig:
     max_records: int = 2_000_000
     gate_margin: float = 0.02
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        # Resolved once: the manifest records where the data was, from any folder.
+        for name in ("inputs", "calibration_inputs"):
+            object.__setattr__(self, name, tuple(absolute_uri(p) for p in getattr(self, name)))
+        object.__setattr__(self, "registry", absolute_uri(self.registry) if self.registry else "")
 
 
 @dataclass

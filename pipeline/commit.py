@@ -207,22 +207,38 @@ def tally(staging: str) -> tuple[dict, list[dict]]:
     """Counts of a finished pipeline, and the per-file stats."""
     stats = read_stats(f"{staging}/_stats")
     records = sum(s["records"] for s in stats)
-    file_failures = sum(1 for s in stats if not s["fully_read"])
+    lost = sum(s["failed_records"] for s in stats)
     scored = count_rows(f"{staging}/scores")
     dead = count_rows(f"{staging}/dead_letter")
-    counts = {"files": len(stats), "records_read": records, "file_failures": file_failures,
-              "read": records + file_failures, "scored": scored, "dead_lettered": dead,
+    counts = {"files": len(stats), "records_read": records,
+              "file_failures": sum(1 for s in stats if not s["fully_read"]),
+              "uncounted_files": sum(1 for s in stats if not s["count_known"]),
+              "read": records + lost, "scored": scored, "dead_lettered": dead,
+              "read_is_lower_bound": any(not s["count_known"] for s in stats),
               "anomalies": count_true(f"{staging}/scores", "is_anomaly") if scored else 0}
     return counts, stats
 
 
-def check_books(counts: dict, max_bad_fraction: float, n_files: int, exit_code_bad: int) -> None:
-    """The run accounts for every record, and the bad fraction is under its limit."""
+def check_books(counts: dict, stats: list[dict], max_bad_fraction: float, n_files: int,
+                exit_code_bad: int, allow_uncounted_files: bool = False) -> None:
+    """The run accounts for every record, and the bad fraction is under its limit.
+
+    A file that failed before its record count could be known (no Parquet footer, a
+    TFRecord or CSV cut short) makes the bad fraction unknown: that is over any limit
+    unless the caller allows it.
+    """
     if counts["files"] != n_files:
         raise RunError(f"{n_files} input files but {counts['files']} were read; not publishing")
     if counts["read"] != counts["scored"] + counts["dead_lettered"]:
         raise RunError(f"read {counts['read']} != scored {counts['scored']} + dead-lettered "
                        f"{counts['dead_lettered']}; records were lost, not publishing")
+    uncounted = [s["uri"] for s in stats if not s["count_known"]]
+    if uncounted and not allow_uncounted_files:
+        more = f" and {len(uncounted) - 1} more" if len(uncounted) > 1 else ""
+        raise RunError(f"{uncounted[0]}{more} failed before their records could be counted, so "
+                       "the bad fraction is unknown; not publishing (--allow-uncounted-files "
+                       "publishes anyway, counting such a file's lost records as one)",
+                       exit_code_bad)
     if counts["read"]:
         bad = counts["dead_lettered"] / counts["read"]
         counts["bad_fraction"] = bad

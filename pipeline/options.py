@@ -47,6 +47,8 @@ class VigilOptions(PipelineOptions):
         parser.add_argument("--vigil_max_files", type=int, default=100_000)
         parser.add_argument("--vigil_num_shards", type=int, default=0,
                             help="scores/dead-letter files per run (0: the runner decides)")
+        parser.add_argument("--vigil_allow_uncounted_files", action="store_true", default=False,
+                            help="publish runs with files that failed before being counted")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class ScoreConfig:
     max_record_bytes: int = 64 << 20
     max_files: int = 100_000
     num_shards: int = 0             # output files per table; 0 lets the runner decide
+    allow_uncounted_files: bool = False   # publish although a failed file's records are uncounted
 
     def __post_init__(self):
         if not self.inputs:
@@ -107,6 +110,8 @@ class ScoreConfig:
             flags.append(f"--vigil_run_id={self.run_id}")
         if self.overwrite:
             flags.append("--vigil_overwrite")
+        if self.allow_uncounted_files:
+            flags.append("--vigil_allow_uncounted_files")
         return flags
 
     @classmethod
@@ -117,7 +122,7 @@ class ScoreConfig:
                    v.vigil_batch_size, v.vigil_max_bad_fraction, v.vigil_format,
                    v.vigil_id_column, tuple(v.vigil_carry_column or ("label",)),
                    v.vigil_max_pixels, v.vigil_max_record_bytes, v.vigil_max_files,
-                   v.vigil_num_shards)
+                   v.vigil_num_shards, v.vigil_allow_uncounted_files)
 
 
 def pipeline_options(config: ScoreConfig, beam_args: list[str]) -> PipelineOptions:

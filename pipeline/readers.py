@@ -100,28 +100,43 @@ def read_file(uri: str, spec: ReadSpec, stats: FileStats) -> Iterator[RawRecord 
     readers = {"tfrecord-image": _read_tfrecord, "tfrecord-features": _read_tfrecord,
                "image": _read_image_file, "parquet": _read_parquet, "csv": _read_csv}
     if not _inside_root(uri, spec.root):
-        yield _file_failure(stats, "outside_root",
-                            f"resolves outside its input folder {spec.root} (a symlink or '..')")
+        yield from _file_failure(stats, "outside_root",
+                                 f"resolves outside its input folder {spec.root} (a symlink or '..')")
         return
     try:
         size = FileSystems.match([uri])[0].metadata_list[0].size_in_bytes
         if not (spec.format == "image" and size > spec.max_record_bytes):   # never read
             stats.sha256 = file_sha256(uri)
         if size == 0:
-            yield _file_failure(stats, "empty_file", "the file has no bytes")
+            yield from _file_failure(stats, "empty_file", "the file has no bytes")
             return
         if spec.format == UNKNOWN_FORMAT:
-            yield _file_failure(stats, "unknown_format", "the file name says no format "
-                                "(.png .jpg .jpeg .tfrecord .parquet .csv); not read")
+            yield from _file_failure(stats, "unknown_format", "the file name says no format "
+                                     "(.png .jpg .jpeg .tfrecord .parquet .csv); not read")
             return
+        stats.held = _records_held(uri, spec.format)
         for item in readers[spec.format](uri, stats.uri, spec):
             stats.records += 1      # a record, or a record-level dead letter: both were read
             yield item
     except _Truncated as exc:
-        yield _file_failure(stats, "truncated_file", f"read {stats.records} records, then: {exc}")
+        yield from _file_failure(stats, "truncated_file", f"read {stats.records} records, then: {exc}",
+                                 lost=True)
     except Exception as exc:  # noqa: BLE001 - any other failure means the file is unusable
         reason = "truncated_file" if stats.records else "unreadable_file"
-        yield _file_failure(stats, reason, f"{type(exc).__name__}: {_first_line(exc)}")
+        yield from _file_failure(stats, reason, f"{type(exc).__name__}: {_first_line(exc)}", lost=True)
+
+
+def _records_held(uri: str, fmt: str) -> int | None:
+    """How many records a file holds, where its format says so before it is read."""
+    if fmt == "image":
+        return 1
+    if fmt != "parquet":
+        return None      # TFRecord and CSV only know their records by reading them all
+    try:
+        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    except Exception:  # noqa: BLE001 - no footer: the count stays unknown
+        return None
 
 
 def file_sha256(uri: str, chunk: int = 1 << 20) -> str:
@@ -150,10 +165,21 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else ""
 
 
-def _file_failure(stats: FileStats, reason: str, message: str) -> DeadLetter:
+def _file_failure(stats: FileStats, reason: str, message: str,
+                  lost: bool = False) -> Iterator[DeadLetter]:
+    """The file's dead letters: one per record it still held (``lost``) when that is known.
+
+    A file vigil declines to read (empty, no format, outside its root) is one dead letter.
+    """
     stats.fully_read = False
     stats.failure = reason
-    return DeadLetter(stats.uri, "read", reason, message)
+    remaining = stats.held - stats.records if lost and stats.held is not None else None
+    if lost and remaining is None:
+        stats.count_known = False
+    for k in range(max(remaining or 0, 1)):
+        where = f"record {stats.records + k + 1} of {stats.held}: " if remaining else ""
+        stats.failed_records += 1
+        yield DeadLetter(stats.uri, "read", reason, where + message)
 
 
 def _decode_id(raw, source: str, nbytes: int = 0, value=None, labels=None) -> RawRecord:

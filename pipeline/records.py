@@ -57,13 +57,22 @@ def record_dead_letter(record: RawRecord, stage: str, reason: str, message: str)
 
 @dataclass
 class FileStats:
-    """How one input file was read: records yielded, and whether it was read to the end."""
+    """How one input file was read: records yielded, and whether it was read to the end.
+
+    A file that fails part-way adds a dead letter for every record it still held when
+    that number is known (a Parquet footer, an image file), else one dead letter, and
+    then its count is a lower bound (``count_known`` False).
+    """
     uri: str
     records: int = 0
     fully_read: bool = True
     failure: str | None = None          # dead-letter reason when not fully read
     sha256: str | None = None           # of the file's bytes, as read
+    held: int | None = None             # records the file holds, when known before reading
+    failed_records: int = 0             # file-level dead letters (records lost to the failure)
+    count_known: bool = True
 
     def to_dict(self) -> dict:
         return {"uri": self.uri, "records": self.records, "fully_read": self.fully_read,
-                "failure": self.failure, "sha256": self.sha256}
+                "failure": self.failure, "sha256": self.sha256,
+                "failed_records": self.failed_records, "count_known": self.count_known}

@@ -159,14 +159,24 @@ def score(plan: RunPlan, options: PipelineOptions) -> RunResult:
     except commit.RunError:
         raise
     except Exception as exc:
+        # Whatever failed (a worker's step, a sink, the commit), the line says what is
+        # published now; --verbose shows the cause's traceback.
         failure = commit.storage_failure(exc, where=plan.staging or cfg.output)
-        if failure is None:
-            raise
+        what = f"cannot write run {plan.run_id}: {failure}" if failure else \
+            f"run {plan.run_id} failed: {type(exc).__name__}: {_first_line(exc)}"
         left = f"; {commit.discard(plan.staging)}" if plan.staging else ""
         earlier = "the earlier run of this id is untouched" if commit.is_published(final) \
             else "nothing was published"
-        raise commit.RunError(f"cannot write run {plan.run_id}: {failure}; {earlier}{left}") from exc
+        raise commit.RunError(f"{what}; {earlier}{left}") from exc
     return RunResult(final, manifest)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The line of an error that says what happened; Beam puts a worker's traceback first."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return (lines[-1] if lines[0].startswith("Traceback") else lines[0])[:300]
 
 
 def _run_and_check(plan: RunPlan, options: PipelineOptions) -> dict:
@@ -178,7 +188,8 @@ def _run_and_check(plan: RunPlan, options: PipelineOptions) -> dict:
     elapsed = time.time() - started
     try:
         counts, stats = commit.tally(plan.staging)
-        commit.check_books(counts, cfg.max_bad_fraction, len(plan.files), EXIT_BAD_RECORDS)
+        commit.check_books(counts, stats, cfg.max_bad_fraction, len(plan.files), EXIT_BAD_RECORDS,
+                           cfg.allow_uncounted_files)
     except commit.RunError as exc:
         # The staging folder stays for inspection (it never looks published); the next
         # run of this id removes it.

@@ -167,8 +167,8 @@ def input_keys(paths: list[str], root: str | None = None, refused: tuple[str, ..
                     ids = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(
                         column_types={"id": pa.string()})).column("id").to_pylist()
                 keys.update((p, _id_key(i)) for i in ids)
-            except Exception:  # noqa: BLE001 - unreadable: one file-level key
-                keys[(p, None)] += 1
+            except Exception:  # noqa: BLE001 - unreadable: a key per record its footer holds
+                keys[(p, None)] += _footer_rows(p) or 1
         elif p.endswith(".tfrecord"):
             try:
                 for raw in tf.data.TFRecordDataset(p).as_numpy_iterator():
@@ -179,6 +179,13 @@ def input_keys(paths: list[str], root: str | None = None, refused: tuple[str, ..
         else:   # an image file: its id is its path under the glob root
             keys[(p, os.path.relpath(p, root) if root else os.path.basename(p))] += 1
     return keys
+
+
+def _footer_rows(path: str) -> int | None:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # noqa: BLE001 - no footer
+        return None
 
 
 def output_keys(run_dir: str) -> Counter:

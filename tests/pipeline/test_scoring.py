@@ -49,7 +49,7 @@ def feature_inputs(features_registry, tmp_path_factory):
 def test_features_run_accounts_for_every_record(features_registry, feature_inputs, tmp_path):
     root, files = feature_inputs
     res = _score(features_registry, [str(root / "in" / "*.parquet")], tmp_path / "out",
-                 "--max-bad-fraction", "0.5")
+                 "--max-bad-fraction", "0.5", "--allow-uncounted-files")
     assert res.exit_code == 0, res.output + str(res.exception)
     run = str(tmp_path / "out" / "run1")
     helpers.check_invariant(run, files)
@@ -160,7 +160,7 @@ def test_images_run_with_bad_records(images_registry, tmp_path):
     Path(path).write_bytes(data[:-30])                                      # cut into record 5
     files.append(path)
     res = _score(images_registry, [str(tmp_path / "in" / "*.tfrecord")], tmp_path / "out",
-                 "--max-pixels", "1000", "--max-bad-fraction", "0.2")
+                 "--max-pixels", "1000", "--max-bad-fraction", "0.2", "--allow-uncounted-files")
     assert res.exit_code == 0, res.output
     run = str(tmp_path / "out" / "run1")
     helpers.check_invariant(run, sorted(files))

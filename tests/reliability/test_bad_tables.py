@@ -33,6 +33,15 @@ def _record_offset(data: bytes, index: int) -> int:
     return pos + 12
 
 
+def _garbled_pages(data: bytes) -> bytes:
+    """A Parquet file whose column chunks are garbage and whose footer is intact."""
+    footer_len = int.from_bytes(data[-8:-4], "little")
+    body = bytearray(data)
+    for i in range(4, len(data) - footer_len - 8):
+        body[i] = (body[i] * 31 + 7) % 256
+    return bytes(body)
+
+
 @pytest.fixture(scope="module")
 def bad_run(features_registry, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad_tables")
@@ -56,8 +65,10 @@ def bad_run(features_registry, tmp_path_factory):
     pq.write_table(pa.table(t), d / "retyped.parquet")
     # The same ids as in another shard.
     pq.write_table(pq.read_table(files[0]).slice(0, 5), d / "dup.parquet")
-    # A truncated footer; 0-byte files of every tabular format.
+    # A truncated footer; data pages overwritten behind an intact footer (its 100 rows are
+    # known, so each is counted); 0-byte files of every tabular format.
     (d / "trunc-footer.parquet").write_bytes((d / "part-0.parquet").read_bytes()[:-20])
+    (d / "bad-pages.parquet").write_bytes(_garbled_pages((d / "part-1.parquet").read_bytes()))
     for name in ("zero.parquet", "zero.csv", "zero.tfrecord"):
         (d / name).write_bytes(b"")
     # TFRecord features: a flipped bit in record 5, and a tail cut inside record 9.
@@ -79,7 +90,7 @@ def bad_run(features_registry, tmp_path_factory):
     os.symlink(outside, d / "escape.parquet")
     out = tmp / "out"
     res = helpers.score_cli(features_registry, [f"{d}/*.parquet", f"{d}/*.tfrecord", f"{d}/*.csv"],
-                            out, "--max-bad-fraction", "0.5")
+                            out, "--max-bad-fraction", "0.8", "--allow-uncounted-files")
     assert res.exit_code == 0, res.output + repr(res.exception)
     inputs = sorted(str(p) for p in d.iterdir())
     scores, dead, manifest = helpers.read_run(f"{out}/run1")
@@ -137,6 +148,34 @@ def test_duplicate_ids_across_shards_are_scored_per_occurrence(bad_run):
                    if i == rid]
         assert sorted(os.path.basename(x) for x in sources) == ["dup.parquet", "part-0.parquet"]
     _check(bad_run)
+
+
+def test_a_file_with_a_footer_counts_every_record_it_held(bad_run):
+    lost = _dead(bad_run, "bad-pages.parquet")
+    assert len(lost) == 100 and {d["reason"] for d in lost} == {"truncated_file"}
+    assert lost[0]["message"].startswith("record 1 of 100: ")
+    [info] = [i for i in bad_run["manifest"]["inputs"] if i["uri"].endswith("/bad-pages.parquet")]
+    assert (info["failed_records"], info["count_known"]) == (100, True)
+    counts = bad_run["manifest"]["counts"]
+    assert counts["read_is_lower_bound"] and counts["uncounted_files"] == 3   # footer, flip, cut
+    _check(bad_run)
+
+
+def test_files_whose_records_cannot_be_counted_stop_the_run_by_default(features_registry, tmp_path):
+    x, y = features_registry["x"], features_registry["y"]
+    files = helpers.table_shards(tmp_path / "in", x[:100], y[:100], shards=2)
+    cut = tmp_path / "in" / "cut.tfrecord"
+    _features_tfrecord(cut, x[100:110], "cut")
+    cut.write_bytes(cut.read_bytes()[:-10])
+    inputs = [f"{tmp_path}/in/*.parquet", str(cut)]
+    res = helpers.score_cli(features_registry, inputs, tmp_path / "out")
+    assert res.exit_code == 3
+    line = res.output.strip()
+    assert "\n" not in line and f"{cut} failed before their records could be counted" in line
+    assert not (tmp_path / "out" / "run1").exists()
+    res = helpers.score_cli(features_registry, inputs, tmp_path / "out", "--allow-uncounted-files")
+    assert res.exit_code == 0, res.output
+    helpers.check_invariant(str(tmp_path / "out" / "run1"), [*files, str(cut)])
 
 
 @pytest.mark.parametrize("name,reason,kept", [

@@ -184,3 +184,68 @@ def test_glob_matching_nothing_stops_before_the_pipeline(features_registry, tmp_
     assert res.exit_code == 2
     assert f"{tmp_path}/missing/*.parquet" in res.output and "matches no files" in res.output
     assert not (tmp_path / "out").exists()
+
+
+def _fail_read(monkeypatch):
+    import vigil.pipeline.transforms as transforms
+    monkeypatch.setattr(transforms, "read_file", lambda *a: (_ for _ in ()).throw(
+        OSError(5, "Input/output error", "/injected/read")))
+
+
+def _fail_decode(monkeypatch):
+    import vigil.pipeline.transforms as transforms
+    monkeypatch.setattr(transforms, "decode", lambda *a: (_ for _ in ()).throw(
+        RuntimeError("injected decode fault")))
+
+
+def _fail_rows(monkeypatch):
+    import vigil.pipeline.transforms as transforms
+    monkeypatch.setattr(transforms, "carried_value", lambda *a: (_ for _ in ()).throw(
+        RuntimeError("injected postprocess fault")))
+
+
+def _fail_sink(monkeypatch):
+    real = pq.ParquetWriter.write_table
+
+    def full(self, table, *a, **k):
+        if "is_anomaly" in table.schema.names:
+            raise OSError(28, "No space left on device")
+        return real(self, table, *a, **k)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
+
+
+def _fail_commit(monkeypatch):
+    import tensorflow as tf
+    real = tf.io.gfile.rename
+
+    def crash(src, dst, *a, **k):
+        if ".staging-" in src:
+            raise OSError(5, "Input/output error", src)
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(commit.tf.io.gfile, "rename", crash)
+
+
+@pytest.mark.parametrize("stage, says", [
+    (_fail_read, "/injected/read: Input/output error (EIO)"),
+    (_fail_decode, "failed: RuntimeError: injected decode fault"),
+    (_fail_rows, "failed: RuntimeError: injected postprocess fault"),
+    (_fail_sink, "No space left on device (ENOSPC)"),
+    (_fail_commit, "Input/output error (EIO)"),
+], ids=["read", "decode", "postprocess", "scores-sink", "commit"])
+def test_a_failure_at_any_stage_leaves_the_earlier_run_untouched(
+        features_registry, shards, clean_run, tmp_path, monkeypatch, stage, says):
+    import shutil
+    root, files = shards
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copytree(clean_run, out / "run1")
+    before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+    stage(monkeypatch)
+    res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], out, "--overwrite")
+    monkeypatch.undo()
+    assert res.exit_code == 1, res.output
+    line = res.output.strip().splitlines()[-1]
+    assert says in line and "the earlier run of this id is untouched" in line, line
+    after = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+    assert after == before
+    helpers.check_invariant(str(out / "run1"), files)

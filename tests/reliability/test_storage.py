@@ -62,19 +62,27 @@ def test_output_under_a_regular_file(features_registry, shards, tmp_path):
     assert str(out) in line and "Not a directory (ENOTDIR)" in line and "nothing was published" in line
 
 
-def test_read_only_file_system(features_registry, shards, tmpfs):
+MULTI_PROCESS = ("--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
+RUNNERS = pytest.mark.parametrize("runner", [(), MULTI_PROCESS], ids=["in-process", "multi-process"])
+
+
+@RUNNERS
+def test_read_only_file_system(features_registry, shards, tmpfs, runner):
     root, _ = shards
     out = tmpfs("1m", read_only=True) / "runs"
-    res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], out)
+    res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], out, *runner)
     assert res.exit_code == 1
     line = _one_error_line(res)
     assert str(out) in line and "Read-only file system (EROFS)" in line, line
 
 
-def test_full_file_system_while_the_pipeline_writes(features_registry, shards, tmpfs):
+@RUNNERS
+def test_full_file_system_while_the_pipeline_writes(features_registry, shards, tmpfs, runner):
+    """The error happens in a worker (another process, in multi-process mode); Beam
+    passes on only its text, which still names the errno."""
     root, _ = shards
     fs = tmpfs("16k")
-    res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], fs / "runs")
+    res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], fs / "runs", *runner)
     assert res.exit_code == 1
     line = _one_error_line(res)
     assert "No space left on device (ENOSPC)" in line and str(fs / "runs") in line, line
