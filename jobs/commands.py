@@ -62,14 +62,17 @@ def _size(ctx, param, value):
 @click.option("--target-fpr", multiple=True, type=float, default=(0.01,), callback=_fpr,
               show_default=True, help="Calibrated false-positive rate (repeatable).")
 @click.option("--promote/--no-promote", default=True, show_default=True)
+@click.option("--allow-unflaggable", is_flag=True,
+              help="Promote even if the calibration data is too small to flag anything at "
+                   "any --target-fpr.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
 @click.option("--mixed-precision", is_flag=True, help="float16 on GPUs, bfloat16 on CPUs.")
 @click.option("--max-records", type=click.IntRange(1), default=2_000_000, show_default=True)
 @click.pass_context
 def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_column,
           normal_values, calibration_inputs, image_size, channels, epochs, max_examples,
-          batch_size, latent_dim, likelihood, members, seed, target_fpr, promote, device,
-          mixed_precision, max_records):
+          batch_size, latent_dim, likelihood, members, seed, target_fpr, promote,
+          allow_unflaggable, device, mixed_precision, max_records):
     """Train the VAE and the DAE on normal data and publish a model version.
 
     The version is promoted to production when its gates pass (finite losses, held-out
@@ -97,7 +100,7 @@ def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_co
             label_column, tuple(v.strip() for v in normal_values.split(",")) if normal_values else (),
             image_size, channels, latent_dim, likelihood, members=members,
             calibration_inputs=tuple(calibration_inputs), promote=promote,
-            max_records=max_records,
+            max_records=max_records, allow_unflaggable=allow_unflaggable,
             train=TrainConfig(epochs=epochs, max_examples=max_examples, batch_size=batch_size,
                               seed=seed, target_fprs=tuple(target_fpr), device=device,
                               mixed_precision=mixed_precision, verbose=2))
@@ -111,6 +114,9 @@ def _train_and_report(cfg) -> None:
     out = run_training(cfg)
     click.echo(f"published {cfg.name} version {out.version}"
                + (" and promoted it to production" if out.promoted else ""))
+    for alpha, advice in out.cannot_flag.items():
+        click.echo(f"  target FPR {alpha:g}: " + (f"cannot flag: {advice}" if advice else
+                                                  "can flag"))
     if out.gate_failures:
         raise _Failure(f"version {out.version} stays a candidate: "
                        + "; ".join(out.gate_failures), EXIT_GATE_FAILED)
@@ -126,7 +132,8 @@ def _train_and_report(cfg) -> None:
 @click.option("--run-id", default=None, help="Run id (default: UTC timestamp).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run of the same id.")
 @click.option("--target-fpr", type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
-              default=0.01, show_default=True, help="False-positive rate is_anomaly is set at.")
+              default=None, help="False-positive rate is_anomaly is set at (default: the one the "
+                                 "model was calibrated for; the smallest it can flag at, if several).")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--max-bad-fraction", type=click.FloatRange(0, 1), default=0.05, show_default=True)
 @click.option("--format", "fmt", default="auto", show_default=True,
@@ -160,6 +167,8 @@ def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite,
       vigil score --input 'data/new/*.tfrecord' --registry ./models --name digits \\
                   --output ./runs --run-id 2026-11-24
     """
+    _check_beam_args(ctx.args, [o for p in ctx.command.params for o in p.opts], "vigil score")
+
     def go():
         from vigil.pipeline.options import ScoreConfig
         _score_and_report(ScoreConfig(
@@ -184,6 +193,21 @@ def _report(run_dir: str, fail_on_dq: bool, max_anomaly_multiple: float = 3.0) -
                        EXIT_DQ_FAILED)
 
 
+def _check_beam_args(beam_args: list[str], vigil_options: list[str], where: str) -> None:
+    """Arguments that neither vigil nor any Beam option class knows are usage errors."""
+    import difflib
+
+    from vigil.pipeline.options import unknown_beam_args
+    unknown, beam_known = unknown_beam_args(beam_args)
+    if not unknown:
+        return
+    first = unknown[0].split("=", 1)[0]
+    close = difflib.get_close_matches(first, vigil_options + beam_known, n=1)
+    hint = f"; did you mean {close[0]}?" if close else \
+        "; vigil's options are in 'vigil score --help', Beam's in its PipelineOptions"
+    raise click.UsageError(f"{where}: unknown option {unknown[0]!r}{hint}")
+
+
 def _score_and_report(cfg, beam_args, report: bool = True, fail_on_dq: bool = False) -> None:
     from vigil.pipeline.options import pipeline_options
     from vigil.pipeline.run import plan_run
@@ -191,9 +215,13 @@ def _score_and_report(cfg, beam_args, report: bool = True, fail_on_dq: bool = Fa
     plan = plan_run(cfg)
     result = run_score(plan, pipeline_options(cfg, beam_args))
     c = result.manifest["counts"]
+    target = plan.config.target_fpr
     click.echo(f"run {result.run_dir}: read {c['read']}, scored {c['scored']}, "
                f"dead-lettered {c['dead_lettered']}, anomalies {c['anomalies']} "
-               f"(model {cfg.name}/{plan.version}, target FPR {cfg.target_fpr})")
+               f"(model {cfg.name}/{plan.version}, target FPR {target:g})")
+    why = plan.bundle.calibration.cannot_flag(target)
+    if why:
+        click.echo(f"  warning: nothing can be flagged: {why}")
     for item in result.manifest["skipped"]:
         click.echo(f"  skipped {item['uri']}: {item['skipped']}, not read")
     if report:
@@ -231,6 +259,7 @@ def run_spec(ctx, spec, date):
         o = dict(job.options)
         if job.kind == "score":
             from vigil.pipeline.options import ScoreConfig
+            _check_beam_args(list(job.beam_args), [], f"{spec}: beam_args")
             carry = tuple(o.pop("carry_columns", ("label",)))
             cfg = ScoreConfig(job.inputs, job.registry, job.name, job.output, run_id=day,
                               overwrite=True, carry_columns=carry, **o)

@@ -119,9 +119,10 @@ def run_demo(output: str, kind: str = "images", epochs: int = 40, overrides: dic
     trained = run_training(TrainJobConfig(
         (train_glob,), registry, name, label_column=label_column,
         normal_values=tuple(normal_values),
-        train=TrainConfig(epochs=epochs, verbose=0, **overrides.get("train", {}))))
+        train=TrainConfig(epochs=epochs, verbose=0, target_fprs=(target_fpr,),
+                          **overrides.get("train", {}))))
     cfg = ScoreConfig((score_glob,), registry, name, f"{output}/runs", trained.version,
-                      run_id="demo", overwrite=True, target_fpr=target_fpr)
+                      run_id="demo", overwrite=True)
     result = score(plan_run(cfg), pipeline_options(cfg, overrides.get("beam_args", [])))
     table = ds.dataset(f"{result.run_dir}/scores", format="parquet").to_table()
     labels = np.array(table.column("label").to_pylist())
@@ -133,7 +134,7 @@ def run_demo(output: str, kind: str = "images", epochs: int = 40, overrides: dic
     yield (f"  records:     read {counts['read']}, scored {counts['scored']}, "
            f"dead-lettered {counts['dead_lettered']}")
     flags = np.array(table.column("is_anomaly").to_pylist())
-    yield (f"  anomalies:   {counts['anomalies']} flagged at target FPR {cfg.target_fpr}: "
+    yield (f"  anomalies:   {counts['anomalies']} flagged at target FPR {target_fpr}: "
            f"{int(flags[truth == 1].sum())} of {int(truth.sum())} anomalies caught, "
            f"false-positive rate on held-out normals {flags[truth == 0].mean():.3f}")
     what = f"digit {', '.join(map(str, HELD_OUT))} held out of training" if kind == "images" \

@@ -34,7 +34,8 @@ def evaluate(run_dir: str, label_column: str, normal_values: tuple[str, ...] = (
         raise ValueError(f"{run_dir}: labels hold only one class; AUROC needs both")
     thresholds = manifest["thresholds"]
     out = {"run": run_dir, "rows": int(keep.sum()), "anomalies": int(y.sum()),
-           "target_fpr": thresholds.get("target_fpr"), "scores": {}}
+           "target_fpr": thresholds.get("target_fpr"),
+           "could_flag": thresholds.get("anomaly_score") is not None, "scores": {}}
     for col in (*SCORE_NAMES, "anomaly_score"):
         sign = SCORE_ORIENTATION.get(col, 1)
         s = sign * table.column(col).to_numpy()[keep]
@@ -47,7 +48,7 @@ def evaluate(run_dir: str, label_column: str, normal_values: tuple[str, ...] = (
                               "precision": float(p), "recall": float(r), "f1": float(f1),
                               "fpr": float(flags[y == 0].mean())}
     with tf.io.gfile.GFile(f"{run_dir.rstrip('/')}/evaluation.json", "w") as f:
-        json.dump(out, f, indent=1)
+        json.dump(out, f, indent=1, allow_nan=False)
     return out
 
 
@@ -58,4 +59,9 @@ def format_table(result: dict) -> str:
                      f"{m['recall']:6.3f} {m['f1']:6.3f} {m['fpr']:6.3f}")
     lines.append(f"{result['rows']} labelled rows, {result['anomalies']} anomalies; "
                  f"thresholds at target FPR {result['target_fpr']}")
+    if not result["could_flag"]:
+        lines.append(f"this run could flag nothing: the model's calibration has too few normal "
+                     f"values for a threshold at target FPR {result['target_fpr']} (precision and "
+                     "recall are 0 for that reason; see 'vigil train' advice or score at a "
+                     "larger --target-fpr)")
     return "\n".join(lines)

@@ -35,8 +35,8 @@ SCORE_OPTIONS = {"target_fpr", "batch_size", "max_bad_fraction", "format", "id_c
 TRAIN_OPTIONS = {"format", "id_column", "feature_columns", "label_column", "normal_values",
                  "calibration_inputs",
                  "image_size", "channels", "epochs", "max_examples", "batch_size", "latent_dim",
-                 "likelihood", "members", "seed", "target_fprs", "promote", "device",
-                 "mixed_precision", "max_records"}
+                 "likelihood", "members", "seed", "target_fprs", "promote", "allow_unflaggable",
+                 "device", "mixed_precision", "max_records"}
 
 
 class SpecError(ValueError):

@@ -19,13 +19,15 @@ from vigil.models import registry
 from vigil.models.bundle import save_models
 from vigil.models.config import FEATURE_TAIL, IMAGE_MAX_EXAMPLES, ModelConfig, TrainConfig
 from vigil.models.preprocessing import Preprocessing
-from vigil.models.training import TrainResult, data_profile, fit, train_split_size, validation_metrics
+from vigil.models.splits import train_split_size
+from vigil.models.training import TrainResult, data_profile, fit, validation_metrics
 from vigil.pipeline.decode import DecodeSpec, decode
 from vigil.pipeline.options import absolute_uri
 from vigil.pipeline.preflight import InputError, check_columns, match_inputs, resolve_formats, table_schema
 from vigil.pipeline.readers import UNKNOWN_FORMAT, ReadSpec, printable, read_file
 from vigil.pipeline.records import FileStats, RawRecord, ScoringInput
 from vigil.schemas import DISTRIBUTION, __version__
+from vigil.schemas.manifest import strict_json
 
 LOG = logging.getLogger("vigil.train")
 CODE_VERSION = f"{DISTRIBUTION} {__version__}"
@@ -54,6 +56,7 @@ class TrainJobConfig:
     promote: bool = True
     max_records: int = 2_000_000
     gate_margin: float = 0.02
+    allow_unflaggable: bool = False     # promote although no target FPR can flag anything
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
@@ -69,6 +72,7 @@ class TrainOutcome:
     promoted: bool
     gate_failures: list[str]
     result: TrainResult
+    cannot_flag: dict[float, str | None] = field(default_factory=dict)   # target -> advice
 
 
 def _keep(record: RawRecord, cfg: TrainJobConfig) -> bool:
@@ -229,10 +233,31 @@ def default_model_config(kind: str, shape: tuple[int, ...], cfg: TrainJobConfig,
                        cross_fit=few_rows and (cfg.members or 5) > 1)
 
 
-def gates(result: TrainResult, cfg: TrainJobConfig, x_val_raw: np.ndarray, val_ids: list[str]) -> list[str]:
-    """Reasons not to promote; [] when every gate passes."""
+def flag_advice(calibration, alpha: float, normal_records: int) -> str | None:
+    """What to change when a target FPR cannot flag: a reachable rate, or the rows it needs."""
+    why = calibration.cannot_flag(alpha)
+    if why is None:
+        return None
+    limit = calibration.flag_limit(alpha)
+    share = limit["values"] / max(normal_records, 1)
+    rows = math.ceil(limit["values_needed"] / share) if share else None
+    more = f", or train on about {rows} normal records" if rows else ""
+    return f"{why}: train with --target-fpr {math.ceil(limit['smallest_fpr'] * 1000) / 1000:g}{more}"
+
+
+def gates(result: TrainResult, cfg: TrainJobConfig, x_val_raw: np.ndarray, val_ids: list[str],
+          calibration_records: int) -> list[str]:
+    """Reasons not to promote; [] when every gate passes.
+
+    ``calibration_records`` is how many normal records the calibration splits came from.
+    """
     from scipy.stats import binom
     failures = []
+    if not cfg.allow_unflaggable and all(
+            result.calibration.cannot_flag(a) for a in cfg.train.target_fprs):
+        failures.append("is_anomaly can never be true: " + "; ".join(
+            flag_advice(result.calibration, a, calibration_records) or ""
+            for a in cfg.train.target_fprs) + " (--allow-unflaggable promotes it anyway)")
     if not result.metrics["finite"]:
         failures.append("a training or validation loss is not finite")
     val = result.metrics["validation"]
@@ -286,7 +311,8 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
         LOG.info("calibrating on %d curated normal records", len(calibration_set[1]))
     result = fit(x_raw, ids, model_config, cfg.train, pre, calibration_set)
     x_holdout, holdout_ids = result.holdout
-    failures = gates(result, cfg, x_holdout, holdout_ids)
+    calibration_records = len(calibration_set[1]) if calibration_set is not None else len(x_raw)
+    failures = gates(result, cfg, x_holdout, holdout_ids, calibration_records)
     manifest = {
         "format": 1, "code_version": CODE_VERSION,
         "input": {"kind": kind, "shape": list(shape), "feature_columns": columns,
@@ -301,12 +327,12 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
                      "history": result.history,
                      "device": {"strategy": result.plan.strategy, "devices": list(result.plan.devices),
                                 "precision": result.plan.precision, "reason": result.plan.reason}},
-        "metrics": _finite(result.metrics),
+        "metrics": strict_json(result.metrics),
         "calibration": result.calibration.to_dict(),
         "profile": data_profile(x_raw, kind, columns),
         "gates": {"passed": not failures, "failures": failures},
     }
-    manifest = _finite(manifest)
+    manifest = strict_json(manifest)
     def write_files(directory: str) -> dict[str, str]:
         import tensorflow as tf
 
@@ -322,15 +348,6 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
     if cfg.promote and not failures:
         registry.promote(cfg.registry, cfg.name, version)
         promoted = True
-    return TrainOutcome(version, promoted, failures, result)
-
-
-def _finite(obj):
-    """JSON-safe: non-finite floats become None."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    return TrainOutcome(version, promoted, failures, result,
+                        {a: flag_advice(result.calibration, a, calibration_records)
+                         for a in cfg.train.target_fprs})

@@ -233,6 +233,26 @@ class Calibration:
         """Threshold on ``anomaly_score`` at false-positive rate alpha."""
         return conformal_threshold(self.combined, alpha)
 
+    def flag_limit(self, alpha: float) -> dict:
+        """Whether ``anomaly_score`` can flag anything at rate ``alpha``, and what it takes.
+
+        With n values setting the threshold, the smallest reachable rate is 1/(n + 1); a
+        rate below it has no threshold, and nothing would ever be flagged.
+        """
+        n = int(len(self.combined))
+        return {"target_fpr": alpha, "can_flag": math.isfinite(self.threshold(alpha)),
+                "values": n, "values_needed": max(math.ceil(1 / alpha - 1 - 1e-9), 0),
+                "smallest_fpr": 1.0 / (n + 1)}
+
+    def cannot_flag(self, alpha: float) -> str | None:
+        """Why nothing can be flagged at rate ``alpha``; None when something can."""
+        limit = self.flag_limit(alpha)
+        if limit["can_flag"]:
+            return None
+        return (f"at target FPR {alpha:g} the threshold needs {limit['values_needed']} normal "
+                f"calibration values and has {limit['values']}, so nothing can be flagged; "
+                f"the smallest rate it can flag at is {limit['smallest_fpr']:.3g}")
+
     def score_thresholds(self, alpha: float) -> dict[str, float]:
         """Per-score thresholds at alpha, in each score's own units and orientation.
 
@@ -278,6 +298,8 @@ class Calibration:
                                     {"anomaly_score": self.threshold(a),
                                      **self.score_thresholds(a)}.items()}
                            for a in self.target_fprs},
+            "smallest_fpr": 1.0 / (len(self.combined) + 1),
+            "can_flag": {str(a): self.flag_limit(a)["can_flag"] for a in self.target_fprs},
         }
 
     def to_dict(self) -> dict:

@@ -27,6 +27,8 @@ import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from vigil.schemas.manifest import strict_json
+
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
 
@@ -228,24 +230,22 @@ def check_books(counts: dict, stats: list[dict], max_bad_fraction: float, n_file
     unless the caller allows it.
     """
     if counts["files"] != n_files:
-        raise RunError(f"{n_files} input files but {counts['files']} were read; not publishing")
+        raise RunError(f"{n_files} input files but {counts['files']} were read")
     if counts["read"] != counts["scored"] + counts["dead_lettered"]:
         raise RunError(f"read {counts['read']} != scored {counts['scored']} + dead-lettered "
-                       f"{counts['dead_lettered']}; records were lost, not publishing")
+                       f"{counts['dead_lettered']}; records were lost")
     uncounted = [s["uri"] for s in stats if not s["count_known"]]
     if uncounted and not allow_uncounted_files:
         more = f" and {len(uncounted) - 1} more" if len(uncounted) > 1 else ""
         raise RunError(f"{uncounted[0]}{more} failed before their records could be counted, so "
-                       "the bad fraction is unknown; not publishing (--allow-uncounted-files "
-                       "publishes anyway, counting such a file's lost records as one)",
-                       exit_code_bad)
+                       "the bad fraction is unknown (--allow-uncounted-files publishes anyway, "
+                       "counting such a file's lost records as one)", exit_code_bad)
     if counts["read"]:
         bad = counts["dead_lettered"] / counts["read"]
         counts["bad_fraction"] = bad
         if bad > max_bad_fraction:
             raise RunError(f"{counts['dead_lettered']} of {counts['read']} records dead-lettered "
-                           f"({bad:.1%}) is above --max-bad-fraction {max_bad_fraction:.1%}; "
-                           "not publishing",
+                           f"({bad:.1%}) is above --max-bad-fraction {max_bad_fraction:.1%}",
                            exit_code_bad)
 
 
@@ -260,7 +260,7 @@ def publish(staging: str, final: str, manifest: dict) -> None:
     if tf.io.gfile.isdir(f"{staging}/_stats"):
         tf.io.gfile.rmtree(f"{staging}/_stats")
     with tf.io.gfile.GFile(f"{staging}/{MANIFEST}", "w") as f:
-        json.dump(manifest, f, indent=1, default=str)
+        json.dump(strict_json(manifest), f, indent=1, default=str, allow_nan=False)
     trash = None
     if tf.io.gfile.exists(final):
         trash = f"{final.rstrip('/')}.replaced-{uuid.uuid4().hex[:NONCE]}"

@@ -36,7 +36,8 @@ class VigilOptions(PipelineOptions):
         parser.add_argument("--vigil_output", default=None, help="output root")
         parser.add_argument("--vigil_run_id", default=None, help="run id (default: UTC timestamp)")
         parser.add_argument("--vigil_overwrite", action="store_true", default=False)
-        parser.add_argument("--vigil_target_fpr", type=float, default=0.01)
+        parser.add_argument("--vigil_target_fpr", type=float, default=None,
+                            help="target FPR (default: the model's calibrated one)")
         parser.add_argument("--vigil_batch_size", type=int, default=256)
         parser.add_argument("--vigil_max_bad_fraction", type=float, default=0.05)
         parser.add_argument("--vigil_format", default="auto")
@@ -61,7 +62,7 @@ class ScoreConfig:
     model_version: str | None = None
     run_id: str | None = None
     overwrite: bool = False
-    target_fpr: float = 0.01
+    target_fpr: float | None = None     # None: the rate the model was calibrated for
     batch_size: int = 256
     max_bad_fraction: float = 0.05
     format: str = "auto"
@@ -79,7 +80,7 @@ class ScoreConfig:
         object.__setattr__(self, "inputs", tuple(absolute_uri(i) for i in self.inputs))
         for name in ("registry", "output"):
             object.__setattr__(self, name, absolute_uri(getattr(self, name)))
-        if not 0 < self.target_fpr < 0.5:
+        if self.target_fpr is not None and not 0 < self.target_fpr < 0.5:
             raise ConfigError(f"--target-fpr {self.target_fpr}: must be in (0, 0.5)")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ConfigError(f"--max-bad-fraction {self.max_bad_fraction}: must be in [0, 1]")
@@ -95,7 +96,7 @@ class ScoreConfig:
         """The same settings as ``--vigil_*`` flags, for PipelineOptions."""
         flags = [f"--vigil_input={i}" for i in self.inputs]
         flags += [f"--vigil_registry={self.registry}", f"--vigil_name={self.name}",
-                  f"--vigil_output={self.output}", f"--vigil_target_fpr={self.target_fpr}",
+                  f"--vigil_output={self.output}",
                   f"--vigil_batch_size={self.batch_size}",
                   f"--vigil_max_bad_fraction={self.max_bad_fraction}",
                   f"--vigil_format={self.format}", f"--vigil_id_column={self.id_column}",
@@ -110,6 +111,8 @@ class ScoreConfig:
             flags.append(f"--vigil_run_id={self.run_id}")
         if self.overwrite:
             flags.append("--vigil_overwrite")
+        if self.target_fpr is not None:
+            flags.append(f"--vigil_target_fpr={self.target_fpr}")
         if self.allow_uncounted_files:
             flags.append("--vigil_allow_uncounted_files")
         return flags
@@ -123,6 +126,30 @@ class ScoreConfig:
                    v.vigil_id_column, tuple(v.vigil_carry_column or ("label",)),
                    v.vigil_max_pixels, v.vigil_max_record_bytes, v.vigil_max_files,
                    v.vigil_num_shards, v.vigil_allow_uncounted_files)
+
+
+def unknown_beam_args(beam_args: list[str]) -> tuple[list[str], list[str]]:
+    """(arguments no registered Beam ``PipelineOptions`` class defines, every Beam option).
+
+    Beam itself only warns about such arguments and drops them, so a mistyped option
+    would silently run with its default.  Runner modules that define options of their
+    own (Dask) are imported first where they are installed.
+    """
+    import importlib
+
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+    for module in ("apache_beam.runners.dask.dask_runner",):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - how Beam itself collects its options
+    _, unknown = parser.parse_known_args(list(beam_args))
+    known = sorted({opt for action in parser._actions for opt in action.option_strings})
+    return unknown, known
 
 
 def pipeline_options(config: ScoreConfig, beam_args: list[str]) -> PipelineOptions:

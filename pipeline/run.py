@@ -6,9 +6,11 @@ and publishes through ``vigil.pipeline.commit``.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -65,8 +67,9 @@ class RunPlan:
     def thresholds(self) -> dict:
         cal = self.bundle.calibration
         alpha = self.config.target_fpr
-        return {"target_fpr": alpha, "anomaly_score": cal.threshold(alpha),
-                **{f"{k}": v for k, v in cal.score_thresholds(alpha).items()}}
+        values = {"anomaly_score": cal.threshold(alpha), **cal.score_thresholds(alpha)}
+        # null, not Infinity, where a rate is out of reach: the manifest stays strict JSON
+        return {"target_fpr": alpha, **{k: (v if math.isfinite(v) else None) for k, v in values.items()}}
 
 
 def default_run_id() -> str:
@@ -84,6 +87,7 @@ def plan_run(config: ScoreConfig) -> RunPlan:
     version = registry.resolve(config.registry, config.name, config.model_version)
     bundle = registry.load(config.registry, config.name, version)   # verifies everything
     bundle.require_scorable()
+    config = dataclasses.replace(config, target_fpr=_target_fpr(config, bundle, version))
     kind = bundle.config.kind
     files = match_inputs(config.inputs, config.max_files)
     features = list(bundle.preprocessing.feature_columns)
@@ -100,6 +104,25 @@ def plan_run(config: ScoreConfig) -> RunPlan:
                              config.max_record_bytes)
     return RunPlan(config, run_id, version, bundle, files, read_spec, decode_spec,
                    carried_fields(files, config.carry_columns), skipped_matches(config.inputs))
+
+
+def _target_fpr(config: ScoreConfig, bundle: Bundle, version: str) -> float:
+    """The rate to flag at: the one asked for, else the model's calibrated one.
+
+    A model calibrated for several rates scores at the smallest it can flag at.  A rate
+    asked for that the model's calibration cannot reach is refused: every record would
+    score below its threshold.
+    """
+    cal = bundle.calibration
+    if config.target_fpr is None:
+        trained = sorted(cal.target_fprs)
+        return next((a for a in trained if cal.cannot_flag(a) is None), trained[0])
+    why = cal.cannot_flag(config.target_fpr)
+    if why:
+        raise InputError(f"--target-fpr {config.target_fpr:g}: model {config.name}/{version} {why}; "
+                         f"score at that rate or above (trained for "
+                         f"{', '.join(f'{a:g}' for a in cal.target_fprs)})")
+    return config.target_fpr
 
 
 def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
@@ -156,8 +179,8 @@ def score(plan: RunPlan, options: PipelineOptions) -> RunResult:
             plan.staging = commit.staging_dir(cfg.output, plan.run_id)
             manifest = _run_and_check(plan, options)
             commit.publish(plan.staging, final, manifest)
-    except commit.RunError:
-        raise
+    except commit.RunError as exc:
+        raise commit.RunError(f"{exc}; {_published_state(final)}", exc.exit_code) from exc
     except Exception as exc:
         # Whatever failed (a worker's step, a sink, the commit), the line says what is
         # published now; --verbose shows the cause's traceback.
@@ -165,10 +188,14 @@ def score(plan: RunPlan, options: PipelineOptions) -> RunResult:
         what = f"cannot write run {plan.run_id}: {failure}" if failure else \
             f"run {plan.run_id} failed: {type(exc).__name__}: {_first_line(exc)}"
         left = f"; {commit.discard(plan.staging)}" if plan.staging else ""
-        earlier = "the earlier run of this id is untouched" if commit.is_published(final) \
-            else "nothing was published"
-        raise commit.RunError(f"{what}; {earlier}{left}") from exc
+        raise commit.RunError(f"{what}; {_published_state(final)}{left}") from exc
     return RunResult(final, manifest)
+
+
+def _published_state(final: str) -> str:
+    """What a failed run leaves published: the clause its error line ends with."""
+    return "the earlier run of this id is untouched" if commit.is_published(final) \
+        else "nothing was published"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -193,7 +220,8 @@ def _run_and_check(plan: RunPlan, options: PipelineOptions) -> dict:
     except commit.RunError as exc:
         # The staging folder stays for inspection (it never looks published); the next
         # run of this id removes it.
-        raise commit.RunError(f"{exc} [staging kept at {plan.staging}]", exc.exit_code) from exc
+        raise commit.RunError(f"{exc}; its staging folder is kept for inspection at {plan.staging}",
+                              exc.exit_code) from exc
     info = {printable(f.uri): {"bytes": f.size, "format": f.format, "root": printable(f.root)}
             for f in plan.files}
     return {

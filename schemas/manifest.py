@@ -5,6 +5,8 @@ so that callers can name every missing key in one error line.
 """
 from __future__ import annotations
 
+import math
+
 MODEL_MANIFEST_FORMAT = 1
 RUN_MANIFEST_FORMAT = 1
 
@@ -48,6 +50,21 @@ def _check(doc: object, keys: dict[str, type | tuple], what: str) -> list[str]:
             problems.append(f"{what} key '{key}' is {type(doc[key]).__name__}, "
                             f"expected {getattr(typ, '__name__', typ)}")
     return problems
+
+
+def strict_json(obj):
+    """The same document with every non-finite float (inf, NaN) as None.
+
+    Manifests are strict JSON: JavaScript's JSON.parse and jq refuse ``Infinity``, and a
+    value that does not exist (a threshold out of reach) is null.
+    """
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def check_model_manifest(doc: object) -> list[str]:

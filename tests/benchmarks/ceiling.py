@@ -7,7 +7,7 @@ second):
 * **Detection** (``mvtec-resnet18``): the AUROC of reference detectors (k-NN distance,
   Mahalanobis with Ledoit-Wolf shrinkage, PCA residual, one-class SVM, isolation forest,
   and a rank ensemble of 1-NN, Mahalanobis and PCA-30) trained on every train row, on
-  the share vigil's models train on (``vigil.models.training.split_indices``: the rest is held out for
+  the share vigil's models train on (``vigil.models.splits.split_indices``: the rest is held out for
   validation and calibration), and on that share as vigil's models see it (its default
   ``Preprocessing``: robust scaling, and a log scale past ``feature_tail`` robust units).
 * **Calibration under contamination** (``adbench-unsup``): the false-positive rate on the
@@ -42,7 +42,7 @@ from sklearn.svm import OneClassSVM  # noqa: E402
 
 from vigil.models.calibration import conformal_threshold  # noqa: E402
 from vigil.models.config import TrainConfig  # noqa: E402
-from vigil.models.training import split_indices  # noqa: E402
+from vigil.models.splits import split_indices  # noqa: E402
 
 TARGET_FPR = 0.01
 
@@ -135,7 +135,8 @@ def _vigil_fit(x: np.ndarray, ids: list[str], calibration_set=None):
     """vigil's default table models fitted as ``vigil train`` fits them; (result, config)."""
     from vigil.jobs.train import TrainJobConfig, default_model_config
     from vigil.models.preprocessing import Preprocessing
-    from vigil.models.training import fit, train_split_size
+    from vigil.models.splits import train_split_size
+    from vigil.models.training import fit
     d = x.shape[1]
     train_cfg = TrainConfig(verbose=0, max_examples=0)
     rows = train_split_size(len(x), train_cfg, calibrate=calibration_set is None)

@@ -34,7 +34,8 @@ def defective_run(features_registry, tmp_path_factory):
     Path(root / "in" / "part-9.parquet").write_bytes(raw[:-40])   # a file not fully read
     res = CliRunner().invoke(cli, [
         "score", "--input", str(root / "in" / "*.parquet"), "--registry", features_registry["registry"],
-        "--name", "cardio", "--output", str(root / "runs"), "--run-id", "bad", "--max-bad-fraction", "0.5"])
+        "--name", "cardio", "--output", str(root / "runs"), "--run-id", "bad", "--max-bad-fraction", "0.5",
+        "--allow-uncounted-files"])
     assert res.exit_code == 0, res.output
     return root / "runs" / "bad", res.output
 

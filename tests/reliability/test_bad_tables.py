@@ -18,6 +18,8 @@ import pytest
 
 from tests import helpers
 
+MULTI_PROCESS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
+
 
 def _features_tfrecord(path, x, prefix):
     return helpers.write_tfrecord(path, [helpers.example(f"{prefix}-{i}".encode(), features=list(row))
@@ -161,19 +163,22 @@ def test_a_file_with_a_footer_counts_every_record_it_held(bad_run):
     _check(bad_run)
 
 
-def test_files_whose_records_cannot_be_counted_stop_the_run_by_default(features_registry, tmp_path):
+@pytest.mark.parametrize("runner", [[], MULTI_PROCESS], ids=["in-process", "multi-process"])
+def test_files_whose_records_cannot_be_counted_stop_the_run_by_default(features_registry, tmp_path,
+                                                                       runner):
     x, y = features_registry["x"], features_registry["y"]
     files = helpers.table_shards(tmp_path / "in", x[:100], y[:100], shards=2)
     cut = tmp_path / "in" / "cut.tfrecord"
     _features_tfrecord(cut, x[100:110], "cut")
     cut.write_bytes(cut.read_bytes()[:-10])
     inputs = [f"{tmp_path}/in/*.parquet", str(cut)]
-    res = helpers.score_cli(features_registry, inputs, tmp_path / "out")
+    res = helpers.score_cli(features_registry, inputs, tmp_path / "out", *runner)
     assert res.exit_code == 3
     line = res.output.strip()
     assert "\n" not in line and f"{cut} failed before their records could be counted" in line
     assert not (tmp_path / "out" / "run1").exists()
-    res = helpers.score_cli(features_registry, inputs, tmp_path / "out", "--allow-uncounted-files")
+    res = helpers.score_cli(features_registry, inputs, tmp_path / "out", "--allow-uncounted-files",
+                            *runner)
     assert res.exit_code == 0, res.output
     helpers.check_invariant(str(tmp_path / "out" / "run1"), [*files, str(cut)])
 
@@ -231,7 +236,9 @@ def test_training_skips_a_file_whose_name_says_no_format(tmp_path):
     assert (kind, columns, len(ids)) == ("features", ["f0", "f1", "f2"], 40)
 
 
-def test_matches_that_are_not_files_are_listed_and_never_opened(features_registry, tmp_path):
+@pytest.mark.parametrize("runner", [["--runner", "FnApiRunner"], MULTI_PROCESS],
+                         ids=["in-process", "multi-process"])
+def test_matches_that_are_not_files_are_listed_and_never_opened(features_registry, tmp_path, runner):
     """A pipe named like a shard would block a reader forever; a name that is not UTF-8
     would break every text sink.  The first kind is skipped and listed, the second read."""
     import json
@@ -253,7 +260,7 @@ def test_matches_that_are_not_files_are_listed_and_never_opened(features_registr
         done = subprocess.run(
             [sys.executable, "-c", "from vigil.jobs.cli import main; main()", "score", "--input",
              f"{d}/*.parquet", "--registry", features_registry["registry"], "--name", "cardio",
-             "--output", str(tmp_path / "out"), "--run-id", "r", "--no-report", "--runner", "FnApiRunner"],
+             "--output", str(tmp_path / "out"), "--run-id", "r", "--no-report", *runner],
             capture_output=True, text=True, timeout=300)
     finally:
         sock.close()

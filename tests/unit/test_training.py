@@ -8,13 +8,8 @@ from sklearn.metrics import roc_auc_score
 from vigil.models.config import ModelConfig, TrainConfig
 from vigil.models.devices import plan_devices
 from vigil.models.preprocessing import Preprocessing
-from vigil.models.training import (
-    cross_fit_splits,
-    effective_batch_size,
-    fit,
-    split_calibration,
-    split_indices,
-)
+from vigil.models.splits import cross_fit_splits, split_calibration, split_indices
+from vigil.models.training import effective_batch_size, fit
 
 
 @pytest.mark.parametrize("device, gpus, mixed, strategy, precision", [

@@ -1,0 +1,120 @@
+"""What a new operator meets first: small tables, mistyped options, strict JSON."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests import helpers
+from vigil.jobs.cli import cli
+
+
+def _strict(path: Path):
+    def refuse(name):
+        raise ValueError(f"{path}: {name} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def small_table(features_registry, tmp_path_factory):
+    """300 normal training rows and a scoring table with 12 planted anomalies."""
+    root = tmp_path_factory.mktemp("small")
+    x, y = features_registry["x"], features_registry["y"]
+    normal, anomalous = x[y == 0], x[y == 1]
+    helpers.table_shards(root / "train", normal[:300], shards=1, prefix="t")
+    score = np.concatenate([normal[300:400], anomalous[:12]])
+    labels = np.r_[np.zeros(100, int), np.ones(12, int)]
+    helpers.table_shards(root / "score", score, labels, shards=1, prefix="s")
+    return root
+
+
+def _train(root: Path, name: str, *extra: str):
+    return CliRunner().invoke(cli, ["train", "--input", str(root / "train" / "*.parquet"),
+                                    "--registry", str(root / "reg"), "--name", name,
+                                    "--epochs", "3", "--members", "1", *extra])
+
+
+def test_a_small_table_says_at_train_time_why_it_cannot_flag_and_what_to_change(small_table):
+    res = _train(small_table, "default")
+    assert res.exit_code == 5, res.output
+    assert "target FPR 0.01: cannot flag: at target FPR 0.01 the threshold needs 99 normal " \
+           "calibration values and has 90" in res.output
+    assert "train with --target-fpr 0.011, or train on about 330 normal records" in res.output
+    assert "stays a candidate: is_anomaly can never be true" in res.output
+    manifest = _strict(Path(small_table, "reg", "default", "versions", "0001", "manifest.json"))
+    description = manifest["calibration"]["description"]
+    assert description["can_flag"] == {"0.01": False}
+    assert description["thresholds"]["0.01"]["anomaly_score"] is None
+
+
+def test_a_model_trained_at_5_percent_scores_at_5_percent_and_flags(small_table):
+    res = _train(small_table, "five", "--target-fpr", "0.05")
+    assert res.exit_code == 0, res.output
+    assert "target FPR 0.05: can flag" in res.output
+    common = ["--input", str(small_table / "score" / "*.parquet"), "--registry",
+              str(small_table / "reg"), "--name", "five", "--output", str(small_table / "runs")]
+    scored = CliRunner().invoke(cli, ["score", *common, "--run-id", "r5"])
+    assert scored.exit_code == 0, scored.output
+    assert "target FPR 0.05)" in scored.output
+    run = small_table / "runs" / "r5"
+    manifest = _strict(run / "manifest.json")
+    assert manifest["thresholds"]["target_fpr"] == 0.05 and manifest["counts"]["anomalies"] > 0
+    evaluated = CliRunner().invoke(cli, ["evaluate", str(run), "--label-column", "label",
+                                         "--normal-values", "0"])
+    assert evaluated.exit_code == 0 and "could flag nothing" not in evaluated.output
+    _strict(run / "evaluation.json")
+    for page in run.rglob("*.json"):
+        _strict(page)
+    # A rate its calibration cannot reach is refused before anything is read.
+    refused = CliRunner().invoke(cli, ["score", *common, "--run-id", "r1", "--target-fpr", "0.001"])
+    assert refused.exit_code == 2
+    line = refused.output.strip()
+    assert "\n" not in line and "--target-fpr 0.001: model five/0001 at target FPR 0.001" in line
+    assert not (small_table / "runs" / "r1").exists()
+
+
+def test_evaluate_says_when_a_run_could_flag_nothing(small_table):
+    res = _train(small_table, "forced", "--allow-unflaggable")
+    assert res.exit_code == 0, res.output
+    scored = CliRunner().invoke(cli, ["score", "--input", str(small_table / "score" / "*.parquet"),
+                                      "--registry", str(small_table / "reg"), "--name", "forced",
+                                      "--output", str(small_table / "runs"), "--run-id", "rf",
+                                      "--no-report"])
+    assert scored.exit_code == 0, scored.output
+    assert "warning: nothing can be flagged" in scored.output
+    evaluated = CliRunner().invoke(cli, ["evaluate", str(small_table / "runs" / "rf"),
+                                         "--label-column", "label", "--normal-values", "0"])
+    assert "this run could flag nothing" in evaluated.output, evaluated.output
+    _strict(small_table / "runs" / "rf" / "manifest.json")
+
+
+@pytest.mark.parametrize("typo, suggestion", [("--target-fp", "--target-fpr"),
+                                              ("--no-reprot", "--no-report"),
+                                              ("--direct_num_worker", "--direct_num_workers")])
+def test_a_mistyped_score_option_is_a_usage_error_with_a_suggestion(features_registry, tmp_path,
+                                                                     typo, suggestion):
+    data = str(features_registry["train_paths"][0])
+    res = CliRunner().invoke(cli, ["score", "--input", data, "--registry", features_registry["registry"],
+                                   "--name", "cardio", "--output", str(tmp_path / "out"), typo, "2"])
+    assert res.exit_code == 2, res.output
+    assert f"unknown option '{typo}'; did you mean {suggestion}?" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_beam_options_still_pass_through_and_specs_are_checked_too(features_registry, tmp_path):
+    data = str(features_registry["train_paths"][0])
+    ok = CliRunner().invoke(cli, ["score", "--input", data, "--registry", features_registry["registry"],
+                                  "--name", "cardio", "--output", str(tmp_path / "out"), "--no-report",
+                                  "--runner", "FnApiRunner", "--direct_num_workers", "1",
+                                  "--job_name", "nightly"])
+    assert ok.exit_code == 0, ok.output
+    spec = tmp_path / "night.yaml"
+    spec.write_text(f"kind: score\ninputs: ['{data}']\nregistry: {features_registry['registry']}\n"
+                    f"name: cardio\noutput: {tmp_path / 'runs'}\nbeam_args: [--runer, FnApiRunner]\n"
+                    f"roots: ['{tmp_path}', '{Path(data).parent}', '{features_registry['registry']}']\n")
+    res = CliRunner().invoke(cli, ["run", str(spec), "--date", "2026-12-04"])
+    assert res.exit_code == 2 and "unknown option '--runer'; did you mean --runner?" in res.output
+    assert not (tmp_path / "runs").exists()
