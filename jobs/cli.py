@@ -48,6 +48,27 @@ config_option = click.option("--config", type=click.Path(dir_okay=False), is_eag
                              help="YAML file of option values (command line wins).")
 
 
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options under headings (``sections``: title ->
+    parameter names); the rest go under "Other options"."""
+
+    def __init__(self, *args, sections: dict[str, tuple[str, ...]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sections = sections or {}
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        params = self.get_params(ctx)
+        placed = {name for names in self.sections.values() for name in names}
+        groups = [(title, [p for p in params if p.name in names])
+                  for title, names in self.sections.items()]
+        groups.append(("Other options", [p for p in params if p.name not in placed]))
+        for title, members in groups:
+            rows = [r for r in (p.get_help_record(ctx) for p in members) if r]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
 class _Failure(Exception):
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
@@ -110,7 +131,7 @@ def cli(ctx: click.Context, verbose: bool):
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-from vigil.jobs import commands  # noqa: E402,F401 - registers the subcommands on ``cli``
+from vigil.jobs import commands, model_commands  # noqa: E402,F401 - register the subcommands
 
 # Lines TensorFlow's and CUDA's native code write to stderr at start-up (absl and tsl
 # logging, which TF_CPP_MIN_LOG_LEVEL does not always reach).

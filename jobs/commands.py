@@ -1,15 +1,23 @@
 """The subcommands of ``vigil``: train, score, models, demo."""
 from __future__ import annotations
 
-import json
-
 import click
 
-from vigil.jobs.cli import EXIT_DQ_FAILED, EXIT_GATE_FAILED, _Failure, _run, cli, config_option
+from vigil.jobs.cli import (
+    EXIT_DQ_FAILED,
+    EXIT_GATE_FAILED,
+    SectionedCommand,
+    _Failure,
+    _run,
+    cli,
+    config_option,
+)
 from vigil.jobs.demo import TARGET_FPR as DEMO_TARGET_FPR
 from vigil.models.config import IMAGE_MAX_EXAMPLES
 
 BEAM_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
+FORMAT_HELP = "Input format; auto: from each file's name (and a TFRecord's first record)."
+ID_HELP = "Column (tables) or feature (TFRecords) holding each record's id."
 
 
 def _fpr(ctx, param, values):
@@ -31,14 +39,24 @@ def _size(ctx, param, value):
         raise click.BadParameter(f"{value!r}: expected HxW, e.g. 28x28") from None
 
 
-@cli.command()
+TRAIN_SECTIONS = {
+    "Input": ("inputs", "fmt", "id_column", "feature_columns", "label_column", "normal_values",
+              "image_size", "channels", "max_records"),
+    "Model": ("latent_dim", "likelihood", "members"),
+    "Training": ("epochs", "max_examples", "batch_size", "seed", "device", "mixed_precision"),
+    "Calibration and gates": ("target_fpr", "calibration_inputs", "promote", "allow_unflaggable"),
+    "Registry": ("registry", "name"),
+}
+
+
+@cli.command(cls=SectionedCommand, sections=TRAIN_SECTIONS)
 @config_option
 @click.option("--input", "inputs", multiple=True, required=True, help="Input glob (repeatable).")
 @click.option("--registry", required=True, help="Model registry root (local path or gs://).")
 @click.option("--name", required=True, help="Model name in the registry.")
-@click.option("--format", "fmt", default="auto", show_default=True,
+@click.option("--format", "fmt", default="auto", show_default=True, help=FORMAT_HELP,
               type=click.Choice(["auto", "tfrecord-image", "tfrecord-features", "image", "parquet", "csv"]))
-@click.option("--id-column", default="id", show_default=True)
+@click.option("--id-column", default="id", show_default=True, help=ID_HELP)
 @click.option("--feature-columns", default=None, help="Comma-separated (default: all numeric).")
 @click.option("--label-column", default=None, help="Train only on rows whose label is normal.")
 @click.option("--normal-values", default=None, help="Comma-separated normal label values.")
@@ -46,28 +64,39 @@ def _size(ctx, param, value):
               help="Glob of records known to be normal (repeatable): thresholds and gates come "
                    "from them, and the training input only trains.")
 @click.option("--image-size", default=None, callback=_size, help="HxW (default: the first image's).")
-@click.option("--channels", type=click.IntRange(1, 3), default=None)
-@click.option("--epochs", type=click.IntRange(1), default=60, show_default=True)
+@click.option("--channels", type=click.IntRange(1, 3), default=None,
+              help="Image channels the model takes: 1 (grayscale) or 3 (RGB). Default: the "
+                   "first image's.")
+@click.option("--epochs", type=click.IntRange(1), default=60, show_default=True,
+              help="Most passes over the training rows (early stopping ends sooner).")
 @click.option("--max-examples", type=click.IntRange(0), default=None,
               help="Examples each model sees at most (caps epochs, never below 10); "
                    f"0 = no cap. Default: {IMAGE_MAX_EXAMPLES} for images, no cap for tables.")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
-@click.option("--latent-dim", type=click.IntRange(1), default=None)
-@click.option("--likelihood", type=click.Choice(["gaussian", "bernoulli"]), default=None)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True,
+              help="Records per gradient step (smaller on small tables, so each epoch has steps).")
+@click.option("--latent-dim", type=click.IntRange(1), default=None,
+              help="Size of the VAE's latent space. Default: 16 for images, 32 for tables.")
+@click.option("--likelihood", type=click.Choice(["gaussian", "bernoulli"]), default=None,
+              help="The VAE decoder's distribution. Default: bernoulli for images, gaussian "
+                   "for tables.")
 @click.option("--members", type=click.IntRange(1), default=None,
               help="VAE+DAE pairs trained from different initial weights; scores are their "
                    "mean. Default: 3 for tables (5, each trained without its own fold, "
                    "on tables with fewer rows than features), 1 for images.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the splits and of the initial weights.")
 @click.option("--target-fpr", multiple=True, type=float, default=(0.01,), callback=_fpr,
               show_default=True, help="Calibrated false-positive rate (repeatable).")
-@click.option("--promote/--no-promote", default=True, show_default=True)
+@click.option("--promote/--no-promote", default=True, show_default=True,
+              help="Make the version production when its gates pass.")
 @click.option("--allow-unflaggable", is_flag=True,
               help="Promote even if the calibration data is too small to flag anything at "
                    "any --target-fpr.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="auto: every GPU found (MirroredStrategy for several), else the CPU.")
 @click.option("--mixed-precision", is_flag=True, help="float16 on GPUs, bfloat16 on CPUs.")
-@click.option("--max-records", type=click.IntRange(1), default=2_000_000, show_default=True)
+@click.option("--max-records", type=click.IntRange(1), default=2_000_000, show_default=True,
+              help="Normal records read for training at most (training holds them in memory).")
 @click.pass_context
 def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_column,
           normal_values, calibration_inputs, image_size, channels, epochs, max_examples,
@@ -111,12 +140,18 @@ def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_co
 def _train_and_report(cfg) -> None:
     """Train, publish, and say what happened; a failed gate is its own exit code."""
     from vigil.jobs.train import run_training
+    from vigil.models.registry import version_dir
     out = run_training(cfg)
     click.echo(f"published {cfg.name} version {out.version}"
                + (" and promoted it to production" if out.promoted else ""))
+    sizes = out.result.split_sizes
+    parts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sizes.items())
+    click.echo(f"  splits:     {parts}")
     for alpha, advice in out.cannot_flag.items():
         click.echo(f"  target FPR {alpha:g}: " + (f"cannot flag: {advice}" if advice else
                                                   "can flag"))
+    click.echo(f"  gates:      {'failed' if out.gate_failures else 'passed'}")
+    click.echo(f"  report:     {version_dir(cfg.registry, cfg.name, out.version)}/report.html")
     if out.gate_failures:
         raise _Failure(f"version {out.version} stays a candidate: "
                        + "; ".join(out.gate_failures), EXIT_GATE_FAILED)
@@ -134,17 +169,21 @@ def _train_and_report(cfg) -> None:
 @click.option("--target-fpr", type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
               default=None, help="False-positive rate is_anomaly is set at (default: the one the "
                                  "model was calibrated for; the smallest it can flag at, if several).")
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--max-bad-fraction", type=click.FloatRange(0, 1), default=0.05, show_default=True)
-@click.option("--format", "fmt", default="auto", show_default=True,
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True,
+              help="Records the model scores at once (the scores do not depend on it).")
+@click.option("--max-bad-fraction", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Dead-lettered share of the records above which nothing is published (exit 3).")
+@click.option("--format", "fmt", default="auto", show_default=True, help=FORMAT_HELP,
               type=click.Choice(["auto", "tfrecord-image", "tfrecord-features", "image", "parquet", "csv"]))
-@click.option("--id-column", default="id", show_default=True)
+@click.option("--id-column", default="id", show_default=True, help=ID_HELP)
 @click.option("--carry-column", multiple=True, default=("label",), show_default=True,
               help="Label column carried through to the output (repeatable).")
 @click.option("--max-pixels", type=click.IntRange(1), default=50_000_000, show_default=True,
               help="Images declaring more pixels are dead-lettered unread.")
-@click.option("--max-record-bytes", type=click.IntRange(1), default=64 << 20, show_default=True)
-@click.option("--max-files", type=click.IntRange(1), default=100_000, show_default=True)
+@click.option("--max-record-bytes", type=click.IntRange(1), default=64 << 20, show_default=True,
+              help="Records (or image files) larger than this are dead-lettered unread.")
+@click.option("--max-files", type=click.IntRange(1), default=100_000, show_default=True,
+              help="The run stops before reading if the globs match more files.")
 @click.option("--num-shards", type=click.IntRange(0), default=0, show_default=True,
               help="Parquet files per table (0: the runner decides).")
 @click.option("--allow-uncounted-files", is_flag=True,
@@ -314,89 +353,12 @@ def report(ctx, run_dir, fail_on_dq, max_anomaly_multiple):
     _run(ctx, lambda: _report(run_dir, fail_on_dq, max_anomaly_multiple))
 
 
-@cli.group()
-def models():
-    """List, inspect, promote and roll back model versions."""
-
-
-def _registry_options(f):
-    f = click.option("--name", required=True, help="Model name.")(f)
-    return click.option("--registry", required=True, help="Model registry root.")(f)
-
-
-@models.command("ls")
-@_registry_options
-@click.pass_context
-def models_ls(ctx, registry, name):
-    """List versions (* marks production). Example: vigil models ls --registry ./models --name digits"""
-    def go():
-        from vigil.models import registry as reg
-        prod = reg.production_version(registry, name)
-        versions = reg.list_versions(registry, name, complete_only=False)
-        if not versions:
-            raise _Failure(f"model '{name}' has no versions in {registry}")
-        complete = set(reg.list_versions(registry, name))
-        for v in versions:
-            state = "" if v in complete else "  (incomplete)"
-            click.echo(f"{'*' if v == prod else ' '} {v}{state}")
-    _run(ctx, go)
-
-
-@models.command("show")
-@_registry_options
-@click.option("--model-version", default=None, help="Default: production.")
-@click.pass_context
-def models_show(ctx, registry, name, model_version):
-    """Show a version's manifest summary. Example: vigil models show --registry ./models --name digits"""
-    def go():
-        from vigil.models import registry as reg
-        from vigil.models.bundle import read_manifest
-        v = reg.resolve(registry, name, model_version)
-        m = read_manifest(reg.version_dir(registry, name, v), f"{name}/{v}")
-        summary = {k: m[k] for k in ("name", "version", "created_at", "input", "metrics", "gates")
-                   if k in m}
-        summary["thresholds"] = m["calibration"].get("description", {}).get("thresholds")
-        click.echo(json.dumps(summary, indent=1))
-    _run(ctx, go)
-
-
-@models.command("promote")
-@_registry_options
-@click.option("--model-version", required=True)
-@click.pass_context
-def models_promote(ctx, registry, name, model_version):
-    """Make a version production.
-
-    \b
-    Example:
-      vigil models promote --registry ./models --name digits --model-version 3
-    """
-    def go():
-        from vigil.models import registry as reg
-        click.echo(f"production is now {reg.promote(registry, name, model_version)['version']}")
-    _run(ctx, go)
-
-
-@models.command("rollback")
-@_registry_options
-@click.pass_context
-def models_rollback(ctx, registry, name):
-    """Point production back at the previous version.
-
-    \b
-    Example:
-      vigil models rollback --registry ./models --name digits
-    """
-    def go():
-        from vigil.models import registry as reg
-        click.echo(f"production is now {reg.rollback(registry, name)['version']}")
-    _run(ctx, go)
-
-
 @cli.command()
 @click.option("--output", default="./vigil-demo", show_default=True, help="Everything goes here.")
-@click.option("--kind", type=click.Choice(["images", "features"]), default="images", show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--kind", type=click.Choice(["images", "features"]), default="images", show_default=True,
+              help="images: scikit-learn's digits as PNG TFRecords; features: its breast-cancer table.")
+@click.option("--epochs", type=click.IntRange(1), default=40, show_default=True,
+              help="Most training epochs.")
 @click.option("--target-fpr", type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
               default=DEMO_TARGET_FPR, show_default=True,
               help="False-positive rate is_anomaly is set at (the demo's calibration split "

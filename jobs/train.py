@@ -129,7 +129,7 @@ def load_training_data(cfg: TrainJobConfig):
                    (str(f.type).startswith(("int", "uint", "float", "double", "bool")))]
         LOG.info("feature columns (%d): %s", len(columns), ", ".join(columns[:20])
                  + (" ..." if len(columns) > 20 else ""))
-    check_columns(files, cfg.id_column, columns)
+    check_columns(files, cfg.id_column, columns, cfg.label_column)
     carry = (cfg.label_column,) if cfg.label_column else ()
     shape, others = None, []
 

@@ -29,6 +29,7 @@ never saw it.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ from vigil.models.scoring import Member, Scorer
 from vigil.models.splits import cross_fit_splits, split_calibration, split_indices
 from vigil.models.vae import VAE, KLWarmup
 from vigil.schemas.tables import SCORE_NAMES
+
+LOG = logging.getLogger("vigil.train")
 
 
 @dataclass
@@ -122,14 +125,37 @@ def _dataset(x: np.ndarray, batch: int, seed: int, shuffle: bool) -> tf.data.Dat
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
-def _fit_one(model, x_train, x_val, cfg: TrainConfig, global_batch: int, callbacks, start_from: int):
+class EpochLog(keras.callbacks.Callback):
+    """One labelled line per epoch on the ``vigil.train`` log, instead of Keras' own bars:
+    which network of which member, its losses, and the time left at most (early stopping
+    may end sooner)."""
+
+    def __init__(self, label: str, epochs: int):
+        super().__init__()
+        self.label, self.epochs = label, epochs
+
+    def on_train_begin(self, logs=None):
+        self.started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        elapsed = time.time() - self.started
+        left = elapsed / (epoch + 1) * (self.epochs - epoch - 1)
+        val = f", val_loss {logs['val_loss']:.4g}" if "val_loss" in logs else ""
+        LOG.info("%s epoch %d/%d: loss %.4g%s (%.0f s, at most %.0f s left)", self.label,
+                 epoch + 1, self.epochs, logs.get("loss", float("nan")), val, elapsed, left)
+
+
+def _fit_one(model, x_train, x_val, cfg: TrainConfig, global_batch: int, callbacks, start_from: int,
+             label: str = ""):
     monitor = "val_loss" if len(x_val) else "loss"
     stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
                                          restore_best_weights=True, start_from_epoch=start_from)
     validation = _dataset(x_val, global_batch, cfg.seed, False) if len(x_val) else None
+    epochs = epoch_count(len(x_train), cfg)
+    progress = [EpochLog(label, epochs)] if cfg.verbose else []
     history = model.fit(_dataset(x_train, global_batch, cfg.seed, True), validation_data=validation,
-                        epochs=epoch_count(len(x_train), cfg), callbacks=[*callbacks, stop],
-                        verbose=cfg.verbose)
+                        epochs=epochs, callbacks=[*callbacks, stop, *progress], verbose=0)
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
@@ -142,11 +168,12 @@ def _fit_member(part: dict[str, np.ndarray], model_config: ModelConfig, cfg: Tra
         vae.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
         dae.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate))
     warmup = model_config.kl_warmup_epochs
+    who = f"member {index + 1}/{model_config.members}"
     history = {
         "vae": _fit_one(vae, part["train"], part["validation"], cfg, global_batch, [KLWarmup()],
-                        warmup),
+                        warmup, f"{who} VAE"),
         "dae": _fit_one(dae, part["train"], part["validation"], cfg, global_batch, [TrimAfter(warmup)],
-                        warmup),
+                        warmup, f"{who} DAE"),
     }
     member = Member(_float32_copy(vae.encoder, build_encoder, model_config),
                     _float32_copy(vae.decoder, build_decoder, model_config),

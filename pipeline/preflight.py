@@ -144,8 +144,18 @@ def table_schema(f: InputFile) -> pa.Schema | None:
         return None
 
 
-def check_columns(files: list[InputFile], id_column: str, required: list[str]) -> None:
-    """Every readable table has the id column and the model's feature columns."""
+def columns_hint(missing: str, names: list[str], shown: int = 8) -> str:
+    """The columns a file has, the closest to ``missing`` first: what a typo needs to see."""
+    import difflib
+    close = difflib.get_close_matches(missing, names, n=3, cutoff=0.5)
+    ordered = close + [n for n in names if n not in close]
+    more = f" and {len(ordered) - shown} more" if len(ordered) > shown else ""
+    return f"the file has {', '.join(ordered[:shown])}{more}"
+
+
+def check_columns(files: list[InputFile], id_column: str, required: list[str],
+                  label_column: str | None = None) -> None:
+    """Every readable table has the id column, the model's feature columns and the label."""
     for f in files:
         if f.format not in ("parquet", "csv") or f.size == 0:
             continue
@@ -155,7 +165,11 @@ def check_columns(files: list[InputFile], id_column: str, required: list[str]) -
         for column in [id_column, *required]:
             if column not in schema.names:
                 raise InputError(f"{f.uri}: missing column '{column}' (the model needs "
-                                 f"'{id_column}' and its {len(required)} feature columns)")
+                                 f"'{id_column}' and its {len(required)} feature columns); "
+                                 f"{columns_hint(column, schema.names)}")
+        if label_column and label_column not in schema.names:
+            raise InputError(f"{f.uri}: no label column '{label_column}' (--label-column); "
+                             f"{columns_hint(label_column, schema.names)}")
 
 
 def carried_fields(files: list[InputFile], carry_columns: tuple[str, ...]) -> list[pa.Field]:

@@ -143,7 +143,9 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
         DEAD_LETTER, main="ok")
     scored, failed = (decoded.ok | "Score" >> RunInference(KeyedModelHandler(handler))
                       .with_exception_handling())
-    rows = scored | "ToRow" >> beam.ParDo(ToRow(plan.run_id, plan.label_fields)
+    rows = scored | "ToRow" >> beam.ParDo(ToRow(plan.run_id, plan.label_fields,
+                                                plan.bundle.preprocessing.feature_columns,
+                                                tuple(plan.bundle.config.input_shape))
                                           ).with_outputs(DEAD_LETTER, main="rows")
     failed_rows = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_to_dead_letters)
     dead = ((read[DEAD_LETTER], decoded[DEAD_LETTER], rows[DEAD_LETTER], failed_rows)

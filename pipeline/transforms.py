@@ -10,6 +10,7 @@ import math
 import time
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
@@ -80,9 +81,12 @@ class ToRow(beam.DoFn):
     Also logs progress (records and records/s) at most every ``log_every`` seconds.
     """
 
-    def __init__(self, run_id: str, label_fields: list[pa.Field], log_every: float = 5.0):
+    def __init__(self, run_id: str, label_fields: list[pa.Field], feature_names: tuple[str, ...] = (),
+                 input_shape: tuple[int, ...] = (), log_every: float = 5.0):
         self.run_id = run_id
         self.label_fields = list(label_fields)
+        self.feature_names = tuple(feature_names)     # tables: a top feature's column
+        self.input_shape = tuple(input_shape)         # images: a top pixel's position
         self.log_every = log_every
         self.scored = Metrics.counter("vigil", "records_scored")
         self.anomalies = Metrics.counter("vigil", "anomalies")
@@ -109,7 +113,7 @@ class ToRow(beam.DoFn):
                    anomaly_pvalue=float(inf["anomaly_pvalue"]),
                    threshold=float(inf["threshold"]), is_anomaly=bool(inf["is_anomaly"]),
                    model_version=str(result.model_id), run_id=self.run_id,
-                   top_features=[{"index": int(i), "contribution": float(c)}
+                   top_features=[self._top(int(i), float(c))
                                  for i, c in zip(inf["top_index"], inf["top_contribution"])])
         for f in self.label_fields:
             row[f.name] = carried_value(example.labels.get(f.name), f)
@@ -118,6 +122,14 @@ class ToRow(beam.DoFn):
             self.anomalies.inc()
         self._progress()
         yield row
+
+    def _top(self, index: int, contribution: float) -> dict:
+        if self.feature_names:
+            return {"index": index, "contribution": contribution,
+                    "name": self.feature_names[index], "position": None}
+        position = [int(p) for p in np.unravel_index(index, self.input_shape)] \
+            if self.input_shape else None
+        return {"index": index, "contribution": contribution, "name": None, "position": position}
 
     def _progress(self):
         self._count += 1

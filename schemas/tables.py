@@ -36,7 +36,11 @@ DEAD_LETTER_REASONS: dict[str, str] = {
 # Stages at which a record can be dead-lettered.
 STAGES = ("read", "decode", "inference", "postprocess")
 
-TOP_FEATURE = pa.struct([("index", pa.int64()), ("contribution", pa.float64())])
+# What contributed most to a record's surprise: ``index`` into the flattened input, its
+# ``contribution``, and where that is: the feature column's ``name`` (tables) or the
+# pixel's ``position`` [row, column, channel] (images).
+TOP_FEATURE = pa.struct([("index", pa.int64()), ("contribution", pa.float64()),
+                         ("name", pa.string()), ("position", pa.list_(pa.int64()))])
 
 
 def scores_schema(label_fields: list[pa.Field] | None = None,

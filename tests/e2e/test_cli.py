@@ -65,12 +65,28 @@ def test_storage_errors_are_one_line(features_registry, tmp_path, command):
     assert not (tmp_path / "out").exists()
 
 
-def test_models_commands(features_registry):
-    reg = ["--registry", features_registry["registry"], "--name", "cardio"]
+def test_models_commands(features_registry, tmp_path):
+    import shutil
+    root = tmp_path / "reg"
+    shutil.copytree(features_registry["registry"], root)
+    (root / "cardio" / "versions" / "0002").mkdir()           # a publish that never finished
+    reg = ["--registry", str(root), "--name", "cardio"]
     res = CliRunner().invoke(cli, ["models", "ls", *reg])
-    assert res.exit_code == 0 and "* 0001" in res.output
+    assert res.exit_code == 0, res.output
+    header, newest, first = res.output.strip().splitlines()
+    assert header.split()[:3] == ["VERSION", "STAGE", "CREATED"] and "GATES" in header
+    assert newest.split()[:2] == ["0002", "incomplete"]
+    assert first.split()[:2] == ["0001", "production"] and "features 21" in first
+    assert first.split()[-1] == "passed" and " 0.01 " in first and "cannot flag" not in first
+    listed = json.loads(CliRunner().invoke(cli, ["models", "ls", *reg, "--json"]).output)
+    assert [(v["version"], v["stage"]) for v in listed] == [("0002", "incomplete"), ("0001", "production")]
+    assert listed[1]["targets"] == {"0.01": True} and listed[1]["training_rows"] == 900
     res = CliRunner().invoke(cli, ["models", "show", *reg])
-    assert res.exit_code == 0 and json.loads(res.output)["version"] == "0001"
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("cardio version 0001 (production), created ")
+    assert "target FPR 0.01: anomaly_score " in res.output and "gates:      passed" in res.output
+    shown = json.loads(CliRunner().invoke(cli, ["models", "show", *reg, "--json"]).output)
+    assert shown["version"] == "0001" and shown["thresholds"]["0.01"]["anomaly_score"] is not None
     res = CliRunner().invoke(cli, ["models", "promote", *reg, "--model-version", "9"])
     assert res.exit_code == 1 and "incomplete version" in res.output
 

@@ -73,6 +73,9 @@ def test_features_run_accounts_for_every_record(features_registry, feature_input
     not_full = [i for i in manifest["inputs"] if not i["fully_read"]]
     assert {Path(i["uri"]).name for i in not_full} == {"part-trunc.parquet", "part-empty.parquet"}
     assert all(len(t) == 5 for t in scores.column("top_features").to_pylist())
+    columns = features_registry["columns"]     # explanations carry the feature's name
+    assert all(t["name"] == columns[t["index"]] and t["position"] is None
+               for top in scores.column("top_features").to_pylist() for t in top)
     # No payload in dead letters: messages are short and name no values beyond the reason.
     assert max(len(m) for m in dead.column("message").to_pylist()) < 300
 
@@ -173,6 +176,9 @@ def test_images_run_with_bad_records(images_registry, tmp_path):
     assert non_utf8.column("id_hex").to_pylist() == ["fffe"]
     top = scores.column("top_features").to_pylist()[0]
     assert all(0 <= t["index"] < 28 * 28 for t in top)
+    # ... and for images the pixel's [row, column, channel].
+    assert all(t["name"] is None and t["position"] == [t["index"] // 28, t["index"] % 28, 0]
+               for t in top)
 
 
 def test_images_are_flagged_by_the_dae_smoothed_error(images_registry, tmp_path):
