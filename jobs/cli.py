@@ -91,6 +91,8 @@ def _run(ctx: click.Context, fn):
         _fail(ctx, str(exc), 2)
     except (BundleError, RegistryError, ValueError, _Failure) as exc:
         _fail(ctx, str(exc), getattr(exc, "code", 1))
+    except BrokenPipeError:
+        raise           # stdout closed by a reader such as `head`: not a storage error
     except Exception as exc:  # noqa: BLE001 - storage errors become one line, others propagate
         failure = storage_failure(exc)
         if failure is None:
@@ -108,9 +110,12 @@ def _fail(ctx: click.Context, message: str, code: int):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "VIGIL"})
 @click.option("--verbose", is_flag=True, help="Show tracebacks and library logs.")
+@click.option("--quiet", is_flag=True,
+              help="No progress lines (training epochs, scoring rate): for cron; results and "
+                   "errors still print.")
 @click.version_option(__version__, "--version", prog_name="vigil", message="%(prog)s %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool):
+def cli(ctx: click.Context, verbose: bool, quiet: bool):
     """vigil: batch anomaly detection with a VAE and a denoising autoencoder.
 
     \b
@@ -123,7 +128,7 @@ def cli(ctx: click.Context, verbose: bool):
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR,
                         format="%(asctime)s %(name)s %(message)s")
     for name in ("vigil.pipeline", "vigil.train", "vigil.demo"):
-        logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
     if not verbose:
         # Beam and GX log a worker's or a page's error as a traceback before it reaches
         # vigil, which then says it in one line.
@@ -169,7 +174,12 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "--verbose" not in sys.argv[1:]:
         _filter_native_stderr()
-    cli.main(prog_name="vigil")
+    try:
+        cli.main(prog_name="vigil")
+    except BrokenPipeError:
+        # The reader of our stdout went away (`vigil models ls | head -1`); say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,17 @@ def read_file(uri: str, spec: ReadSpec, stats: FileStats) -> Iterator[RawRecord 
         yield from _file_failure(stats, reason, f"{type(exc).__name__}: {_first_line(exc)}", lost=True)
 
 
+def records_held(files) -> int | None:
+    """Records a set of input files (``InputFile``s) holds, if every format says before reading."""
+    total = 0
+    for f in files:
+        held = _records_held(f.uri, f.format) if f.size else 0
+        if held is None:
+            return None
+        total += held
+    return total
+
+
 def _records_held(uri: str, fmt: str) -> int | None:
     """How many records a file holds, where its format says so before it is read."""
     if fmt == "image":

@@ -34,7 +34,7 @@ from vigil.pipeline.preflight import (
     resolve_formats,
     skipped_matches,
 )
-from vigil.pipeline.readers import ReadSpec, printable
+from vigil.pipeline.readers import ReadSpec, printable, records_held
 from vigil.pipeline.transforms import (
     DEAD_LETTER,
     STATS,
@@ -145,7 +145,8 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
                       .with_exception_handling())
     rows = scored | "ToRow" >> beam.ParDo(ToRow(plan.run_id, plan.label_fields,
                                                 plan.bundle.preprocessing.feature_columns,
-                                                tuple(plan.bundle.config.input_shape))
+                                                tuple(plan.bundle.config.input_shape),
+                                                records_held(plan.files))
                                           ).with_outputs(DEAD_LETTER, main="rows")
     failed_rows = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_to_dead_letters)
     dead = ((read[DEAD_LETTER], decoded[DEAD_LETTER], rows[DEAD_LETTER], failed_rows)

@@ -82,8 +82,10 @@ class ToRow(beam.DoFn):
     """
 
     def __init__(self, run_id: str, label_fields: list[pa.Field], feature_names: tuple[str, ...] = (),
-                 input_shape: tuple[int, ...] = (), log_every: float = 5.0):
+                 input_shape: tuple[int, ...] = (), expected: int | None = None,
+                 log_every: float = 5.0):
         self.run_id = run_id
+        self.expected = expected          # records the inputs hold, when known: for an ETA
         self.label_fields = list(label_fields)
         self.feature_names = tuple(feature_names)     # tables: a top feature's column
         self.input_shape = tuple(input_shape)         # images: a top pixel's position
@@ -136,8 +138,15 @@ class ToRow(beam.DoFn):
         now = time.time()
         if now - self._last >= self.log_every:
             self._last = now
-            LOG.info("scored %d records (%.0f records/s)", self._count,
-                     self._count / max(now - self._start, 1e-9))
+            rate = self._count / max(now - self._start, 1e-9)
+            if self.expected:
+                # Each worker sees its share only; the ETA is for the whole input at this
+                # worker's rate, so it errs long on several workers.
+                left = max(self.expected - self._count, 0) / rate
+                LOG.info("scored %d of %d records (%.0f records/s, about %.0f s left)",
+                         self._count, self.expected, rate, left)
+            else:
+                LOG.info("scored %d records (%.0f records/s)", self._count, rate)
 
 
 def failed_batch_to_dead_letters(element) -> list[DeadLetter]:

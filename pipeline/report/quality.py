@@ -7,13 +7,13 @@ it bounded samples plus exact counts.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from vigil.schemas import expectations as suites
+from vigil.schemas.manifest import strict_json
 
 
 @dataclass
@@ -148,7 +148,7 @@ def input_frame(records, kind: str, feature_columns: list[str]) -> pd.DataFrame:
 
 
 def to_json(report: QualityReport) -> str:
-    return json.dumps({"success": report.success,
-                       "checks": [c.__dict__ for c in report.checks],
-                       "docs_index": report.docs_index}, indent=1,
-                      default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else str(v))
+    """The checks as strict JSON (a non-finite observation is null)."""
+    doc = {"success": report.success, "checks": [c.__dict__ for c in report.checks],
+           "docs_index": report.docs_index}
+    return json.dumps(strict_json(doc), indent=1, allow_nan=False, default=str)

@@ -20,7 +20,9 @@ from vigil.schemas.tables import SCORE_NAMES
 LOG = logging.getLogger("vigil.report")
 
 
-def _history(run_dir: str) -> list[tuple[str, float]]:
+def _history(run_dir: str, model: str, target: float) -> list[tuple[str, float]]:
+    """(run id, anomaly rate) of the published runs beside this one of the same model name
+    at the same target FPR: other models' or other targets' rates are not comparable."""
     root = os.path.dirname(run_dir.rstrip("/"))
     out = []
     for name in sorted(tf.io.gfile.listdir(root)):
@@ -28,7 +30,10 @@ def _history(run_dir: str) -> list[tuple[str, float]]:
         if name.startswith(".") or not is_published(d):
             continue
         with tf.io.gfile.GFile(f"{d}/{MANIFEST}") as f:
-            c = json.load(f)["counts"]
+            other = json.load(f)
+        if other["model"]["name"] != model or other["thresholds"].get("target_fpr") != target:
+            continue
+        c = other["counts"]
         out.append((name.rstrip("/"), c["anomalies"] / c["scored"] if c["scored"] else 0.0))
     return out
 
@@ -58,9 +63,15 @@ def build_run_report(run_dir: str, max_anomaly_multiple: float = 3.0, sample_row
         f.write(quality.to_json(result))
 
     thresholds = manifest["thresholds"]
+    # Complexity-adjusted thresholds (images) are not in the raw scores' units: only the
+    # combined score's is drawn.
+    drawn = {"anomaly_score": thresholds.get("anomaly_score")} if bundle.calibration.slopes \
+        else thresholds
     plots.score_histograms({c: scores[c].to_numpy() for c in (*SCORE_NAMES, "anomaly_score")},
-                           thresholds, f"{out}/plots/scores.png")
-    plots.rate_history(_history(run_dir), manifest["run_id"], thresholds["target_fpr"],
+                           drawn, f"{out}/plots/scores.png")
+    plots.rate_history(_history(run_dir, m["name"], thresholds["target_fpr"]), manifest["run_id"],
+                       thresholds["target_fpr"],
+                       f"model {m['name']} at target FPR {thresholds['target_fpr']:g}",
                        f"{out}/plots/anomaly_rate.png")
     top = sample.top_anomalies(run_dir, top_n).to_pylist()
     if kind == "image":
@@ -85,45 +96,90 @@ def build_run_report(run_dir: str, max_anomaly_multiple: float = 3.0, sample_row
     return result
 
 
+def _check_rows(checks, grouped: bool = False) -> str:
+    """Table rows of checks, failures first; ``grouped`` puts one kind of check failing on
+    many columns (values out of the training range) in one row naming them all."""
+    esc = html.escape
+    groups: dict[tuple, list] = {}
+    for k in sorted(checks, key=lambda k: (k.success, not k.critical)):
+        key = (k.success, k.critical, k.frame, k.expectation, k.why) if grouped else (id(k),)
+        groups.setdefault(key, []).append(k)
+    rows = []
+    for members in groups.values():
+        k = members[0]
+        columns = ", ".join(esc(m.column or "") for m in members)
+        observed = esc(k.observed) if len(members) == 1 else f"{len(members)} columns"
+        rows.append(f"<tr class='{'ok' if k.success else ('fail' if k.critical else 'warn')}'>"
+                    f"<td>{'pass' if k.success else ('CRITICAL' if k.critical else 'warning')}</td>"
+                    f"<td>{esc(k.frame)}</td><td>{esc(k.expectation)}</td><td>{columns}</td>"
+                    f"<td>{esc(k.why)}</td><td>{observed}</td></tr>")
+    return "".join(rows)
+
+
 def _page(manifest: dict, result: quality.QualityReport, top: list[dict]) -> str:
+    """The run at a glance first (counts, rate against target, verdict, what failed,
+    thresholds), then the plots, then every check, folded.  Self-contained: it loads
+    nothing from the network."""
     c, t = manifest["counts"], manifest["thresholds"]
     rate = c["anomalies"] / c["scored"] if c["scored"] else 0.0
+    target = t["target_fpr"]
     esc = html.escape
-    rows = "".join(
-        f"<tr class='{'ok' if k.success else ('fail' if k.critical else 'warn')}'>"
-        f"<td>{'pass' if k.success else 'FAIL'}</td><td>{esc(k.frame)}</td>"
-        f"<td>{esc(k.expectation)}</td><td>{esc(k.column or '')}</td><td>{esc(k.why)}</td>"
-        f"<td>{'critical' if k.critical else 'warning'}</td><td>{esc(k.observed)}</td></tr>"
-        for k in sorted(result.checks, key=lambda k: (k.success, not k.critical)))
-    thresholds = "".join(f"<tr><td>{esc(k)}</td><td>{v if v is not None else 'none'}</td></tr>"
-                         for k, v in t.items())
-    tops = "".join(f"<li>{esc(r['id'])} — {r['anomaly_score']:.4g}</li>" for r in top)
+    failed = [k for k in result.checks if not k.success]
+    status = "passed" if result.success else (
+        "FAILED: critical checks failed" if result.critical_failures else "passed with warnings")
+    verdict = "ok" if result.success else ("fail" if result.critical_failures else "warn")
+    header = ("<tr><th></th><th>frame</th><th>expectation</th><th>column</th><th>why</th>"
+              "<th>observed</th></tr>")
+    failed_table = (f"<table>{header}{_check_rows(failed, grouped=True)}</table>" if failed
+                    else "<p>Every check passed.</p>")
+    threshold = t.get("anomaly_score")
+    no_flag = "" if threshold is not None else (
+        "<p class='warn'>This run could flag nothing: the model's calibration has too few normal "
+        f"values for a threshold at target FPR {target:g}.</p>")
     partial = [i for i in manifest["inputs"] if not i["fully_read"]]
     files = ("<h2>Files not fully read</h2><table><tr><th>file</th><th>records kept</th>"
-             "<th>reason</th></tr>" + "".join(
+             "<th>records lost</th><th>reason</th></tr>" + "".join(
                  f"<tr class='warn'><td>{esc(i['uri'])}</td><td>{i['records']}</td>"
-                 f"<td>{esc(str(i['failure']))}</td></tr>" for i in partial) + "</table>"
+                 f"<td>{i.get('failed_records', 1)}{'' if i.get('count_known', True) else ' or more'}"
+                 f"</td><td>{esc(str(i['failure']))}</td></tr>" for i in partial) + "</table>"
              ) if partial else ""
-    status = "passed" if result.success else (
-        "FAILED (critical)" if result.critical_failures else "passed with warnings")
+    skipped = manifest.get("skipped", [])
+    skipped_html = ("<h2>Matched paths not read</h2><ul>" + "".join(
+        f"<li>{esc(s['uri'])}: {esc(s['skipped'])}</li>" for s in skipped) + "</ul>") if skipped else ""
+    thresholds = "".join(f"<tr><td>{esc(k)}</td><td>{v:.6g}</td></tr>" if isinstance(v, float)
+                         else f"<tr><td>{esc(k)}</td><td>{'none' if v is None else esc(str(v))}</td></tr>"
+                         for k, v in t.items() if k != "target_fpr")
+    tops = "".join(f"<li>{esc(r['id'])} — {r['anomaly_score']:.4g}</li>" for r in top)
+    passed = len(result.checks) - len(failed)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>vigil run {esc(manifest['run_id'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}td,th{{padding:3px 8px;text-align:left}}
-table{{border-collapse:collapse}}tr.fail{{background:#f8d7da}}tr.warn{{background:#fff3cd}}
-tr.ok{{background:#e8f5e9}}img{{max-width:100%;border:1px solid #ddd;margin:6px 0}}</style></head>
+<style>body{{font-family:sans-serif;margin:1.5em 2em;max-width:1280px;font-size:15px}}
+td,th{{padding:3px 8px;text-align:left}}table{{border-collapse:collapse}}
+tr.fail{{background:#f8d7da}}tr.warn{{background:#fff3cd}}tr.ok{{background:#e8f5e9}}
+.card{{display:flex;gap:28px;flex-wrap:wrap;margin:10px 0 16px}}.card div{{min-width:110px}}
+.card b{{display:block;font-size:24px}}.verdict{{padding:6px 10px;display:inline-block}}
+.verdict.ok{{background:#e8f5e9}}.verdict.warn{{background:#fff3cd}}.verdict.fail{{background:#f8d7da}}
+p.warn{{background:#fff3cd;border:1px solid #e0c36a;padding:8px}}
+img{{max-width:100%;border:1px solid #ddd;margin:6px 0}}
+summary{{cursor:pointer;font-size:1.2em}}</style></head>
 <body><h1>vigil run {esc(manifest['run_id'])}</h1>
-<p>model <b>{esc(manifest['model']['name'])}/{esc(manifest['model']['version'])}</b> ·
-read {c['read']} · scored {c['scored']} · dead-lettered {c['dead_lettered']} ·
-anomalies {c['anomalies']} ({rate:.2%} at target FPR {t['target_fpr']})</p>
-<h2>Data quality: {status}</h2>
-<p><a href="data_docs/index.html">great-expectations Data Docs</a> ·
-<a href="validation.json">validation results (JSON)</a> · <a href="../manifest.json">run manifest</a></p>
-<table><tr><th></th><th>frame</th><th>expectation</th><th>column</th><th>why</th><th>level</th><th>observed</th></tr>
-{rows}</table>
-{files}
-<h2>Thresholds</h2><table>{thresholds}</table>
+<p>model <b>{esc(manifest['model']['name'])}/{esc(manifest['model']['version'])}</b></p>
+<div class="card"><div><b>{c['read']}</b>read</div><div><b>{c['scored']}</b>scored</div>
+<div><b>{c['dead_lettered']}</b>dead-lettered</div><div><b>{c['anomalies']}</b>anomalies</div>
+<div><b>{rate:.2%}</b>anomaly rate (target FPR {target:g}, {rate / target:.1f}x)</div>
+<div><b>{'none' if threshold is None else f'{threshold:.4g}'}</b>threshold on anomaly_score</div></div>
+{no_flag}
+<h2 class="verdict {verdict}">Data quality: {status} ({passed} of {len(result.checks)} checks passed)</h2>
+{failed_table}
 <h2>Scores</h2><img src="plots/scores.png" alt="score histograms">
 <h2>Anomaly rate across runs</h2><img src="plots/anomaly_rate.png" alt="anomaly rate history">
 <h2>Top anomalies</h2><ol>{tops}</ol><img src="plots/top_anomalies.png" alt="top anomalies">
+{files}{skipped_html}
+<h2>Thresholds at target FPR {target:g}</h2><table>{thresholds}</table>
+<details><summary>All {len(result.checks)} data-quality checks</summary>
+<table>{header}{_check_rows(result.checks)}</table></details>
+<p>More: <a href="validation.json">validation results (JSON)</a> ·
+<a href="../manifest.json">run manifest</a> · <a href="data_docs/index.html">great-expectations
+Data Docs</a> (GX's own pages; they load their styles from the web)</p>
 </body></html>
 """

@@ -118,3 +118,53 @@ def test_beam_options_still_pass_through_and_specs_are_checked_too(features_regi
     res = CliRunner().invoke(cli, ["run", str(spec), "--date", "2026-12-04"])
     assert res.exit_code == 2 and "unknown option '--runer'; did you mean --runner?" in res.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_training_progress_is_one_labelled_line_per_epoch_and_a_summary(small_table, caplog):
+    caplog.set_level("INFO", logger="vigil.train")
+    res = _train(small_table, "progress", "--target-fpr", "0.05", "--members", "2")
+    assert res.exit_code == 0, res.output
+    epochs = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    for who in ("member 1/2 VAE", "member 1/2 DAE", "member 2/2 VAE", "member 2/2 DAE"):
+        line = next(m for m in epochs if m.startswith(who))
+        assert " epoch 1/3: loss " in line and "val_loss" in line and "s left)" in line, line
+    assert "Epoch 1/" not in res.output                    # no Keras bars
+    lines = res.output.splitlines()
+    assert lines[0] == "published progress version 0001 and promoted it to production"
+    assert lines[1].startswith("  splits:     validation ") and "train " in lines[1]
+    assert lines[2] == "  target FPR 0.05: can flag"
+    assert lines[3] == "  gates:      passed"
+    assert lines[4].startswith("  report:     ") and lines[4].endswith("/0001/report.html")
+
+
+def test_quiet_drops_the_progress_lines(small_table, caplog):
+    caplog.set_level("DEBUG")
+    res = CliRunner().invoke(cli, ["--quiet", "train", "--input", str(small_table / "train" / "*.parquet"),
+                                   "--registry", str(small_table / "reg"), "--name", "quiet",
+                                   "--epochs", "2", "--members", "1", "--target-fpr", "0.05"])
+    assert res.exit_code == 0, res.output
+    assert not [r for r in caplog.records if r.name == "vigil.train" and r.levelname == "INFO"]
+    assert res.output.startswith("published quiet version 0001")
+
+
+def test_scoring_progress_names_the_count_the_total_and_the_time_left(caplog):
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from vigil.pipeline.records import ScoringInput
+    from vigil.pipeline.transforms import ToRow
+    caplog.set_level("INFO", logger="vigil.pipeline")
+    step = ToRow("r", [pa.field("label", pa.int64())], ("a", "b"), (2,), expected=10, log_every=0)
+    step.setup()
+    inference = {n: 0.5 for n in ("vae_recon_logprob", "vae_elbo", "vae_log_px", "dae_recon_error",
+                                  "anomaly_score", "anomaly_pvalue", "threshold")}
+    inference.update({f"{n}_pvalue": 0.5 for n in ("vae_recon_logprob", "vae_elbo", "vae_log_px",
+                                                    "dae_recon_error")},
+                     is_anomaly=False, top_index=[1], top_contribution=[0.3])
+    result = SimpleNamespace(example=ScoringInput("x1", None, "s.parquet", {"label": 1}),
+                             inference=inference, model_id="0001")
+    (row,) = list(step.process(("x1", result)))
+    assert row["top_features"] == [{"index": 1, "contribution": 0.3, "name": "b", "position": None}]
+    message = caplog.records[-1].getMessage()
+    assert message.startswith("scored 1 of 10 records (") and "s left)" in message, message

@@ -87,6 +87,11 @@ def test_report_renders_in_headless_chromium(defective_run, tmp_path):
     text = page.read_text()
     for ref in re.findall(r'(?:src|href)="([^"#]+)"', text):
         assert (page.parent / ref).resolve().exists(), f"{ref} does not resolve"
+    # Self-contained (nothing from the network), and at a glance: the summary and the
+    # failed checks come before the plots, the full table after them, folded.
+    assert not re.search(r'(?:src|href)="https?:', text)
+    assert text.index("read</div>") < text.index("Data quality:") < text.index("plots/scores.png") \
+        < text.index("<details>")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files"]
@@ -99,3 +104,18 @@ def test_report_renders_in_headless_chromium(defective_run, tmp_path):
     from PIL import Image
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 10, "the screenshot is blank"
+
+
+def test_anomaly_rate_history_compares_like_with_like(tmp_path):
+    """Only earlier runs of the same model at the same target FPR share the history plot."""
+    from vigil.pipeline import commit
+    from vigil.pipeline.report.run_report import _history
+    for run_id, model, target, anomalies in [("a", "m", 0.01, 1), ("b", "other", 0.01, 50),
+                                             ("c", "m", 0.05, 5), ("d", "m", 0.01, 2)]:
+        d = tmp_path / run_id
+        d.mkdir()
+        (d / commit.MANIFEST).write_text(json.dumps({
+            "model": {"name": model}, "thresholds": {"target_fpr": target},
+            "counts": {"anomalies": anomalies, "scored": 100}}))
+        (d / commit.SUCCESS).write_text("")
+    assert _history(str(tmp_path / "d"), "m", 0.01) == [("a", 0.01), ("d", 0.02)]
