@@ -126,8 +126,14 @@ def read_file(uri: str, spec: ReadSpec, stats: FileStats) -> Iterator[RawRecord 
         yield from _file_failure(stats, reason, f"{type(exc).__name__}: {_first_line(exc)}", lost=True)
 
 
-def records_held(files) -> int | None:
-    """Records a set of input files (``InputFile``s) holds, if every format says before reading."""
+def records_held(files, max_files: int = 1000) -> int | None:
+    """Records a set of input files (``InputFile``s) holds, if every format says before reading.
+
+    It costs a footer read per Parquet file at launch, so past ``max_files`` it is not
+    counted (progress then shows no time left).
+    """
+    if len(files) > max_files:
+        return None
     total = 0
     for f in files:
         held = _records_held(f.uri, f.format) if f.size else 0

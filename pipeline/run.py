@@ -137,8 +137,8 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
             | "Files" >> beam.Create([(path_token(f.uri), f.format, path_token(f.root))
                                       for f in plan.files])
             | "SpreadFiles" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadFiles(plan.read_spec)).with_outputs(DEAD_LETTER, STATS,
-                                                                          main="records"))
+            | "Read" >> beam.ParDo(ReadFiles(plan.read_spec, len(plan.files)))
+            .with_outputs(DEAD_LETTER, STATS, main="records"))
     decoded = read.records | "Decode" >> beam.ParDo(Decode(plan.decode_spec)).with_outputs(
         DEAD_LETTER, main="ok")
     scored, failed = (decoded.ok | "Score" >> RunInference(KeyedModelHandler(handler))

@@ -38,10 +38,24 @@ class ReadFiles(beam.DoFn):
     """(path token, format, root token) -> raw records; file problems -> dead letters; one
     stats per file.  Records name their file printably (``readers.printable``)."""
 
-    def __init__(self, spec: ReadSpec):
+    def __init__(self, spec: ReadSpec, files: int = 0, log_every: float = 10.0):
         self.spec = spec
+        self.files, self.log_every = files, log_every     # files in the whole run, for progress
         self.records = Metrics.counter("vigil", "records_read")
         self.failed_files = Metrics.counter("vigil", "files_not_fully_read")
+
+    def setup(self):
+        self._done, self._read, self._bad, self._last = 0, 0, 0, time.time()
+
+    def _progress(self, stats: FileStats) -> None:
+        self._done, self._read = self._done + 1, self._read + stats.records + stats.failed_records
+        self._bad += stats.failed_records
+        now = time.time()
+        if now - self._last >= self.log_every:
+            self._last = now
+            of = f" of {self.files}" if self.files else ""
+            LOG.info("read %d%s files: %d records, %d of them lost to damaged files",
+                     self._done, of, self._read, self._bad)
 
     def process(self, element):
         token, fmt, root_token = element
@@ -58,6 +72,7 @@ class ReadFiles(beam.DoFn):
         self.records.inc(stats.records)
         if not stats.fully_read:
             self.failed_files.inc()
+        self._progress(stats)
         yield beam.pvalue.TaggedOutput(STATS, stats.to_dict())
 
 

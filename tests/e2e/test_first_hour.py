@@ -168,3 +168,16 @@ def test_scoring_progress_names_the_count_the_total_and_the_time_left(caplog):
     assert row["top_features"] == [{"index": 1, "contribution": 0.3, "name": "b", "position": None}]
     message = caplog.records[-1].getMessage()
     assert message.startswith("scored 1 of 10 records (") and "s left)" in message, message
+
+
+def test_reading_progress_names_files_records_and_losses(features_registry, tmp_path, caplog):
+    from vigil.pipeline.readers import ReadSpec
+    from vigil.pipeline.transforms import ReadFiles, path_token
+    caplog.set_level("INFO", logger="vigil.pipeline")
+    x, y = features_registry["x"], features_registry["y"]
+    (good,) = helpers.table_shards(tmp_path / "in", x[:30], y[:30], shards=1)
+    step = ReadFiles(ReadSpec("parquet", feature_columns=tuple(features_registry["columns"])), files=4,
+                     log_every=0)
+    step.setup()
+    list(step.process((path_token(good), "parquet", path_token(str(tmp_path / "in")))))
+    assert caplog.records[-1].getMessage() == "read 1 of 4 files: 30 records, 0 of them lost to damaged files"

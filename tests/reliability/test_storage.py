@@ -122,25 +122,30 @@ def _score_args(reg: dict, root: Path, out: Path, run_id: str) -> list[str]:
             "--runner", "FnApiRunner"]
 
 
-def _wait_for(path_glob, out: Path, proc: subprocess.Popen, what: str) -> None:
+def _writing(reg: dict, root: Path, out: Path, run_id: str) -> subprocess.Popen:
+    """A `vigil score` in another process, returned once it writes its staging folder."""
+    proc = _vigil(*_score_args(reg, root, out, run_id))
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if any(out.glob(path_glob)):
-            return
+        if any(out.glob(f".staging-{run_id}-*")):
+            return proc
         time.sleep(0.02)
-    pytest.fail(f"{what} never appeared (exit {proc.poll()})")
+    pytest.fail(f"run {run_id}'s staging folder never appeared (exit {proc.poll()})")
+
+
+def _finishes(proc: subprocess.Popen) -> None:
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stdout + stderr
 
 
 def test_a_run_never_touches_another_run_ids_folders(features_registry, shards, tmp_path):
     """Run 'night' starts while run 'night-eu' writes: both publish, each its own."""
     root, files = shards
     out = tmp_path / "out"
-    other = _vigil(*_score_args(features_registry, root, out, "night-eu"))
-    _wait_for(".staging-night-eu-*", out, other, "night-eu's staging folder")
+    other = _writing(features_registry, root, out, "night-eu")
     res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], out, run_id="night")
     assert res.exit_code == 0, res.output
-    stdout, stderr = other.communicate(timeout=300)
-    assert other.returncode == 0, stdout + stderr
+    _finishes(other)
     assert sorted(p.name for p in out.iterdir()) == ["night", "night-eu"]
     for run_id in ("night", "night-eu"):
         helpers.check_invariant(str(out / run_id), files)
@@ -149,14 +154,12 @@ def test_a_run_never_touches_another_run_ids_folders(features_registry, shards, 
 def test_two_runs_of_one_id_at_once_publish_once(features_registry, shards, tmp_path):
     root, files = shards
     out = tmp_path / "out"
-    first = _vigil(*_score_args(features_registry, root, out, "same"))
-    _wait_for(".staging-same-*", out, first, "the first run's staging folder")
+    first = _writing(features_registry, root, out, "same")
     second = helpers.score_cli(features_registry, [f"{root}/*.parquet"], out, run_id="same")
     assert second.exit_code == 1
     line = _one_error_line(second)
     assert f"run same is being written to {out} by process {first.pid}" in line, line
-    stdout, stderr = first.communicate(timeout=300)
-    assert first.returncode == 0, stdout + stderr
+    _finishes(first)
     assert sorted(p.name for p in out.iterdir()) == ["same"]
     helpers.check_invariant(str(out / "same"), files)
 
