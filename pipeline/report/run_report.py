@@ -47,6 +47,8 @@ def build_run_report(run_dir: str, max_anomaly_multiple: float = 3.0, sample_row
     m = manifest["model"]
     bundle = registry.load(m["registry"], m["name"], m["version"])
     out = f"{run_dir}/report"
+    if tf.io.gfile.isdir(f"{out}/data_docs"):     # a rebuilt report holds this build's results only
+        tf.io.gfile.rmtree(f"{out}/data_docs")
     tf.io.gfile.makedirs(f"{out}/plots")
     cols = ["id", *SCORE_NAMES, *(f"{n}_pvalue" for n in SCORE_NAMES), "anomaly_score",
             "anomaly_pvalue", "model_version"]
@@ -92,8 +94,20 @@ def build_run_report(run_dir: str, max_anomaly_multiple: float = 3.0, sample_row
                                   [(names[t["index"]], t["contribution"]) for t in r["top_features"]])
                                  for r in top], f"{out}/plots/top_anomalies.png")
     with tf.io.gfile.GFile(f"{out}/index.html", "w") as f:
-        f.write(_page(manifest, result, top))
+        f.write(_page(manifest, result, top, _validation_pages(f"{out}/data_docs")))
     return result
+
+
+def _validation_pages(docs_dir: str) -> dict[str, str]:
+    """Suite name -> its GX validation page, relative to report/.  These pages are plain
+    HTML that reads offline; GX's own index lists them with scripts from a CDN."""
+    pages = {}
+    root = f"{docs_dir}/validations"
+    if tf.io.gfile.isdir(root):
+        for path in sorted(tf.io.gfile.glob(f"{root}/*/*/*/*.html")):
+            suite = path[len(root) + 1:].split("/", 1)[0]
+            pages[suite.removeprefix("vigil-")] = os.path.relpath(path, os.path.dirname(docs_dir))
+    return pages
 
 
 def _check_rows(checks, grouped: bool = False) -> str:
@@ -116,7 +130,8 @@ def _check_rows(checks, grouped: bool = False) -> str:
     return "".join(rows)
 
 
-def _page(manifest: dict, result: quality.QualityReport, top: list[dict]) -> str:
+def _page(manifest: dict, result: quality.QualityReport, top: list[dict],
+          validation_pages: dict[str, str]) -> str:
     """The run at a glance first (counts, rate against target, verdict, what failed,
     thresholds), then the plots, then every check, folded.  Self-contained: it loads
     nothing from the network."""
@@ -151,6 +166,8 @@ def _page(manifest: dict, result: quality.QualityReport, top: list[dict]) -> str
                          for k, v in t.items() if k != "target_fpr")
     tops = "".join(f"<li>{esc(r['id'])} — {r['anomaly_score']:.4g}</li>" for r in top)
     passed = len(result.checks) - len(failed)
+    docs = " · ".join(f'<a href="{esc(href)}">{esc(suite)}</a>' for suite, href in validation_pages.items()) \
+        or "none"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>vigil run {esc(manifest['run_id'])}</title>
 <style>body{{font-family:sans-serif;margin:1.5em 2em;max-width:1280px;font-size:15px}}
@@ -179,7 +196,7 @@ summary{{cursor:pointer;font-size:1.2em}}</style></head>
 <details><summary>All {len(result.checks)} data-quality checks</summary>
 <table>{header}{_check_rows(result.checks)}</table></details>
 <p>More: <a href="validation.json">validation results (JSON)</a> ·
-<a href="../manifest.json">run manifest</a> · <a href="data_docs/index.html">great-expectations
-Data Docs</a> (GX's own pages; they load their styles from the web)</p>
+<a href="../manifest.json">run manifest</a> · great-expectations validation results:
+{docs}</p>
 </body></html>
 """
