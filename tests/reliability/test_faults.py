@@ -232,6 +232,14 @@ def _fail_dead_letter_sink(monkeypatch):
     monkeypatch.setattr(pq.ParquetWriter, "__init__", full)
 
 
+def _fail_stats_sink(monkeypatch):
+    from apache_beam.io import textio
+
+    def full(self, file_handle, encoded_value):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(textio._TextSink, "write_encoded_record", full)
+
+
 def _fail_commit(monkeypatch):
     import tensorflow as tf
     real = tf.io.gfile.rename
@@ -250,8 +258,10 @@ def _fail_commit(monkeypatch):
     (_fail_inference, "records dead-lettered (100.0%) is above --max-bad-fraction"),
     (_fail_sink, "No space left on device (ENOSPC)"),
     (_fail_dead_letter_sink, "No space left on device (ENOSPC)"),
+    (_fail_stats_sink, "No space left on device (ENOSPC)"),
     (_fail_commit, "Input/output error (EIO)"),
-], ids=["read", "decode", "postprocess", "inference", "scores-sink", "dead-letter-sink", "commit"])
+], ids=["read", "decode", "postprocess", "inference", "scores-sink", "dead-letter-sink", "stats-sink",
+        "commit"])
 def test_a_failure_at_any_stage_leaves_the_earlier_run_untouched(
         features_registry, shards, clean_run, tmp_path, monkeypatch, stage, says):
     import shutil
