@@ -217,14 +217,3 @@ def _unified(kinds: set[str]) -> pa.DataType:
     if kinds == {"bool"}:
         return pa.bool_()
     return pa.string()
-
-
-def carried_value(value, field: pa.Field):
-    """A carried value as its column's unified type (None stays None)."""
-    if value is None:
-        return None
-    if pa.types.is_string(field.type):
-        return value if isinstance(value, str) else str(value)
-    if pa.types.is_floating(field.type):
-        return float(value)
-    return value

@@ -15,7 +15,6 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from vigil.pipeline.decode import DecodeSpec, decode
-from vigil.pipeline.preflight import carried_value
 from vigil.pipeline.readers import ReadSpec, printable, read_file
 from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, ScoringInput
 from vigil.schemas.tables import SCORE_NAMES
@@ -88,6 +87,17 @@ class Decode(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, out)
         else:
             yield out.id, out
+
+
+def carried_value(value, field: pa.Field):
+    """A carried value as its column's unified type (None stays None)."""
+    if value is None:
+        return None
+    if pa.types.is_string(field.type):
+        return value if isinstance(value, str) else str(value)
+    if pa.types.is_floating(field.type):
+        return float(value)
+    return value
 
 
 class ToRow(beam.DoFn):
