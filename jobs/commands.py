@@ -189,12 +189,23 @@ def _train_and_report(cfg) -> None:
 @click.option("--allow-uncounted-files", is_flag=True,
               help="Publish although a file failed before its records could be counted (a "
                    "TFRecord or CSV cut short, a Parquet file without footer).")
+@click.option("--workers-see-local-paths", is_flag=True,
+              help="Let a runner with workers elsewhere (Portable, Dask with a scheduler, "
+                   "Dataflow) use local paths: they are on a mount every worker shares, or the "
+                   "workers run on this host.")
+@click.option("--worker-start-timeout", type=click.FloatRange(0, min_open=True), default=600,
+              show_default=True, help="Seconds a non-local job may take to start its first "
+                                      "worker before it is cancelled (exit 1).")
+@click.option("--model-copies", type=click.IntRange(0), default=0, show_default=True,
+              help="Model copies per machine, shared by its worker processes (Beam's "
+                   "model_copies; 0: one copy in every worker process).")
 @click.option("--no-report", is_flag=True, help="Skip the data-quality report.")
 @click.option("--fail-on-dq", is_flag=True, help="Exit 4 when a critical data-quality check fails.")
 @click.pass_context
 def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite, target_fpr,
           batch_size, max_bad_fraction, fmt, id_column, carry_column, max_pixels,
-          max_record_bytes, max_files, num_shards, allow_uncounted_files, no_report, fail_on_dq):
+          max_record_bytes, max_files, num_shards, allow_uncounted_files, workers_see_local_paths,
+          worker_start_timeout, model_copies, no_report, fail_on_dq):
     """Score files with a model version on Apache Beam and publish a run.
 
     Any option vigil does not know goes to Beam (--runner DataflowRunner --project ...
@@ -211,10 +222,15 @@ def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite,
     def go():
         from vigil.pipeline.options import ScoreConfig
         _score_and_report(ScoreConfig(
-            tuple(inputs), registry, name, output, model_version, run_id, overwrite, target_fpr,
-            batch_size, max_bad_fraction, fmt, id_column, tuple(carry_column), max_pixels,
-            max_record_bytes, max_files, num_shards, allow_uncounted_files), ctx.args,
-            not no_report, fail_on_dq)
+            inputs=tuple(inputs), registry=registry, name=name, output=output,
+            model_version=model_version, run_id=run_id, overwrite=overwrite, target_fpr=target_fpr,
+            batch_size=batch_size, max_bad_fraction=max_bad_fraction, format=fmt,
+            id_column=id_column, carry_columns=tuple(carry_column), max_pixels=max_pixels,
+            max_record_bytes=max_record_bytes, max_files=max_files, num_shards=num_shards,
+            allow_uncounted_files=allow_uncounted_files,
+            workers_see_local_paths=workers_see_local_paths,
+            worker_start_timeout=worker_start_timeout, model_copies=model_copies),
+            ctx.args, not no_report, fail_on_dq)
     _run(ctx, go)
 
 
@@ -251,8 +267,17 @@ def _score_and_report(cfg, beam_args, report: bool = True, fail_on_dq: bool = Fa
     from vigil.pipeline.options import pipeline_options
     from vigil.pipeline.run import plan_run
     from vigil.pipeline.run import score as run_score
+    options = pipeline_options(cfg, beam_args)     # a bad runner or path stops here
     plan = plan_run(cfg)
-    result = run_score(plan, pipeline_options(cfg, beam_args))
+    result = run_score(plan, options)
+    if result.dry_run:
+        d = result.dry_run
+        click.echo(f"dry run: the job translated for {d['runner'].rsplit('.', 1)[-1]} "
+                   f"({len(d['steps'])} steps: {', '.join(d['steps'])}); nothing ran, nothing was "
+                   f"written or published")
+        for name, path in d["packages"].items():
+            click.echo(f"  workers install {name}: {path}")
+        return
     c = result.manifest["counts"]
     target = plan.config.target_fpr
     click.echo(f"run {result.run_dir}: read {c['read']}, scored {c['scored']}, "

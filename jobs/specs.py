@@ -31,7 +31,8 @@ TOP_KEYS = {"kind", "inputs", "registry", "name", "output", "options", "beam_arg
             "roots"}
 SCORE_OPTIONS = {"target_fpr", "batch_size", "max_bad_fraction", "format", "id_column",
                  "carry_columns", "max_pixels", "max_record_bytes", "max_files", "model_version",
-                 "num_shards", "allow_uncounted_files"}
+                 "num_shards", "allow_uncounted_files", "workers_see_local_paths",
+                 "worker_start_timeout", "model_copies"}
 TRAIN_OPTIONS = {"format", "id_column", "feature_columns", "label_column", "normal_values",
                  "calibration_inputs",
                  "image_size", "channels", "epochs", "max_examples", "batch_size", "latent_dim",

@@ -31,6 +31,8 @@ from vigil.schemas.manifest import strict_json
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
+STATS_DIR = "_stats"        # per-file read stats, in the staging folder only
+WORKERS_DIR = "_workers"    # one empty file per started worker, in the staging folder only
 
 
 class RunError(Exception):
@@ -207,7 +209,7 @@ def read_stats(directory: str) -> list[dict]:
 
 def tally(staging: str) -> tuple[dict, list[dict]]:
     """Counts of a finished pipeline, and the per-file stats."""
-    stats = read_stats(f"{staging}/_stats")
+    stats = read_stats(f"{staging}/{STATS_DIR}")
     records = sum(s["records"] for s in stats)
     lost = sum(s["failed_records"] for s in stats)
     scored = count_rows(f"{staging}/scores")
@@ -257,8 +259,9 @@ def publish(staging: str, final: str, manifest: dict) -> None:
     nothing they will read, and the next run of this id replaces what is left.  An error
     (rather than a crash) in the middle puts an earlier run of the id back in place.
     """
-    if tf.io.gfile.isdir(f"{staging}/_stats"):
-        tf.io.gfile.rmtree(f"{staging}/_stats")
+    for scratch in (STATS_DIR, WORKERS_DIR):
+        if tf.io.gfile.isdir(f"{staging}/{scratch}"):
+            tf.io.gfile.rmtree(f"{staging}/{scratch}")
     with tf.io.gfile.GFile(f"{staging}/{MANIFEST}", "w") as f:
         json.dump(strict_json(manifest), f, indent=1, default=str, allow_nan=False)
     trash = None

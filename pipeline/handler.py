@@ -12,7 +12,6 @@ an ``id`` and an ``x`` field (``apache_beam.ml.anomaly.OfflineDetector``).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -24,10 +23,40 @@ from vigil.pipeline.records import ScoringInput
 from vigil.schemas.tables import SCORE_NAMES
 
 
-@dataclass
 class LoadedModel:
-    bundle: Bundle
-    scorer: Scorer
+    """A verified bundle with its compiled scorer, used through methods only.
+
+    With ``model_copies`` Beam loads the model in a process of its own and hands each
+    worker a proxy that forwards method calls (not attribute reads), so everything the
+    handler needs from the model is a method.
+    """
+
+    def __init__(self, bundle: Bundle):
+        self._bundle = bundle
+        self._scorer: Scorer = bundle.scorer()
+
+    def version(self) -> str:
+        return self._bundle.version
+
+    def feature_columns(self) -> tuple[str, ...]:
+        return tuple(self._bundle.preprocessing.feature_columns)
+
+    def score(self, raw: np.ndarray, ids: list[str], target_fpr: float) -> dict:
+        """Decoded records -> every output column of the scores table (arrays over the batch)."""
+        cal = self._bundle.calibration
+        out = self._bundle.score_raw(self._scorer, raw, ids)
+        scores = {n: v.astype(np.float64) for n, v in out.items() if n in (*SCORE_NAMES, *cal.statistics)}
+        result = {n: scores[n] for n in SCORE_NAMES}
+        result.update(cal.pvalues(scores))
+        anomaly_score = cal.anomaly_score(scores)
+        threshold = cal.threshold(target_fpr)
+        result["anomaly_score"] = anomaly_score
+        result["anomaly_pvalue"] = cal.anomaly_pvalue(anomaly_score)
+        result["threshold"] = np.full(len(ids), threshold)
+        result["is_anomaly"] = anomaly_score > threshold
+        result["top_index"] = out["top_index"]
+        result["top_contribution"] = out["top_contribution"].astype(np.float64)
+        return result
 
 
 class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
@@ -41,28 +70,27 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
       min_batch_size, max_batch_size: passed to ``BatchElements``.  The scorer runs on
         fixed 64-row blocks (for bit-identical scores), so batches smaller than a block
         waste the padding: the default minimum is one block.
-      large_model, model_copies: share one model per machine (see Beam's ModelHandler).
+      model_copies: load this many copies of the model per machine, shared by its worker
+        processes, instead of one per process (Beam's ``model_copies``; None: per process).
     """
 
     def __init__(self, bundle_dir: str, label: str, target_fpr: float = 0.01, *,
                  min_batch_size: int = 64, max_batch_size: int = 256,
-                 large_model: bool = False, model_copies: Optional[int] = None):
+                 model_copies: Optional[int] = None):
         super().__init__(min_batch_size=min(min_batch_size, max_batch_size),
-                         max_batch_size=max_batch_size,
-                         large_model=large_model, model_copies=model_copies)
+                         max_batch_size=max_batch_size, model_copies=model_copies)
         self.bundle_dir = bundle_dir
         self.label = label
         self.target_fpr = target_fpr
 
     def load_model(self) -> LoadedModel:
-        bundle = load_bundle(self.bundle_dir, self.label)
-        return LoadedModel(bundle, bundle.scorer())
+        return LoadedModel(load_bundle(self.bundle_dir, self.label))
 
     def run_inference(self, batch: Sequence[Any], model: LoadedModel,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
         ids, arrays = zip(*(_id_and_array(e, model) for e in batch))
-        out = score_batch(model, np.stack(arrays), list(ids), self.target_fpr)
-        version = model.bundle.version
+        out = model.score(np.stack(arrays), list(ids), self.target_fpr)
+        version = model.version()
         for i, example in enumerate(batch):
             yield PredictionResult(example, {k: v[i] for k, v in out.items()}, version)
 
@@ -88,26 +116,8 @@ def _id_and_array(example: Any, model: LoadedModel) -> tuple[str, np.ndarray]:
     if "x" in fields:
         x = np.asarray(fields["x"])
     else:
-        x = np.asarray([fields[c] for c in model.bundle.preprocessing.feature_columns], np.float64)
+        x = np.asarray([fields[c] for c in model.feature_columns()], np.float64)
     rid = fields.get("id")
     if rid is None:
         rid = "sha256:" + hashlib.sha256(np.ascontiguousarray(x, np.float64).tobytes()).hexdigest()
     return str(rid), x
-
-
-def score_batch(model: LoadedModel, raw: np.ndarray, ids: list[str], target_fpr: float) -> dict:
-    """Decoded records -> every output column of the scores table (arrays over the batch)."""
-    cal = model.bundle.calibration
-    out = model.bundle.score_raw(model.scorer, raw, ids)
-    scores = {n: v.astype(np.float64) for n, v in out.items() if n in (*SCORE_NAMES, *cal.statistics)}
-    result = {n: scores[n] for n in SCORE_NAMES}
-    result.update(cal.pvalues(scores))
-    anomaly_score = cal.anomaly_score(scores)
-    threshold = cal.threshold(target_fpr)
-    result["anomaly_score"] = anomaly_score
-    result["anomaly_pvalue"] = cal.anomaly_pvalue(anomaly_score)
-    result["threshold"] = np.full(len(ids), threshold)
-    result["is_anomaly"] = anomaly_score > threshold
-    result["top_index"] = out["top_index"]
-    result["top_contribution"] = out["top_contribution"].astype(np.float64)
-    return result

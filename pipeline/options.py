@@ -7,7 +7,7 @@ settings show up in a runner's UI with the rest of the pipeline options.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -23,33 +23,6 @@ def absolute_uri(path: str) -> str:
     may run in another working directory.
     """
     return path if "://" in path else os.path.abspath(path)
-
-
-class VigilOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--vigil_input", action="append", default=None,
-                            help="input glob (repeatable)")
-        parser.add_argument("--vigil_registry", default=None, help="model registry root")
-        parser.add_argument("--vigil_name", default=None, help="model name in the registry")
-        parser.add_argument("--vigil_model_version", default=None, help="version (default: production)")
-        parser.add_argument("--vigil_output", default=None, help="output root")
-        parser.add_argument("--vigil_run_id", default=None, help="run id (default: UTC timestamp)")
-        parser.add_argument("--vigil_overwrite", action="store_true", default=False)
-        parser.add_argument("--vigil_target_fpr", type=float, default=None,
-                            help="target FPR (default: the model's calibrated one)")
-        parser.add_argument("--vigil_batch_size", type=int, default=256)
-        parser.add_argument("--vigil_max_bad_fraction", type=float, default=0.05)
-        parser.add_argument("--vigil_format", default="auto")
-        parser.add_argument("--vigil_id_column", default="id")
-        parser.add_argument("--vigil_carry_column", action="append", default=None)
-        parser.add_argument("--vigil_max_pixels", type=int, default=50_000_000)
-        parser.add_argument("--vigil_max_record_bytes", type=int, default=64 << 20)
-        parser.add_argument("--vigil_max_files", type=int, default=100_000)
-        parser.add_argument("--vigil_num_shards", type=int, default=0,
-                            help="scores/dead-letter files per run (0: the runner decides)")
-        parser.add_argument("--vigil_allow_uncounted_files", action="store_true", default=False,
-                            help="publish runs with files that failed before being counted")
 
 
 @dataclass(frozen=True)
@@ -73,6 +46,9 @@ class ScoreConfig:
     max_files: int = 100_000
     num_shards: int = 0             # output files per table; 0 lets the runner decide
     allow_uncounted_files: bool = False   # publish although a failed file's records are uncounted
+    workers_see_local_paths: bool = False  # a non-local runner's workers read this host's files
+    worker_start_timeout: float = 600.0    # seconds the job may take to start its first worker
+    model_copies: int = 0           # model copies per worker process (0: Beam's default, one each)
 
     def __post_init__(self):
         if not self.inputs:
@@ -91,41 +67,39 @@ class ScoreConfig:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.num_shards < 0:
             raise ConfigError(f"--num-shards {self.num_shards}: must be >= 0 (0: the runner decides)")
+        if self.worker_start_timeout <= 0:
+            raise ConfigError(f"--worker-start-timeout {self.worker_start_timeout:g}: must be > 0 seconds")
+        if self.model_copies < 0:
+            raise ConfigError(f"--model-copies {self.model_copies}: must be >= 0 (0: one per process)")
+
+    def local_paths(self) -> list[str]:
+        """The inputs, registry and output that name this machine's file system."""
+        return [p for p in (*self.inputs, self.registry, self.output) if "://" not in p]
 
     def to_flags(self) -> list[str]:
-        """The same settings as ``--vigil_*`` flags, for PipelineOptions."""
-        flags = [f"--vigil_input={i}" for i in self.inputs]
-        flags += [f"--vigil_registry={self.registry}", f"--vigil_name={self.name}",
-                  f"--vigil_output={self.output}",
-                  f"--vigil_batch_size={self.batch_size}",
-                  f"--vigil_max_bad_fraction={self.max_bad_fraction}",
-                  f"--vigil_format={self.format}", f"--vigil_id_column={self.id_column}",
-                  f"--vigil_max_pixels={self.max_pixels}",
-                  f"--vigil_max_record_bytes={self.max_record_bytes}",
-                  f"--vigil_max_files={self.max_files}",
-                  f"--vigil_num_shards={self.num_shards}"]
-        flags += [f"--vigil_carry_column={c}" for c in self.carry_columns]
-        if self.model_version:
-            flags.append(f"--vigil_model_version={self.model_version}")
-        if self.run_id:
-            flags.append(f"--vigil_run_id={self.run_id}")
-        if self.overwrite:
-            flags.append("--vigil_overwrite")
-        if self.target_fpr is not None:
-            flags.append(f"--vigil_target_fpr={self.target_fpr}")
-        if self.allow_uncounted_files:
-            flags.append("--vigil_allow_uncounted_files")
+        """The same settings as ``--vigil_*`` flags: they show with the job's options in a
+        runner's UI (Dataflow's job page, Flink's), next to Beam's own."""
+        flags = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            for item in (value if isinstance(value, tuple) else (value,)):
+                if item is not None and item is not False:
+                    flags.append(f"--vigil_{f.name}" if item is True else f"--vigil_{f.name}={item}")
         return flags
 
+
+class VigilOptions(PipelineOptions):
+    """``ScoreConfig``'s fields in Beam's option namespace, each prefixed ``vigil_``."""
+
     @classmethod
-    def from_options(cls, options: PipelineOptions) -> "ScoreConfig":
-        v = options.view_as(VigilOptions)
-        return cls(tuple(v.vigil_input or ()), v.vigil_registry, v.vigil_name, v.vigil_output,
-                   v.vigil_model_version, v.vigil_run_id, v.vigil_overwrite, v.vigil_target_fpr,
-                   v.vigil_batch_size, v.vigil_max_bad_fraction, v.vigil_format,
-                   v.vigil_id_column, tuple(v.vigil_carry_column or ("label",)),
-                   v.vigil_max_pixels, v.vigil_max_record_bytes, v.vigil_max_files,
-                   v.vigil_num_shards, v.vigil_allow_uncounted_files)
+    def _add_argparse_args(cls, parser):
+        for f in fields(ScoreConfig):
+            if f.type.startswith("tuple"):
+                parser.add_argument(f"--vigil_{f.name}", action="append", default=None)
+            elif f.type == "bool":
+                parser.add_argument(f"--vigil_{f.name}", action="store_true", default=False)
+            else:
+                parser.add_argument(f"--vigil_{f.name}", default=None)
 
 
 def unknown_beam_args(beam_args: list[str]) -> tuple[list[str], list[str]]:
@@ -152,10 +126,59 @@ def unknown_beam_args(beam_args: list[str]) -> tuple[list[str], list[str]]:
     return unknown, known
 
 
-def pipeline_options(config: ScoreConfig, beam_args: list[str]) -> PipelineOptions:
-    """Beam's options from the user's Beam flags plus vigil's; local runs stay offline."""
-    options = PipelineOptions(list(beam_args) + config.to_flags())
+# Runners vigil accepts by a short name.  Beam's own DaskRunner loses records and sinks
+# (vigil.pipeline.dask_runner says how), so its dotted path maps to vigil's corrected one.
+RUNNER_ALIASES = {
+    "dask": "vigil.pipeline.dask_runner.DaskRunner",
+    "daskrunner": "vigil.pipeline.dask_runner.DaskRunner",
+    "apache_beam.runners.dask.dask_runner.daskrunner": "vigil.pipeline.dask_runner.DaskRunner",
+}
+# Runners whose workers are processes of this machine: they read its local paths.
+LOCAL_RUNNERS = {"fnapirunner", "directrunner", "bundlebaseddirectrunner", "switchingdirectrunner",
+                 "prismrunner", "interactiverunner"}
+
+
+def resolve_runner(options: PipelineOptions) -> str:
+    """Set the runner vigil runs on (short names resolved, the local one by default)."""
     standard = options.view_as(StandardOptions)
-    if standard.runner is None:
-        standard.runner = LOCAL_RUNNER
+    runner = standard.runner or LOCAL_RUNNER
+    standard.runner = RUNNER_ALIASES.get(runner.lower(), runner)
+    if standard.runner.endswith("dask_runner.DaskRunner"):
+        try:
+            import dask.distributed  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError("--runner DaskRunner needs dask.distributed: "
+                              "pip install 'vigil-anomaly[dask]'") from exc
+    return standard.runner
+
+
+def runs_on_this_host(options: PipelineOptions) -> bool:
+    """Whether every worker of the chosen runner is a process on this machine."""
+    runner = options.view_as(StandardOptions).runner
+    name = runner.rsplit(".", 1)[-1].lower()
+    if name == "daskrunner":
+        from apache_beam.runners.dask.dask_runner import DaskOptions
+
+        # Without a scheduler to join, the DaskRunner starts a LocalCluster here.
+        dask = options.view_as(DaskOptions)
+        return not (dask.address or dask.scheduler_file)
+    return name in LOCAL_RUNNERS
+
+
+def pipeline_options(config: ScoreConfig, beam_args: list[str]) -> PipelineOptions:
+    """Beam's options from the user's Beam flags plus vigil's; local runs stay offline.
+
+    A runner whose workers may run on other machines is refused local paths, which
+    those workers could not read, unless the config says they can (a shared mount, or a
+    single-host engine).
+    """
+    options = PipelineOptions(list(beam_args) + config.to_flags())
+    runner = resolve_runner(options)
+    local = config.local_paths()
+    if local and not config.workers_see_local_paths and not runs_on_this_host(options):
+        raise ConfigError(
+            f"--runner {runner.rsplit('.', 1)[-1]} runs workers that may not see this machine's "
+            f"files, and {local[0]} is a local path: put inputs, registry and output on storage "
+            f"every worker reads (gs://, s3://, hdfs://), or pass --workers-see-local-paths if "
+            f"they do (a shared mount, or workers on this host)")
     return options

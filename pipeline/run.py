@@ -6,25 +6,28 @@ and publishes through ``vigil.pipeline.commit``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from vigil.models import registry
 from vigil.models.bundle import Bundle
 from vigil.pipeline import commit
 from vigil.pipeline.decode import DecodeSpec
 from vigil.pipeline.handler import VigilModelHandler
-from vigil.pipeline.options import ScoreConfig
+from vigil.pipeline.options import ScoreConfig, runs_on_this_host
 from vigil.pipeline.preflight import (
     InputError,
     InputFile,
@@ -129,7 +132,7 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
     """Wire read -> decode -> RunInference -> rows -> Parquet, with every dead letter kept."""
     cfg = plan.config
     handler = VigilModelHandler(plan.bundle.path, plan.bundle.label, cfg.target_fpr,
-                                max_batch_size=cfg.batch_size)
+                                max_batch_size=cfg.batch_size, model_copies=cfg.model_copies or None)
     schema = scores_schema(plan.label_fields, {"vigil.thresholds": json.dumps(plan.thresholds),
                                                "vigil.model_version": plan.version,
                                                "vigil.run_id": plan.run_id})
@@ -137,7 +140,8 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
             | "Files" >> beam.Create([(path_token(f.uri), f.format, path_token(f.root))
                                       for f in plan.files])
             | "SpreadFiles" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadFiles(plan.read_spec, len(plan.files)))
+            | "Read" >> beam.ParDo(ReadFiles(plan.read_spec, len(plan.files),
+                                             started_dir=f"{plan.staging}/{commit.WORKERS_DIR}"))
             .with_outputs(DEAD_LETTER, STATS, main="records"))
     decoded = read.records | "Decode" >> beam.ParDo(Decode(plan.decode_spec)).with_outputs(
         DEAD_LETTER, main="ok")
@@ -159,23 +163,33 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
         f"{plan.staging}/dead_letter/part", DEAD_LETTER_SCHEMA, codec="snappy",
         file_name_suffix=".parquet", num_shards=cfg.num_shards)
     (read[STATS] | "StatsJson" >> beam.Map(json.dumps)
-     | "WriteStats" >> beam.io.WriteToText(f"{plan.staging}/_stats/files", file_name_suffix=".jsonl"))
+     | "WriteStats" >> beam.io.WriteToText(f"{plan.staging}/{commit.STATS_DIR}/files",
+                                          file_name_suffix=".jsonl"))
 
 
 @dataclass
 class RunResult:
     run_dir: str
     manifest: dict = field(default_factory=dict)
+    dry_run: dict | None = None      # what a dry run translated: runner, steps, packages
+
+
+class WorkersNotStarted(Exception):
+    """The job was submitted, but none of its workers started within the time allowed."""
 
 
 def score(plan: RunPlan, options: PipelineOptions) -> RunResult:
     """Run the pipeline for a plan and publish the run; raises RunError if it must not be.
 
     A storage failure anywhere (the lock, a sink on a worker, the commit) ends in one
-    RunError naming the path; an earlier published run of the id stays as it was.
+    RunError naming the path; an earlier published run of the id stays as it was.  With
+    Beam's ``--dry_run`` (Dataflow) the job is translated only: nothing runs, nothing is
+    written or published, and the result says what was translated.
     """
     cfg = plan.config
     final = commit.run_dir(cfg.output, plan.run_id)
+    if options.view_as(TestOptions).dry_run:
+        return _dry_run(plan, options)
     try:
         with commit.run_lock(cfg.output, plan.run_id):
             commit.clean_stale(cfg.output, plan.run_id)
@@ -184,6 +198,9 @@ def score(plan: RunPlan, options: PipelineOptions) -> RunResult:
             commit.publish(plan.staging, final, manifest)
     except commit.RunError as exc:
         raise commit.RunError(f"{exc}; {_published_state(final)}", exc.exit_code) from exc
+    except WorkersNotStarted as exc:
+        raise commit.RunError(f"run {plan.run_id}: {exc}; {_published_state(final)}; "
+                              f"{commit.discard(plan.staging)}") from exc
     except Exception as exc:
         # Whatever failed (a worker's step, a sink, the commit), the line says what is
         # published now; --verbose shows the cause's traceback.
@@ -213,8 +230,12 @@ def _run_and_check(plan: RunPlan, options: PipelineOptions) -> dict:
     """Run the pipeline into the staging folder, check its books, return the manifest."""
     cfg = plan.config
     started = time.time()
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, plan)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, plan)
+    if runs_on_this_host(options):
+        p.run().wait_until_finish()
+    else:
+        _run_watched(p, f"{plan.staging}/{commit.WORKERS_DIR}", cfg.worker_start_timeout)
     elapsed = time.time() - started
     try:
         counts, stats = commit.tally(plan.staging)
@@ -241,3 +262,72 @@ def _run_and_check(plan: RunPlan, options: PipelineOptions) -> dict:
                     "started_at": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat()},
         "calibration": plan.bundle.calibration.describe(),
     }
+
+
+def _run_watched(p: beam.Pipeline, started_dir: str, timeout: float) -> None:
+    """Run a job on workers elsewhere; cancel it if none has started after ``timeout`` s.
+
+    Workers that cannot start (vigil or a dependency missing from their environment, a
+    pool that is not there) leave most runners waiting for them, for minutes, before a
+    transport error.  Each worker leaves a file in ``started_dir`` when vigil's first
+    step is set up, so the launcher knows that at least one could start.
+    """
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = p.run()
+            box["result"].wait_until_finish()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the launching thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="vigil-job", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and not _any_worker_started(started_dir):
+        if time.monotonic() > deadline:
+            if "result" in box:
+                with contextlib.suppress(Exception):
+                    box["result"].cancel()
+            raise WorkersNotStarted(
+                f"no worker of the job started within {timeout:g} s (--worker-start-timeout); "
+                f"the job was cancelled. Its workers could not start or reach the job: check "
+                f"that their environment has vigil and its dependencies (--setup_file setup.py, "
+                f"or a container image) and that the runner can start workers")
+        thread.join(1.0)
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+
+
+def _any_worker_started(started_dir: str) -> bool:
+    try:
+        return bool(FileSystems.match([f"{started_dir}/*"])[0].metadata_list)
+    except Exception:  # noqa: BLE001 - not there yet
+        return False
+
+
+def _dry_run(plan: RunPlan, options: PipelineOptions) -> RunResult:
+    """Translate the job for its runner without running it (Beam's ``--dry_run``).
+
+    The staging folder is named but never created: nothing runs that would write it.
+    """
+    plan.staging = commit.staging_dir(plan.config.output, plan.run_id)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, plan)
+    p.run()
+    proto = getattr(p.runner, "proto_pipeline", None) or p.to_runner_api()
+    transforms = proto.components.transforms
+    steps = [transforms[s].unique_name for root in proto.root_transform_ids
+             for s in transforms[root].subtransforms]
+    packages = dict(_staged_file(a) for env in proto.components.environments.values()
+                    for a in env.dependencies)
+    return RunResult("", {}, dry_run={"runner": options.view_as(StandardOptions).runner,
+                                      "steps": steps, "packages": packages})
+
+
+def _staged_file(artifact) -> tuple[str, str]:
+    """(name the workers install it under, the local file staged) of a job's dependency."""
+    from apache_beam.portability.api import beam_runner_api_pb2 as api
+    name = api.ArtifactStagingToRolePayload.FromString(artifact.role_payload).staged_name
+    return name, api.ArtifactFilePayload.FromString(artifact.type_payload).path

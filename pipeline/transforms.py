@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import time
+import uuid
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from vigil.pipeline.decode import DecodeSpec, decode
@@ -37,14 +41,20 @@ class ReadFiles(beam.DoFn):
     """(path token, format, root token) -> raw records; file problems -> dead letters; one
     stats per file.  Records name their file printably (``readers.printable``)."""
 
-    def __init__(self, spec: ReadSpec, files: int = 0, log_every: float = 10.0):
+    def __init__(self, spec: ReadSpec, files: int = 0, log_every: float = 10.0,
+                 started_dir: str | None = None):
         self.spec = spec
         self.files, self.log_every = files, log_every     # files in the whole run, for progress
+        self.started_dir = started_dir    # where each worker leaves word that it started
         self.records = Metrics.counter("vigil", "records_read")
         self.failed_files = Metrics.counter("vigil", "files_not_fully_read")
 
     def setup(self):
         self._done, self._read, self._bad, self._last = 0, 0, 0, time.time()
+        if self.started_dir:
+            # The launcher waits for one such file to know the workers could start at all.
+            FileSystems.create(f"{self.started_dir}/{socket.gethostname()}-{os.getpid()}-"
+                               f"{uuid.uuid4().hex[:8]}").close()
 
     def _progress(self, stats: FileStats) -> None:
         self._done, self._read = self._done + 1, self._read + stats.records + stats.failed_records

@@ -8,7 +8,7 @@ from apache_beam.testing.util import assert_that
 
 from vigil.models import registry
 from vigil.pipeline.anomaly import offline_detector
-from vigil.pipeline.handler import LoadedModel, score_batch
+from vigil.pipeline.handler import LoadedModel
 
 
 def test_offline_detector_matches_vigil_scores(features_registry):
@@ -19,7 +19,7 @@ def test_offline_detector_matches_vigil_scores(features_registry):
     rows = [(f"k{i}", beam.Row(id=f"r{i}", **{c: float(v) for c, v in zip(columns, x[i])}))
             for i in range(len(x))]
     bundle = registry.load(reg, "cardio")
-    expected = score_batch(LoadedModel(bundle, bundle.scorer()), x, [f"r{i}" for i in range(20)], 0.01)
+    expected = LoadedModel(bundle).score(x, [f"r{i}" for i in range(20)], 0.01)
 
     def check(results):
         results = sorted(results, key=lambda kv: int(kv[0][1:]))
