@@ -27,6 +27,7 @@ from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, 
 from apache_beam.runners.dask import dask_runner as beam_dask
 from apache_beam.runners.dask import transform_evaluator as evaluator
 from apache_beam.runners.dask.overrides import dask_overrides
+from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms.sideinputs import SideInputMap
 
 
@@ -137,6 +138,17 @@ class _Translator(PipelineVisitor):
         return [bag for pcoll, bag in self.bags.items() if pcoll not in self.consumed]
 
 
+class _Result(beam_dask.DaskRunnerResult):
+    """Beam's result, which also closes the runner's client once the job has ended."""
+
+    def wait_until_finish(self, duration=None) -> str:
+        try:
+            return super().wait_until_finish(duration)
+        finally:
+            if self._state in (PipelineState.DONE, PipelineState.FAILED):
+                self.client.close()
+
+
 class DaskRunner(beam_dask.DaskRunner):
     """Beam's DaskRunner (``--dask_client_address`` etc.), computing every sink of the graph."""
 
@@ -150,5 +162,5 @@ class DaskRunner(beam_dask.DaskRunner):
         pipeline.replace_all(dask_overrides())
         translator = _Translator(bag_kwargs)
         pipeline.visit(translator)
-        graphs = translator.leaf_bags()
-        return beam_dask.DaskRunnerResult(client, client.compute(list(graphs), optimize_graph=False))
+        # Unoptimised: dask's fusion could inline a task into several consumers.
+        return _Result(client, client.compute(translator.leaf_bags(), optimize_graph=False))

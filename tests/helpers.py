@@ -217,3 +217,25 @@ def check_invariant(run_dir: str, inputs: list[str], root: str | None = None,
         if p not in refused and listed[p]["sha256"] is not None:   # None: too big to read
             assert listed[p]["sha256"] == hashlib.sha256(Path(p).read_bytes()).hexdigest(), p
             assert listed[p]["bytes"] == os.path.getsize(p), p
+
+
+def same_runs(local: str, remote: str) -> None:
+    """Two runs hold the same scores, dead letters and counts (file layout aside)."""
+    a_scores, a_dead, a_manifest = read_run(local)
+    b_scores, b_dead, b_manifest = read_run(remote)
+    order = [("source", "ascending"), ("id", "ascending")]
+    assert a_scores.sort_by(order).drop(["run_id"]).to_pylist() == \
+        b_scores.sort_by(order).drop(["run_id"]).to_pylist()
+    dead_order = [("source", "ascending"), ("reason", "ascending"), ("message", "ascending")]
+    assert a_dead.sort_by(dead_order).to_pylist() == b_dead.sort_by(dead_order).to_pylist()
+    assert a_manifest["counts"] == b_manifest["counts"]
+
+
+def score_on_both(reg: dict, glob: str, workdir: Path, runner: list[str], monkeypatch,
+                  extra: tuple[str, ...] = ()) -> tuple[str, str]:
+    """The same relative glob scored on the local runner and on ``runner``'s flags."""
+    monkeypatch.chdir(workdir)               # the glob is relative, as a user types it
+    for run_id, flags in [("local", []), ("other", runner)]:
+        res = score_cli(reg, [glob], "out", *flags, *extra, run_id=run_id)
+        assert res.exit_code == 0, res.output
+    return str(workdir / "out" / "local"), str(workdir / "out" / "other")

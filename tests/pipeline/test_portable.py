@@ -6,12 +6,6 @@ local one record for record, relative input globs included (paths are resolved a
 """
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,75 +13,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests import helpers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{proc.args} exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("localhost", port)) == 0:
-                return
-        time.sleep(0.2)
-    pytest.fail(f"nothing listens on port {port} after {timeout} s")
+from tests import helpers, servers
 
 
 @pytest.fixture(scope="module")
 def portable(tmp_path_factory):
     """A job service and an external worker pool on free localhost ports; the Beam flags."""
-    logs = tmp_path_factory.mktemp("portable-logs")
-    # Workers are started as `python` from PATH: it must be this environment's.
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    job_port, pool_port = _free_port(), _free_port()
-    procs = []
-    try:
-        for name, args in [("jobs", ["-m", "apache_beam.runners.portability.local_job_service_main",
-                                     "--port", str(job_port)]),
-                           ("pool", ["-m", "apache_beam.runners.worker.worker_pool_main",
-                                     "--service_port", str(pool_port)])]:
-            with open(logs / f"{name}.log", "w") as log:
-                procs.append(subprocess.Popen([sys.executable, *args], stdout=log, stderr=log, env=env,
-                                              start_new_session=True))
-        _wait_for_port(job_port, procs[0])
-        _wait_for_port(pool_port, procs[1])
+    job_port, pool_port = servers.free_port(), servers.free_port()
+    with servers.running({
+            "jobs": (["-m", "apache_beam.runners.portability.local_job_service_main",
+                      "--port", str(job_port)], job_port),
+            "pool": (["-m", "apache_beam.runners.worker.worker_pool_main",
+                      "--service_port", str(pool_port)], pool_port)},
+            tmp_path_factory.mktemp("portable-logs")):
+        # The workers run on this host and see its files.
         yield ["--runner", "PortableRunner", "--job_endpoint", f"localhost:{job_port}",
-               "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{pool_port}"]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _same_runs(local: str, remote: str) -> None:
-    a_scores, a_dead, a_manifest = helpers.read_run(local)
-    b_scores, b_dead, b_manifest = helpers.read_run(remote)
-    order = [("source", "ascending"), ("id", "ascending")]
-    assert a_scores.sort_by(order).drop(["run_id"]).to_pylist() == \
-        b_scores.sort_by(order).drop(["run_id"]).to_pylist()
-    dead_order = [("source", "ascending"), ("reason", "ascending"), ("message", "ascending")]
-    assert a_dead.sort_by(dead_order).to_pylist() == b_dead.sort_by(dead_order).to_pylist()
-    assert a_manifest["counts"] == b_manifest["counts"]
-
-
-def _score_both(reg: dict, glob: str, workdir: Path, portable: list[str], monkeypatch) -> tuple[str, str]:
-    monkeypatch.chdir(workdir)               # the glob is relative, as a user types it
-    for run_id, flags in [("local", []), ("portable", portable)]:
-        res = helpers.score_cli(reg, [glob], "out", *flags, run_id=run_id)
-        assert res.exit_code == 0, res.output
-    return str(workdir / "out" / "local"), str(workdir / "out" / "portable")
+               "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{pool_port}",
+               "--workers-see-local-paths"]
 
 
 def test_tables_on_external_workers_equal_the_local_run(features_registry, portable, tmp_path,
@@ -100,8 +42,8 @@ def test_tables_on_external_workers_equal_the_local_run(features_registry, porta
     pq.write_table(pa.table({"id": ["b0", "b1", None, "b3"], **cols, "label": y[200:204]}),
                    tmp_path / "in" / "bad.parquet")
     files.append(str(tmp_path / "in" / "bad.parquet"))
-    local, remote = _score_both(features_registry, "in/*.parquet", tmp_path, portable, monkeypatch)
-    _same_runs(local, remote)
+    local, remote = helpers.score_on_both(features_registry, "in/*.parquet", tmp_path, portable, monkeypatch)
+    helpers.same_runs(local, remote)
     for run in (local, remote):
         helpers.check_invariant(run, sorted(files))
     assert helpers.read_run(remote)[2]["counts"]["dead_lettered"] == 2
@@ -111,7 +53,50 @@ def test_images_on_external_workers_equal_the_local_run(images_registry, portabl
                                                         monkeypatch):
     images, labels = helpers.mnist(40, offset=1080)
     files = helpers.image_shards(tmp_path / "in", images, labels, shards=2)
-    local, remote = _score_both(images_registry, "in/*.tfrecord", tmp_path, portable, monkeypatch)
-    _same_runs(local, remote)
+    local, remote = helpers.score_on_both(images_registry, "in/*.tfrecord", tmp_path, portable, monkeypatch)
+    helpers.same_runs(local, remote)
     for run in (local, remote):
         helpers.check_invariant(run, sorted(files))
+
+
+def test_workers_that_cannot_start_end_the_run_in_bounded_time(features_registry, tmp_path):
+    """A pool whose ``python`` cannot run Beam's worker: one line, exit 1, nothing left.
+
+    Without the watch, the job service waits for the worker for minutes and then the
+    run ends in a gRPC DEADLINE_EXCEEDED traceback.
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+
+    broken = tmp_path / "broken-bin"
+    broken.mkdir()
+    (broken / "python").write_text("#!/bin/sh\necho 'No module named apache_beam' >&2\nexit 1\n")
+    (broken / "python").chmod(0o755)
+    env = dict(os.environ, PATH=f"{broken}{os.pathsep}{os.environ['PATH']}")
+    helpers.table_shards(tmp_path / "in", features_registry["x"][:50])
+    job_port, pool_port = servers.free_port(), servers.free_port()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with servers.running({
+            "jobs": (["-m", "apache_beam.runners.portability.local_job_service_main",
+                      "--port", str(job_port)], job_port),
+            "pool": (["-m", "apache_beam.runners.worker.worker_pool_main",
+                      "--service_port", str(pool_port)], pool_port)}, logs, env):
+        started = time.monotonic()
+        res = subprocess.run(
+            [str(Path(sys.executable).parent / "vigil"), "score", "--input", "in/*.parquet",
+             "--registry", features_registry["registry"], "--name", "cardio", "--output", "out",
+             "--run-id", "r1", "--no-report", "--runner", "PortableRunner",
+             "--job_endpoint", f"localhost:{job_port}", "--environment_type", "EXTERNAL",
+             "--environment_config", f"localhost:{pool_port}", "--workers-see-local-paths",
+             "--worker-start-timeout", "20"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=240)
+        took = time.monotonic() - started
+    assert res.returncode == 1, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no worker of the job started within 20 s" in lines[0], res.stderr
+    assert "nothing was published" in lines[0] and "Traceback" not in res.stderr
+    assert took < 120, took          # the job service alone waits about 310 s
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []

@@ -105,6 +105,18 @@ def test_multiprocess_runner_gives_identical_rows(features_registry, feature_inp
     assert a.drop(["top_features"]).equals(b.drop(["top_features"]))
 
 
+def test_one_model_copy_shared_by_worker_processes_gives_identical_rows(features_registry,
+                                                                        feature_inputs, tmp_path):
+    """--model-copies 1: Beam loads the model once, in a process of its own, behind a proxy."""
+    root, _ = feature_inputs
+    glob = [str(root / "in" / "part-[01].parquet")]
+    multi = ("--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
+    assert _score(features_registry, glob, tmp_path / "a", *multi).exit_code == 0
+    res = _score(features_registry, glob, tmp_path / "b", *multi, "--model-copies", "1")
+    assert res.exit_code == 0, res.output
+    helpers.same_runs(str(tmp_path / "a" / "run1"), str(tmp_path / "b" / "run1"))
+
+
 def test_too_many_bad_records_publish_nothing(features_registry, feature_inputs, tmp_path):
     root, _ = feature_inputs
     res = _score(features_registry, [str(root / "in" / "part-bad.parquet")], tmp_path / "out")

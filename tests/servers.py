@@ -1,0 +1,65 @@
+"""Services a test starts as separate processes (job service, worker pool, dask cluster).
+
+Each runs in its own session on a free localhost port and is stopped, its children
+included, whatever the test does.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def this_environment() -> dict:
+    """os.environ with this interpreter's folder first on PATH.
+
+    Worker pools start SDK workers as ``python`` from PATH: it must be this environment's.
+    """
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args} exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("localhost", port)) == 0:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"nothing listens on port {port} after {timeout} s")
+
+
+@contextlib.contextmanager
+def running(services: dict[str, tuple[list[str], int]], logs: Path, env: dict | None = None):
+    """Start ``{name: (python arguments, port)}``; wait until each listens; stop all after."""
+    procs = []
+    try:
+        for name, (args, port) in services.items():
+            with open(logs / f"{name}.log", "w") as log:
+                procs.append(subprocess.Popen([sys.executable, *args], stdout=log, stderr=log,
+                                              env=env or this_environment(), start_new_session=True))
+            wait_for_port(port, procs[-1])
+        yield
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
