@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench bench-accuracy bench-ceiling bench-throughput bench-calibration bench-report audit clean
+.PHONY: demo test lint bench bench-accuracy bench-ceiling bench-throughput bench-calibration bench-report bench-workers audit clean
 
 $(STAMP): setup.py pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -42,6 +42,10 @@ bench-calibration: $(STAMP)
 
 bench-report: $(STAMP)
 	$(BIN)/python tests/benchmarks/report_memory.py $(BENCH_ARGS)
+
+# Peak RSS per SDK worker process, one model copy per process vs one shared (about 2 minutes).
+bench-workers: $(STAMP)
+	$(BIN)/python tests/benchmarks/worker_memory.py $(BENCH_ARGS)
 
 # Known advisories in the exact dependency set the project installs (pip-audit runs in a
 # venv of its own so that it does not change that set).  Needs PyPI's or OSV's advisory API.

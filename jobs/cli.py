@@ -125,13 +125,15 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool):
       vigil demo                      # both, on data that ships with scikit-learn
     """
     ctx.obj = {"verbose": verbose}
-    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR,
+    # Beam and GX log a worker's or a page's error as a traceback before it reaches vigil,
+    # which then says it in one line; Beam's portable runner logs a failed job's messages
+    # on the root logger.  Without --verbose only vigil's own loggers speak.
+    logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL,
                         format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("vigil").setLevel(logging.INFO if verbose else logging.WARNING)
     for name in ("vigil.pipeline", "vigil.train", "vigil.demo"):
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
     if not verbose:
-        # Beam and GX log a worker's or a page's error as a traceback before it reaches
-        # vigil, which then says it in one line.
         for name in ("apache_beam", "great_expectations"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
 

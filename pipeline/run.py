@@ -218,12 +218,28 @@ def _published_state(final: str) -> str:
         else "nothing was published"
 
 
+# What a runner's error text means when the text alone does not say it.
+KNOWN_CAUSES = (
+    ("Channel closed prematurely", "a worker process died or lost its connection to the job"),
+    ("DEADLINE_EXCEEDED", "the runner's workers did not answer in time"),
+)
+
+
 def _first_line(exc: BaseException) -> str:
-    """The line of an error that says what happened; Beam puts a worker's traceback first."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    """The line of an error that says what happened, with the cause a runner buried.
+
+    Beam puts a worker's traceback first; a portable job's error is "Error running
+    pipeline." with the worker's traceback after it, whose last line is the cause.
+    """
+    text = str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return ""
-    return (lines[-1] if lines[0].startswith("Traceback") else lines[0])[:300]
+    head = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    if head != lines[-1] and any(line.startswith("Traceback") for line in lines):
+        head = f"{head} ({lines[-1]})"
+    hint = next((why for pattern, why in KNOWN_CAUSES if pattern in text), None)
+    return head[:300] + (f": {hint}" if hint else "")
 
 
 def _run_and_check(plan: RunPlan, options: PipelineOptions) -> dict:

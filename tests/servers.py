@@ -45,7 +45,10 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> Non
 
 @contextlib.contextmanager
 def running(services: dict[str, tuple[list[str], int]], logs: Path, env: dict | None = None):
-    """Start ``{name: (python arguments, port)}``; wait until each listens; stop all after."""
+    """Start ``{name: (python arguments, port)}``; wait until each listens; stop all after.
+
+    Yields ``{name: Popen}``.
+    """
     procs = []
     try:
         for name, (args, port) in services.items():
@@ -53,7 +56,7 @@ def running(services: dict[str, tuple[list[str], int]], logs: Path, env: dict | 
                 procs.append(subprocess.Popen([sys.executable, *args], stdout=log, stderr=log,
                                               env=env or this_environment(), start_new_session=True))
             wait_for_port(port, procs[-1])
-        yield
+        yield dict(zip(services, procs))
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -63,3 +66,12 @@ def running(services: dict[str, tuple[list[str], int]], logs: Path, env: dict | 
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+def children(pid: int) -> list[int]:
+    """The process ids a process started (from /proc)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out

@@ -100,3 +100,46 @@ def test_workers_that_cannot_start_end_the_run_in_bounded_time(features_registry
     assert "nothing was published" in lines[0] and "Traceback" not in res.stderr
     assert took < 120, took          # the job service alone waits about 310 s
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_a_worker_that_dies_mid_run_ends_it_in_one_line(features_registry, tmp_path):
+    """The pool's SDK worker is killed while it scores: exit 1, the cause named, nothing left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    x, y = features_registry["x"], features_registry["y"]
+    helpers.table_shards(tmp_path / "in", np.tile(x, (12, 1)), np.tile(y, 12), shards=8)
+    job_port, pool_port = servers.free_port(), servers.free_port()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with servers.running({
+            "jobs": (["-m", "apache_beam.runners.portability.local_job_service_main",
+                      "--port", str(job_port)], job_port),
+            "pool": (["-m", "apache_beam.runners.worker.worker_pool_main",
+                      "--service_port", str(pool_port)], pool_port)}, logs) as procs:
+        run = subprocess.Popen(
+            [str(Path(sys.executable).parent / "vigil"), "score", "--input", "in/*.parquet",
+             "--registry", features_registry["registry"], "--name", "cardio", "--output", "out",
+             "--run-id", "r1", "--no-report", "--runner", "PortableRunner",
+             "--job_endpoint", f"localhost:{job_port}", "--environment_type", "EXTERNAL",
+             "--environment_config", f"localhost:{pool_port}", "--workers-see-local-paths"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killed = []
+        deadline = time.monotonic() + 180
+        while run.poll() is None and not killed and time.monotonic() < deadline:
+            if list((tmp_path / "out").glob(".staging-r1-*/_workers/*")):   # a worker is reading
+                for pid in servers.children(procs["pool"].pid):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.2)
+        _, err = run.communicate(timeout=180)
+    assert killed, "the run ended before a worker could be killed"
+    assert run.returncode == 1, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "a worker process died or lost its connection to the job" in lines[0]
+    assert "nothing was published" in lines[0] and "staging folder was removed" in lines[0]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
