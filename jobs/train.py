@@ -8,30 +8,21 @@ input only trains.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from vigil.models import registry
-from vigil.models.bundle import save_models
-from vigil.models.config import FEATURE_TAIL, IMAGE_MAX_EXAMPLES, ModelConfig, TrainConfig
-from vigil.models.preprocessing import Preprocessing
-from vigil.models.splits import train_split_size
-from vigil.models.training import TrainResult, data_profile, fit, validation_metrics
+from vigil.models.config import TrainConfig
+from vigil.models.training import TrainResult
 from vigil.pipeline.decode import DecodeSpec, decode
 from vigil.pipeline.options import absolute_uri
 from vigil.pipeline.preflight import InputError, check_columns, match_inputs, resolve_formats, table_schema
 from vigil.pipeline.readers import UNKNOWN_FORMAT, ReadSpec, printable, read_file
 from vigil.pipeline.records import FileStats, RawRecord, ScoringInput
-from vigil.schemas import DISTRIBUTION, __version__
-from vigil.schemas.manifest import strict_json
 
 LOG = logging.getLogger("vigil.train")
-CODE_VERSION = f"{DISTRIBUTION} {__version__}"
-EXIT_GATE_FAILED = 5
 METADATA_COLUMNS = ("label",)      # never picked as features unless named in --feature-columns
 
 
@@ -192,162 +183,54 @@ def _input_shape(first: RawRecord, kind: str, cfg: TrainJobConfig) -> tuple[int,
     return (h, w, channels)
 
 
-def default_model_config(kind: str, shape: tuple[int, ...], cfg: TrainJobConfig,
-                         train_rows: int) -> ModelConfig:
-    """Defaults that work without tuning on images and on tables.
-
-    ``train_rows`` is the size of the split that fits the weights; tables with fewer of
-    them than features get linear, untrimmed, cross-fitted models with a higher variance
-    floor and log-scaled inputs.  The reasons and their measurements: docs/design.md.
-    """
-    if kind == "image":
-        # Scores are judged against images of the same complexity (vigil.models.complexity),
-        # and anomaly_score is the DAE's surprise at its blurred residual: a misplaced edge
-        # leaves a +/- pair the blur cancels, a missing or extra stroke a patch it keeps.
-        # 16 importance samples: conv decoders dominate scoring cost.
-        return ModelConfig("image", shape, latent_dim=cfg.latent_dim or 16, hidden=(32, 64),
-                           likelihood=cfg.likelihood or "bernoulli", n_recon_samples=16,
-                           n_iwae_samples=16, combine="dae", dae_error_sigma=0.7,
-                           adjust_complexity=True, members=cfg.members or 1)
-    d = shape[0]
-    width = 128 if d >= 32 else 64
-    # Tables arrive unlabelled and contaminated: each batch's highest-loss 40% (after the
-    # KL warm-up) does not train the models, so anomalies in the data are not learned as
-    # normal (a trimmed likelihood).  Latent 32 whatever the width: the KL term switches
-    # off what a table does not need.  Three members, because one training seed moves a
-    # table's AUROC a lot and dense nets train in seconds.
-    # With fewer training rows than features a nonlinear net can only memorise the rows:
-    # linear networks (probabilistic PCA and a PCA residual), nothing trimmed (it would
-    # starve them), a variance floor of 0.3 (per-feature variances from so few residuals
-    # are mostly luck), a log scale past one robust unit (else a few features that spiked
-    # in a normal row decide a 512-feature sum), and five cross-fitted members, since
-    # holding 40% of ~160 rows out of training costs such tables the most.
-    few_rows = train_rows < d
-    return ModelConfig("features", shape, latent_dim=cfg.latent_dim or 32,
-                       hidden=() if few_rows else (width, width // 2),
-                       likelihood=cfg.likelihood or "gaussian",
-                       min_scale=0.3 if few_rows else 0.03,
-                       feature_tail=1.0 if few_rows else FEATURE_TAIL,
-                       trim_fraction=0.0 if few_rows else 0.4,
-                       members=cfg.members or (5 if few_rows else 3),
-                       cross_fit=few_rows and (cfg.members or 5) > 1)
-
-
-def flag_advice(calibration, alpha: float, normal_records: int) -> str | None:
-    """What to change when a target FPR cannot flag: a reachable rate, or the rows it needs."""
-    why = calibration.cannot_flag(alpha)
-    if why is None:
-        return None
-    limit = calibration.flag_limit(alpha)
-    share = limit["values"] / max(normal_records, 1)
-    rows = math.ceil(limit["values_needed"] / share) if share else None
-    more = f", or train on about {rows} normal records" if rows else ""
-    return f"{why}: train with --target-fpr {math.ceil(limit['smallest_fpr'] * 1000) / 1000:g}{more}"
-
-
-def gates(result: TrainResult, cfg: TrainJobConfig, x_val_raw: np.ndarray, val_ids: list[str],
-          calibration_records: int) -> list[str]:
-    """Reasons not to promote; [] when every gate passes.
-
-    ``calibration_records`` is how many normal records the calibration splits came from.
-    """
-    from scipy.stats import binom
-    failures = []
-    if not cfg.allow_unflaggable and all(
-            result.calibration.cannot_flag(a) for a in cfg.train.target_fprs):
-        failures.append("is_anomaly can never be true: " + "; ".join(
-            flag_advice(result.calibration, a, calibration_records) or ""
-            for a in cfg.train.target_fprs) + " (--allow-unflaggable promotes it anyway)")
-    if not result.metrics["finite"]:
-        failures.append("a training or validation loss is not finite")
-    val = result.metrics["validation"]
-    n = val.get("rows", 0)
-    for alpha, fpr in val.get("fpr", {}).items():
-        limit = binom.ppf(0.999, n, float(alpha)) / n if n else 1.0
-        if fpr > max(limit, float(alpha)):
-            failures.append(f"held-out FPR {fpr:.3%} at target {float(alpha):.1%} is above "
-                            f"the tolerance {limit:.3%} on {n} normal rows")
-    current = registry.production_version(cfg.registry, cfg.name)
-    if current and n:
-        prod = registry.load(cfg.registry, cfg.name, current)
-        unscorable = prod.calibration.encoder_mismatch()
-        if unscorable:      # its FPR measured here would be an artefact of this machine
-            LOG.warning("not comparing with production %s: %s", current, unscorable)
-        elif tuple(prod.config.input_shape) == tuple(result.preprocessing.input_shape):
-            raw = np.asarray(x_val_raw)
-            scores = prod.score_raw(prod.scorer(), raw, val_ids)
-            prod_val = validation_metrics(prod.calibration, scores)
-            for alpha, fpr in val.get("fpr", {}).items():
-                prod_fpr = prod_val["fpr"].get(alpha, prod_val["fpr"].get(next(iter(prod_val["fpr"]))))
-                if fpr > prod_fpr + cfg.gate_margin:
-                    failures.append(f"held-out FPR {fpr:.3%} is worse than production "
-                                    f"{current}'s {prod_fpr:.3%} by more than {cfg.gate_margin:.1%}")
-    return failures
-
-
 def run_training(cfg: TrainJobConfig) -> TrainOutcome:
-    """Train, publish a version, and promote it when the gates pass."""
+    """Read the inputs, fit a ``Detector`` on them, publish a version and gate its promotion."""
+    from vigil.models.detector import Detector
+    from vigil.models.publishing import report_file
+    from vigil.pipeline.report.training_report import render
+
     # A registry that cannot be reached fails now, not after the training it would hold.
     registry.production_version(cfg.registry, cfg.name)
     x_raw, ids, kind, columns, x_other = load_training_data(cfg)
     shape = tuple(x_raw.shape[1:])
-    if cfg.train.max_examples is None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-            cfg.train, max_examples=IMAGE_MAX_EXAMPLES if kind == "image" else 0))
-    pre = (Preprocessing.for_images(*shape) if kind == "image"
-           else Preprocessing("features", shape, tuple(columns)))
     calibration_set = (load_calibration_data(cfg, kind, shape, columns)
                        if cfg.calibration_inputs else None)
-    train_rows = train_split_size(len(x_raw), cfg.train, calibrate=calibration_set is None)
-    model_config = default_model_config(kind, shape, cfg, train_rows)
-    if kind == "features" and not model_config.hidden:
-        LOG.info("%d training rows for %d features: linear, untrimmed table models, "
-                 "inputs on a log scale past %g robust units%s", train_rows, shape[0],
-                 model_config.feature_tail,
-                 f", {model_config.members} members cross-fitted on as many folds"
-                 if model_config.cross_fit else "")
+    t = cfg.train
+    detector = Detector(kind, latent_dim=cfg.latent_dim, likelihood=cfg.likelihood, members=cfg.members,
+                        epochs=t.epochs, max_examples=t.max_examples, batch_size=t.batch_size,
+                        seed=t.seed, device=t.device, mixed_precision=t.mixed_precision,
+                        verbose=t.verbose)
     LOG.info("training on %d normal %s records of shape %s", len(x_raw), kind, shape)
     if calibration_set is not None:
         LOG.info("calibrating on %d curated normal records", len(calibration_set[1]))
-    result = fit(x_raw, ids, model_config, cfg.train, pre, calibration_set)
-    x_holdout, holdout_ids = result.holdout
-    calibration_records = len(calibration_set[1]) if calibration_set is not None else len(x_raw)
-    failures = gates(result, cfg, x_holdout, holdout_ids, calibration_records)
-    manifest = {
-        "format": 1, "code_version": CODE_VERSION,
-        "input": {"kind": kind, "shape": list(shape), "feature_columns": columns,
-                  "id_column": cfg.id_column, "channels": shape[-1] if kind == "image" else None},
-        "preprocessing": result.preprocessing.to_dict(),
-        "model_config": model_config.to_dict(),
-        "training": {"config": cfg.train.to_dict(), "seed": cfg.train.seed,
-                     "inputs": list(cfg.inputs), "label_column": cfg.label_column,
-                     "normal_values": list(cfg.normal_values),
-                     "calibration_inputs": list(cfg.calibration_inputs),
-                     "split_sizes": result.split_sizes,
-                     "history": result.history,
-                     "device": {"strategy": result.plan.strategy, "devices": list(result.plan.devices),
-                                "precision": result.plan.precision, "reason": result.plan.reason}},
-        "metrics": strict_json(result.metrics),
-        "calibration": result.calibration.to_dict(),
-        "profile": data_profile(x_raw, kind, columns),
-        "gates": {"passed": not failures, "failures": failures},
-    }
-    manifest = strict_json(manifest)
-    def write_files(directory: str) -> dict[str, str]:
-        import tensorflow as tf
+    if kind == "features":
+        x_raw = _as_frame(x_raw, columns, ids)
+    detector.fit(x_raw, ids, target_fpr=t.target_fprs, calibration=calibration_set)
+    result = detector.result_
+    model_config = detector.bundle_.config
+    if kind == "features" and not model_config.hidden:
+        LOG.info("%d training rows for %d features: linear, untrimmed table models, "
+                 "inputs on a log scale past %g robust units%s", result.split_sizes["train"], shape[0],
+                 model_config.feature_tail,
+                 f", {model_config.members} members cross-fitted on as many folds"
+                 if model_config.cross_fit else "")
 
-        from vigil.models.bundle import sha256_of
-        from vigil.pipeline.report.training_report import render
-        files = save_models(directory, result.members)
+    def report(directory: str) -> dict[str, str]:
         other = result.preprocessing.transform(x_other) if x_other is not None else None
-        with tf.io.gfile.GFile(f"{directory}/report.html", "w") as f:
-            f.write(render(cfg.name, result, result.preprocessing.transform(x_holdout), other))
-        return {**files, "report.html": sha256_of(f"{directory}/report.html")}
-    version = registry.publish(cfg.registry, cfg.name, write_files, manifest)
-    promoted = False
-    if cfg.promote and not failures:
-        registry.promote(cfg.registry, cfg.name, version)
-        promoted = True
-    return TrainOutcome(version, promoted, failures, result,
-                        {a: flag_advice(result.calibration, a, calibration_records)
-                         for a in cfg.train.target_fprs})
+        return report_file(directory, render(cfg.name, result, result.preprocessing.transform(
+            result.holdout[0]), other))
+
+    published = detector.save(
+        cfg.registry, cfg.name, promote=cfg.promote, allow_unflaggable=cfg.allow_unflaggable,
+        gate_margin=cfg.gate_margin, id_column=cfg.id_column, extra_files=report,
+        provenance={"inputs": list(cfg.inputs), "label_column": cfg.label_column,
+                    "normal_values": list(cfg.normal_values),
+                    "calibration_inputs": list(cfg.calibration_inputs)})
+    return TrainOutcome(published.version, published.promoted, published.gate_failures, result,
+                        published.cannot_flag)
+
+
+def _as_frame(x_raw: np.ndarray, columns: list[str], ids: list[str]):
+    """Feature rows as a DataFrame of their named columns, the way the Python API takes them."""
+    import pandas as pd
+    return pd.DataFrame(x_raw, columns=columns, index=ids)

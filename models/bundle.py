@@ -32,6 +32,7 @@ from vigil.models.config import ModelConfig
 from vigil.models.preprocessing import Preprocessing
 from vigil.models.scoring import Member, Scorer
 from vigil.schemas.manifest import check_model_manifest
+from vigil.schemas.tables import SCORE_NAMES
 
 MODEL_FILES = ("vae_encoder.keras", "vae_decoder.keras", "dae.keras")      # member 0
 MANIFEST = "manifest.json"
@@ -214,6 +215,25 @@ class Bundle:
         if self.calibration.needs_input_bits:
             scores[INPUT_BITS] = input_bits(raw)
         return scores
+
+    def score_columns(self, scorer: Scorer, raw: np.ndarray, ids: list[str], target_fpr: float) -> dict:
+        """Decoded records -> the scores table's values (arrays over the records): the four
+        scores and their p-values, ``anomaly_score`` and its p-value, the threshold at
+        ``target_fpr``, the flag, and the top contributions (``top_index``/``top_contribution``)."""
+        cal = self.calibration
+        out = self.score_raw(scorer, raw, ids)
+        scores = {n: v.astype(np.float64) for n, v in out.items() if n in (*SCORE_NAMES, *cal.statistics)}
+        result = {n: scores[n] for n in SCORE_NAMES}
+        result.update(cal.pvalues(scores))
+        anomaly_score = cal.anomaly_score(scores)
+        threshold = cal.threshold(target_fpr)
+        result["anomaly_score"] = anomaly_score
+        result["anomaly_pvalue"] = cal.anomaly_pvalue(anomaly_score)
+        result["threshold"] = np.full(len(ids), threshold)
+        result["is_anomaly"] = anomaly_score > threshold
+        result["top_index"] = out["top_index"]
+        result["top_contribution"] = out["top_contribution"].astype(np.float64)
+        return result
 
 
 def load_bundle(directory: str, label: str | None = None) -> Bundle:

@@ -322,3 +322,10 @@ class Calibration:
                    tuple(d["target_fprs"]), tuple(d["combine"]), d.get("rule", "mean"),
                    {n: float(v) for n, v in d.get("slopes", {}).items()},
                    bool(d.get("pooled_a", False)), dict(d.get("encoder") or {}))
+
+
+def default_target_fpr(calibration: Calibration) -> float:
+    """The rate to flag at when none is asked for: the smallest calibrated one that can
+    flag at all, else the smallest (a model calibrated for several rates)."""
+    trained = sorted(calibration.target_fprs)
+    return next((a for a in trained if calibration.cannot_flag(a) is None), trained[0])

@@ -46,8 +46,6 @@ def _not_scorer_retracing(record: logging.LogRecord) -> bool:
     return not ("triggered tf.function retracing" in message and "Scorer._score_batch" in message)
 
 
-tf.get_logger().addFilter(_not_scorer_retracing)
-
 
 def record_seeds(ids: list[str], model_seed: int) -> np.ndarray:
     """(n, 2) int64 stateless-RNG seeds: a 63-bit hash of each id, and the model's seed."""
@@ -86,6 +84,9 @@ class Scorer:
         # pick different code paths for different row counts, which would change a
         # record's last bits with the size of the batch it arrived in.
         self.block = int(block)
+        # Attached where scoring starts (once per process), not when the module is imported.
+        if _not_scorer_retracing not in tf.get_logger().filters:
+            tf.get_logger().addFilter(_not_scorer_retracing)
         # A fixed signature: any batch size reuses one trace.
         self._score = tf.function(self._score_batch, input_signature=[
             tf.TensorSpec([None, *config.input_shape], tf.float32),

@@ -20,8 +20,6 @@ from PIL import Image, ImageOps
 
 from vigil.pipeline.records import DeadLetter, RawRecord, ScoringInput, record_dead_letter
 
-Image.MAX_IMAGE_PIXELS = None   # vigil applies its own cap from the header, below
-
 
 @dataclass(frozen=True)
 class DecodeSpec:
@@ -85,6 +83,10 @@ def _decode_image(record: RawRecord, spec: DecodeSpec) -> ScoringInput | DeadLet
         if img.size != (width, height):
             img = img.resize((width, height), Image.BILINEAR)
         x = np.asarray(img, dtype=np.uint8).reshape(height, width, channels)
+    except Image.DecompressionBombError as exc:
+        # vigil's own cap is checked from the header; PIL refuses (at open) images over
+        # twice its MAX_IMAGE_PIXELS, which vigil leaves as the user's process has it.
+        return record_dead_letter(record, "decode", "image_too_large", str(exc)[:200])
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad bytes
         return record_dead_letter(record, "decode", "undecodable_image",
                                   f"{type(exc).__name__}: {str(exc)[:200]}")

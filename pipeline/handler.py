@@ -20,7 +20,6 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from vigil.models.bundle import Bundle, load_bundle
 from vigil.models.scoring import Scorer
 from vigil.pipeline.records import ScoringInput
-from vigil.schemas.tables import SCORE_NAMES
 
 
 class LoadedModel:
@@ -43,20 +42,7 @@ class LoadedModel:
 
     def score(self, raw: np.ndarray, ids: list[str], target_fpr: float) -> dict:
         """Decoded records -> every output column of the scores table (arrays over the batch)."""
-        cal = self._bundle.calibration
-        out = self._bundle.score_raw(self._scorer, raw, ids)
-        scores = {n: v.astype(np.float64) for n, v in out.items() if n in (*SCORE_NAMES, *cal.statistics)}
-        result = {n: scores[n] for n in SCORE_NAMES}
-        result.update(cal.pvalues(scores))
-        anomaly_score = cal.anomaly_score(scores)
-        threshold = cal.threshold(target_fpr)
-        result["anomaly_score"] = anomaly_score
-        result["anomaly_pvalue"] = cal.anomaly_pvalue(anomaly_score)
-        result["threshold"] = np.full(len(ids), threshold)
-        result["is_anomaly"] = anomaly_score > threshold
-        result["top_index"] = out["top_index"]
-        result["top_contribution"] = out["top_contribution"].astype(np.float64)
-        return result
+        return self._bundle.score_columns(self._scorer, raw, ids, target_fpr)
 
 
 class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):

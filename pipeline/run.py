@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from vigil.models import registry
 from vigil.models.bundle import Bundle
+from vigil.models.calibration import default_target_fpr
 from vigil.pipeline import commit
 from vigil.pipeline.decode import DecodeSpec
 from vigil.pipeline.handler import VigilModelHandler
@@ -118,8 +119,7 @@ def _target_fpr(config: ScoreConfig, bundle: Bundle, version: str) -> float:
     """
     cal = bundle.calibration
     if config.target_fpr is None:
-        trained = sorted(cal.target_fprs)
-        return next((a for a in trained if cal.cannot_flag(a) is None), trained[0])
+        return default_target_fpr(cal)
     why = cal.cannot_flag(config.target_fpr)
     if why:
         raise InputError(f"--target-fpr {config.target_fpr:g}: model {config.name}/{version} {why}; "

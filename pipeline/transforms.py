@@ -13,7 +13,6 @@ import time
 import uuid
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -21,7 +20,7 @@ from apache_beam.metrics import Metrics
 from vigil.pipeline.decode import DecodeSpec, decode
 from vigil.pipeline.readers import ReadSpec, printable, read_file
 from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, ScoringInput
-from vigil.schemas.tables import SCORE_NAMES
+from vigil.schemas.tables import SCORE_NAMES, top_features
 
 DEAD_LETTER = "dead_letter"
 STATS = "stats"
@@ -150,8 +149,8 @@ class ToRow(beam.DoFn):
                    anomaly_pvalue=float(inf["anomaly_pvalue"]),
                    threshold=float(inf["threshold"]), is_anomaly=bool(inf["is_anomaly"]),
                    model_version=str(result.model_id), run_id=self.run_id,
-                   top_features=[self._top(int(i), float(c))
-                                 for i, c in zip(inf["top_index"], inf["top_contribution"])])
+                   top_features=top_features(inf["top_index"], inf["top_contribution"],
+                                             self.feature_names, self.input_shape))
         for f in self.label_fields:
             row[f.name] = carried_value(example.labels.get(f.name), f)
         self.scored.inc()
@@ -159,14 +158,6 @@ class ToRow(beam.DoFn):
             self.anomalies.inc()
         self._progress()
         yield row
-
-    def _top(self, index: int, contribution: float) -> dict:
-        if self.feature_names:
-            return {"index": index, "contribution": contribution,
-                    "name": self.feature_names[index], "position": None}
-        position = [int(p) for p in np.unravel_index(index, self.input_shape)] \
-            if self.input_shape else None
-        return {"index": index, "contribution": contribution, "name": None, "position": position}
 
     def _progress(self):
         self._count += 1

@@ -43,6 +43,26 @@ TOP_FEATURE = pa.struct([("index", pa.int64()), ("contribution", pa.float64()),
                          ("name", pa.string()), ("position", pa.list_(pa.int64()))])
 
 
+def top_features(indices, contributions, feature_names: tuple[str, ...] = (),
+                 input_shape: tuple[int, ...] = ()) -> list[dict]:
+    """A record's ``top_features`` value: each contribution with its column name (tables,
+    ``feature_names``) or its pixel position (images, ``input_shape``)."""
+    out = []
+    for index, contribution in zip(indices, contributions):
+        index = int(index)
+        if feature_names:
+            out.append({"index": index, "contribution": float(contribution),
+                        "name": feature_names[index], "position": None})
+            continue
+        position, rest = [], index
+        for size in reversed(input_shape):
+            rest, at = divmod(rest, size)
+            position.append(at)
+        out.append({"index": index, "contribution": float(contribution), "name": None,
+                    "position": position[::-1] if input_shape else None})
+    return out
+
+
 def scores_schema(label_fields: list[pa.Field] | None = None,
                   metadata: dict[str, str] | None = None) -> pa.Schema:
     """The schema of ``scores/part-*.parquet``; label columns are carried through at the end."""

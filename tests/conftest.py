@@ -1,10 +1,15 @@
 """Session fixtures: tiny but real trained model versions (features and images)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
-import vigil.models  # noqa: E402,F401 - TF environment (oneDNN off, quiet logs) before TF loads
 from tests import helpers
+
+# The suite is an entry point: TensorFlow's settings as the CLI makes them, before TF loads.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RUNNER = ["--runner=FnApiRunner"]
 

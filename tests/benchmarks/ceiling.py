@@ -79,10 +79,10 @@ def reference_scores(train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarra
 
 def vigil_inputs(share: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The train share and the test rows as vigil's default table models see them."""
-    from vigil.jobs.train import TrainJobConfig, default_model_config
+    from vigil.models.defaults import ModelOptions, default_model_config
     from vigil.models.preprocessing import Preprocessing
     d = share.shape[1]
-    defaults = default_model_config("features", (d,), TrainJobConfig((), "", ""), len(share))
+    defaults = default_model_config("features", (d,), ModelOptions(), len(share))
     pre = Preprocessing.fit_features(share, [f"f{j}" for j in range(d)], tail=defaults.feature_tail)
     return pre.transform(share).astype(np.float64), pre.transform(test).astype(np.float64)
 
@@ -133,14 +133,14 @@ def iforest_fpr(x_train, x_test, y_test, y_train, split) -> dict[str, float]:
 
 def _vigil_fit(x: np.ndarray, ids: list[str], calibration_set=None):
     """vigil's default table models fitted as ``vigil train`` fits them; (result, config)."""
-    from vigil.jobs.train import TrainJobConfig, default_model_config
+    from vigil.models.defaults import ModelOptions, default_model_config
     from vigil.models.preprocessing import Preprocessing
     from vigil.models.splits import train_split_size
     from vigil.models.training import fit
     d = x.shape[1]
     train_cfg = TrainConfig(verbose=0, max_examples=0)
     rows = train_split_size(len(x), train_cfg, calibrate=calibration_set is None)
-    config = default_model_config("features", (d,), TrainJobConfig((), "", ""), rows)
+    config = default_model_config("features", (d,), ModelOptions(), rows)
     trained = fit(x, ids, config, train_cfg,
                   Preprocessing("features", (d,), tuple(f"f{j}" for j in range(d))),
                   calibration_set=calibration_set)

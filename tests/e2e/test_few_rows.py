@@ -7,20 +7,19 @@ from sklearn.metrics import roc_auc_score
 
 from tests import helpers
 from vigil.jobs.cli import cli
-from vigil.jobs.train import TrainJobConfig, default_model_config
 from vigil.models import registry
+from vigil.models.defaults import ModelOptions, default_model_config
 
 
 def test_the_table_defaults_turn_linear_and_untrimmed_below_one_row_per_feature():
-    cfg = TrainJobConfig((), "", "")
-    few, many = (default_model_config("features", (512,), cfg, rows) for rows in (511, 512))
+    few, many = (default_model_config("features", (512,), ModelOptions(), rows) for rows in (511, 512))
     assert (few.hidden, few.trim_fraction, few.min_scale, few.feature_tail) == ((), 0.0, 0.3, 1.0)
     assert (few.members, few.cross_fit) == (5, True)
     assert (many.hidden, many.trim_fraction, many.min_scale, many.feature_tail) == \
         ((128, 64), 0.4, 0.03, 20.0)
     assert (many.members, many.cross_fit) == (3, False)
     # One member asked for: nothing to cross-fit.
-    one = default_model_config("features", (512,), TrainJobConfig((), "", "", members=1), 100)
+    one = default_model_config("features", (512,), ModelOptions(members=1), 100)
     assert (one.members, one.cross_fit) == (1, False)
 
 

@@ -240,20 +240,21 @@ def test_training_does_not_compare_with_a_production_it_cannot_score(images_regi
     """A production version calibrated on another PNG encoder has no FPR to measure here."""
     from types import SimpleNamespace
 
-    from vigil.jobs.train import TrainJobConfig, gates
+    from vigil.models.publishing import GatePolicy, gates
     reg = copy_registry(images_registry["registry"], tmp_path)
     bundle = registry.load(reg, "mnist", "0001")
     images, _ = helpers.mnist(60, offset=900)
     candidate = SimpleNamespace(preprocessing=bundle.preprocessing, calibration=bundle.calibration,
                                 metrics={"finite": True, "validation": {"rows": 60, "fpr": {"0.01": 0.5}}})
-    cfg = TrainJobConfig((), reg, "mnist")
     ids = [f"v{i}" for i in range(60)]
-    assert any("worse than production 0001" in f for f in gates(candidate, cfg, images[..., None], ids, 600))
+    holdout = (images[..., None], ids)
+    assert any("worse than production 0001" in f
+               for f in gates(candidate, reg, "mnist", GatePolicy(), holdout, 600))
 
     def other_encoder(manifest):
         manifest["calibration"]["encoder"]["bits"][-1] += 800
     registry.promote(reg, "mnist", republish(reg, "mnist", edit=other_encoder))
     with caplog.at_level("WARNING", logger="vigil.train"):
-        failures = gates(candidate, cfg, images[..., None], ids, 600)
+        failures = gates(candidate, reg, "mnist", GatePolicy(), holdout, 600)
     assert not any("production" in f for f in failures), failures
     assert "not comparing with production 0002" in caplog.text and "PNG" in caplog.text

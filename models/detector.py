@@ -1,0 +1,243 @@
+"""vigil's models as an estimator: fit on arrays or DataFrames, score, save, load.
+
+``Detector`` is what ``vigil train`` and ``vigil score`` run underneath, without Beam: the
+same default networks (``vigil.models.defaults``), the same training and calibration
+(``vigil.models.training``), the same registry and promotion gates
+(``vigil.models.publishing``), and scores with exactly the columns and meaning of the
+scores table a run writes.
+
+TensorFlow settings are the caller's: for scores bit-identical to ``vigil score``'s, set
+``TF_ENABLE_ONEDNN_OPTS=0`` before TensorFlow is first imported (the command line does).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vigil.models import registry
+from vigil.models.bundle import Bundle
+from vigil.models.calibration import default_target_fpr
+from vigil.models.config import IMAGE_MAX_EXAMPLES, ConfigError, TrainConfig
+from vigil.models.defaults import ModelOptions, default_model_config
+from vigil.models.preprocessing import Preprocessing
+from vigil.models.publishing import GatePolicy, Published, build_manifest, gates, publish_version
+from vigil.models.splits import train_split_size
+from vigil.models.training import data_profile, fit
+from vigil.schemas.tables import SCORE_NAMES, top_features
+
+KINDS = ("features", "image")
+MEMORY_SOURCE = "memory"     # the scores table's ``source`` of records given as arrays
+
+
+class Detector:
+    """Anomaly detector: a VAE (reconstruction probability, ELBO, IWAE log p(x)) and a
+    denoising autoencoder, calibrated on held-out normal records.
+
+    Args:
+      kind: "features" (a 2-D array or DataFrame of numbers) or "image" (uint8 arrays
+        of shape (N, H, W) or (N, H, W, C)); None: from the data given to ``fit``.
+      latent_dim, likelihood, members: the networks (None: the kind's default).
+      epochs, max_examples, batch_size, seed, device, mixed_precision, verbose: training,
+        as ``vigil train``'s options of the same names.
+
+    Example:
+        >>> det = Detector(epochs=5).fit(normal_rows, target_fpr=0.01)
+        >>> scores = det.score(new_rows)            # a DataFrame, one row per record
+        >>> det.save("./registry", "sensors")       # a version, gated like vigil train's
+    """
+
+    def __init__(self, kind: str | None = None, *, latent_dim: int | None = None,
+                 likelihood: str | None = None, members: int | None = None, epochs: int = 60,
+                 max_examples: int | None = None, batch_size: int = 128, seed: int = 0,
+                 device: str = "auto", mixed_precision: bool = False, verbose: int = 0):
+        if kind not in (None, *KINDS):
+            raise ConfigError(f"kind={kind!r}: expected 'features' or 'image'")
+        self.kind = kind
+        self.model_options = ModelOptions(latent_dim, likelihood, members)
+        self.training = dict(epochs=epochs, max_examples=max_examples, batch_size=batch_size, seed=seed,
+                             device=device, mixed_precision=mixed_precision, verbose=verbose)
+        TrainConfig(**self.training)              # a bad value fails here, not after loading data
+        self.bundle_: Bundle | None = None
+        self._fitted: dict[str, Any] = {}
+        self._scorer = None
+
+    # -- fitting -------------------------------------------------------------------
+
+    def fit(self, X, ids: Sequence[str] | None = None, *, target_fpr: float | Sequence[float] = 0.01,
+            calibration=None) -> "Detector":
+        """Train both models on normal records ``X`` and calibrate them.
+
+        ``calibration``: records known to be normal (an array or DataFrame like ``X``, or
+        ``(X, ids)``); they set the thresholds while ``X`` only trains.  Without it,
+        held-out parts of ``X`` do.
+        """
+        x_raw, ids, kind, columns = as_records(X, ids, self.kind)
+        shape = tuple(x_raw.shape[1:])
+        fprs = tuple(target_fpr) if isinstance(target_fpr, Sequence) else (float(target_fpr),)
+        options = dict(self.training, target_fprs=fprs)
+        if options["max_examples"] is None:
+            options["max_examples"] = IMAGE_MAX_EXAMPLES if kind == "image" else 0
+        train = TrainConfig(**options)
+        pre = (Preprocessing.for_images(*shape) if kind == "image"
+               else Preprocessing("features", shape, tuple(columns)))
+        cal_set = None
+        if calibration is not None:
+            cx, cids = calibration if isinstance(calibration, tuple) else (calibration, None)
+            cal_raw, cal_ids, _, _ = as_records(cx, cids, kind, columns if kind == "features" else None)
+            cal_set = (cal_raw, cal_ids)
+        train_rows = train_split_size(len(x_raw), train, calibrate=cal_set is None)
+        model_config = default_model_config(kind, shape, self.model_options, train_rows)
+        result = fit(x_raw, ids, model_config, train, pre, cal_set)
+        self.kind = kind
+        self._fitted = {"result": result, "model_config": model_config, "train": train,
+                        "columns": columns, "profile": data_profile(x_raw, kind, columns),
+                        "calibration_records": len(cal_set[1]) if cal_set else len(x_raw)}
+        manifest = {"version": "unsaved", "training": {"seed": train.seed}}
+        self.bundle_ = Bundle("", "unsaved", manifest, model_config, result.preprocessing,
+                              result.calibration, result.members)
+        self._scorer = None
+        return self
+
+    @property
+    def result_(self):
+        """The ``TrainResult`` of the last ``fit`` (history, metrics, split sizes)."""
+        return self._fitted.get("result")
+
+    # -- scoring -------------------------------------------------------------------
+
+    def score(self, X, ids: Sequence[str] | None = None, *, target_fpr: float | None = None):
+        """One row per record, with the scores table's columns (``vigil.schemas.tables``).
+
+        ``source`` is "memory" and ``run_id`` empty: the records come from no file and
+        no run.  ``target_fpr`` defaults to the rate the model was calibrated for.
+        """
+        import pandas as pd
+        bundle = self._require_model()
+        columns = list(bundle.preprocessing.feature_columns) if bundle.config.kind == "features" else None
+        x_raw, ids, _, _ = as_records(X, ids, bundle.config.kind, columns)
+        if tuple(x_raw.shape[1:]) != tuple(bundle.config.input_shape):
+            raise ValueError(f"X has records of shape {tuple(x_raw.shape[1:])}; the model takes "
+                             f"{tuple(bundle.config.input_shape)}")
+        alpha = default_target_fpr(bundle.calibration) if target_fpr is None else float(target_fpr)
+        if self._scorer is None:
+            self._scorer = bundle.scorer()
+        out = bundle.score_columns(self._scorer, x_raw, ids, alpha)
+        frame = {"id": list(ids), "source": [MEMORY_SOURCE] * len(ids)}
+        for name in SCORE_NAMES:
+            frame[name] = out[name]
+        for name in SCORE_NAMES:
+            frame[f"{name}_pvalue"] = out[f"{name}_pvalue"]
+        names = tuple(bundle.preprocessing.feature_columns) if columns else ()
+        shape = () if columns else tuple(bundle.config.input_shape)
+        frame.update(anomaly_score=out["anomaly_score"], anomaly_pvalue=out["anomaly_pvalue"],
+                     threshold=out["threshold"], is_anomaly=out["is_anomaly"],
+                     model_version=[bundle.version] * len(ids), run_id=[""] * len(ids),
+                     top_features=[top_features(i, c, names, shape)
+                                   for i, c in zip(out["top_index"], out["top_contribution"])])
+        return pd.DataFrame(frame)
+
+    def predict(self, X, ids: Sequence[str] | None = None, *, target_fpr: float | None = None) -> np.ndarray:
+        """``is_anomaly`` of each record, as a boolean array."""
+        return self.score(X, ids, target_fpr=target_fpr)["is_anomaly"].to_numpy()
+
+    def threshold(self, target_fpr: float | None = None) -> float:
+        """The threshold on ``anomaly_score`` at a false-positive rate (default: the model's)."""
+        cal = self._require_model().calibration
+        return cal.threshold(default_target_fpr(cal) if target_fpr is None else target_fpr)
+
+    # -- the registry --------------------------------------------------------------
+
+    def save(self, registry_root: str, name: str, *, promote: bool = True,
+             allow_unflaggable: bool = False, gate_margin: float = 0.02, id_column: str = "id",
+             provenance: dict | None = None, extra_files=None) -> Published:
+        """Publish the fitted models as a new version, gated as ``vigil train`` gates it.
+
+        The version becomes production when ``promote`` is set and every gate passes
+        (finite losses, held-out FPR within tolerance, not worse than production, able
+        to flag).  ``provenance`` records where the data came from; ``extra_files(dir)``
+        may add files (``vigil train`` adds its report).
+        """
+        if not self._fitted:
+            raise ConfigError("save() needs a fitted detector: call fit() first")
+        f = self._fitted
+        result, train = f["result"], f["train"]
+        policy = GatePolicy(train.target_fprs, allow_unflaggable, gate_margin)
+        failures = gates(result, registry_root, name, policy, result.holdout, f["calibration_records"])
+        manifest = build_manifest(result, f["model_config"], train, feature_columns=f["columns"],
+                                  id_column=id_column, profile=f["profile"], failures=failures,
+                                  provenance=provenance)
+        published = publish_version(registry_root, name, result, manifest, promote=promote,
+                                    calibration_records=f["calibration_records"],
+                                    target_fprs=train.target_fprs, extra_files=extra_files)
+        self.bundle_ = registry.load(registry_root, name, published.version)
+        self._scorer = None
+        return published
+
+    @classmethod
+    def load(cls, registry_root: str, name: str, version: str | int | None = None) -> "Detector":
+        """A detector scoring with a published version (default: production), verified."""
+        bundle = registry.load(registry_root, name, version)
+        bundle.require_scorable()
+        det = cls(bundle.config.kind)
+        det.bundle_ = bundle
+        return det
+
+    def _require_model(self) -> Bundle:
+        if self.bundle_ is None:
+            raise ConfigError("this detector has no model: call fit() or Detector.load() first")
+        return self.bundle_
+
+
+def as_records(X, ids: Sequence[str] | None, kind: str | None,
+               columns: list[str] | None = None) -> tuple[np.ndarray, list[str], str, list[str]]:
+    """(decoded records, ids, kind, feature columns) of an array or DataFrame, validated.
+
+    Tables become float64 rows (a DataFrame's ``columns`` picked by name when given);
+    images must be uint8 pixels, (N, H, W) gaining a channel axis.  Errors name the bad
+    value.
+    """
+    frame_index = None
+    if hasattr(X, "columns") and hasattr(X, "to_numpy"):          # a pandas DataFrame
+        if kind == "image":
+            raise ValueError("a DataFrame holds a table; images are uint8 arrays (N, H, W[, C])")
+        missing = [c for c in (columns or []) if c not in X.columns]
+        if missing:
+            raise ValueError(f"X has no column {missing[0]!r} (the model's features: {columns})")
+        picked = X[list(columns)] if columns else X
+        from pandas.api.types import is_bool_dtype, is_numeric_dtype
+        bad = [c for c in picked.columns if not (is_numeric_dtype(picked[c]) or is_bool_dtype(picked[c]))]
+        if bad:
+            raise ValueError(f"column {bad[0]!r} is {picked[bad[0]].dtype}, not numeric")
+        frame_index = [str(i) for i in X.index]
+        x, kind, columns = picked.to_numpy(np.float64), "features", [str(c) for c in picked.columns]
+    else:
+        x = np.asarray(X)
+        if x.ndim == 2 and kind != "image":
+            kind = "features"
+            x = x.astype(np.float64)
+            columns = columns or [f"f{j}" for j in range(x.shape[1])]
+        elif x.ndim in (3, 4) and kind != "features":
+            if x.dtype != np.uint8:
+                raise ValueError(f"images must be uint8 pixels of shape (N, H, W[, C]); got {x.dtype}")
+            x = x[..., None] if x.ndim == 3 else x
+            if x.shape[-1] not in (1, 3):
+                raise ValueError(f"images have {x.shape[-1]} channels; vigil takes 1 or 3")
+            kind, columns = "image", []
+        else:
+            raise ValueError(f"X has shape {x.shape}: expected (rows, features) for a table or "
+                             f"(N, H, W[, C]) uint8 images" + (f" for kind={kind!r}" if kind else ""))
+    if len(x) == 0:
+        raise ValueError("X holds no records")
+    if kind == "features":
+        if columns and x.shape[1] != len(columns):
+            raise ValueError(f"X has {x.shape[1]} columns; the model takes {len(columns)}")
+        bad = np.argwhere(~np.isfinite(x))
+        if len(bad):
+            r, c = bad[0]
+            raise ValueError(f"X row {r}, column {columns[c]!r}: {x[r, c]} is not finite")
+    ids = [str(i) for i in ids] if ids is not None else frame_index or [str(i) for i in range(len(x))]
+    if len(ids) != len(x):
+        raise ValueError(f"{len(ids)} ids for {len(x)} records")
+    return x, ids, kind, list(columns or [])
