@@ -1,8 +1,6 @@
 """The ``vigil`` command line.
 
-Exit codes: 0 success; 1 failure (bad model, bad input, run error); 2 usage error;
-3 finished but dead letters above --max-bad-fraction (nothing published);
-4 data-quality check failed; 5 model trained but a promotion gate failed.
+Exit codes are defined, with what each means, in ``vigil.jobs.errors``.
 Options can also come from a YAML file (--config) and from VIGIL_<COMMAND>_<OPTION>
 environment variables; the command line wins over both.
 """
@@ -14,98 +12,10 @@ import os
 import re
 import sys
 import threading
-import traceback
 
 import click
-import yaml
 
 from vigil.schemas import __version__
-
-EXIT_BAD_RECORDS, EXIT_DQ_FAILED, EXIT_GATE_FAILED = 3, 4, 5
-
-
-def _load_config(ctx: click.Context, param, path):
-    """Eager --config: a YAML mapping of option names becomes the command's defaults."""
-    if not path:
-        return path
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise click.BadParameter(f"{path} must hold a mapping of option names")
-    known = {p.name for p in ctx.command.params}
-    unknown = sorted(set(k.replace("-", "_") for k in data) - known)
-    if unknown:
-        raise click.BadParameter(f"{path}: unknown option(s) {', '.join(unknown)}")
-    ctx.default_map = {**(ctx.default_map or {}), **{k.replace("-", "_"): v for k, v in data.items()}}
-    return path
-
-
-config_option = click.option("--config", type=click.Path(dir_okay=False), is_eager=True,
-                             expose_value=False, callback=_load_config,
-                             help="YAML file of option values (command line wins).")
-
-
-class SectionedCommand(click.Command):
-    """A command whose --help lists its options under headings (``sections``: title ->
-    parameter names); the rest go under "Other options"."""
-
-    def __init__(self, *args, sections: dict[str, tuple[str, ...]] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.sections = sections or {}
-
-    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        params = self.get_params(ctx)
-        placed = {name for names in self.sections.values() for name in names}
-        groups = [(title, [p for p in params if p.name in names])
-                  for title, names in self.sections.items()]
-        groups.append(("Other options", [p for p in params if p.name not in placed]))
-        for title, members in groups:
-            rows = [r for r in (p.get_help_record(ctx) for p in members) if r]
-            if rows:
-                with formatter.section(title):
-                    formatter.write_dl(rows)
-
-
-class _Failure(Exception):
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
-
-
-def _run(ctx: click.Context, fn):
-    """Run fn; known errors become one line on stderr and an exit code."""
-    from vigil.jobs.specs import SpecError
-    from vigil.models.bundle import BundleError
-    from vigil.models.config import ConfigError
-    from vigil.models.registry import RegistryError
-    from vigil.pipeline.commit import RunError, storage_failure
-    from vigil.pipeline.preflight import InputError
-    try:
-        return fn()
-    except RunError as exc:
-        _fail(ctx, str(exc), exc.exit_code)
-    except (InputError, SpecError, ConfigError) as exc:
-        _fail(ctx, str(exc), 2)
-    except (BundleError, RegistryError, ValueError, _Failure) as exc:
-        _fail(ctx, str(exc), getattr(exc, "code", 1))
-    except BrokenPipeError:
-        raise           # stdout closed by a reader such as `head`: not a storage error
-    except Exception as exc:  # noqa: BLE001 - storage errors become one line, others propagate
-        failure = storage_failure(exc)
-        if failure is None:
-            raise
-        # Disk full, permissions, a vanished bucket, an unknown scheme.
-        _fail(ctx, f"storage: {failure}", 1)
-
-
-def _fail(ctx: click.Context, message: str, code: int):
-    if ctx.find_root().obj.get("verbose"):
-        traceback.print_exc()
-    click.echo(f"vigil: error: {message}", err=True)
-    ctx.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "VIGIL"})
@@ -138,7 +48,11 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool):
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-from vigil.jobs import commands, model_commands  # noqa: E402,F401 - register the subcommands
+from vigil.jobs import commands, model_commands  # noqa: E402 - the subcommands, after the group
+
+for _command in (commands.train, commands.score, commands.run_spec, commands.evaluate,
+                 commands.report, commands.demo, model_commands.models):
+    cli.add_command(_command)
 
 # Lines TensorFlow's and CUDA's native code write to stderr at start-up (absl and tsl
 # logging, which TF_CPP_MIN_LOG_LEVEL does not always reach).

@@ -3,19 +3,11 @@ from __future__ import annotations
 
 import click
 
-from vigil.jobs.cli import (
-    EXIT_DQ_FAILED,
-    EXIT_GATE_FAILED,
-    SectionedCommand,
-    _Failure,
-    _run,
-    cli,
-    config_option,
-)
+from vigil.jobs.command_kit import BEAM_PASSTHROUGH, SectionedCommand, config_option
 from vigil.jobs.demo import TARGET_FPR as DEMO_TARGET_FPR
+from vigil.jobs.errors import EXIT_DQ_FAILED, EXIT_GATE_FAILED, Failure, run_guarded
 from vigil.models.config import IMAGE_MAX_EXAMPLES
 
-BEAM_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 FORMAT_HELP = "Input format; auto: from each file's name (and a TFRecord's first record)."
 ID_HELP = "Column (tables) or feature (TFRecords) holding each record's id."
 
@@ -35,8 +27,8 @@ def _size(ctx, param, value):
         if h < 1 or w < 1:
             raise ValueError
         return h, w
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected HxW, e.g. 28x28") from None
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: expected HxW, e.g. 28x28") from exc
 
 
 TRAIN_SECTIONS = {
@@ -49,7 +41,7 @@ TRAIN_SECTIONS = {
 }
 
 
-@cli.command(cls=SectionedCommand, sections=TRAIN_SECTIONS)
+@click.command(cls=SectionedCommand, sections=TRAIN_SECTIONS)
 @config_option
 @click.option("--input", "inputs", multiple=True, required=True, help="Input glob (repeatable).")
 @click.option("--registry", required=True, help="Model registry root (local path or gs://).")
@@ -134,7 +126,7 @@ def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_co
                               seed=seed, target_fprs=tuple(target_fpr), device=device,
                               mixed_precision=mixed_precision, verbose=2))
         _train_and_report(cfg)
-    _run(ctx, go)
+    run_guarded(ctx, go)
 
 
 def _train_and_report(cfg) -> None:
@@ -153,11 +145,11 @@ def _train_and_report(cfg) -> None:
     click.echo(f"  gates:      {'failed' if out.gate_failures else 'passed'}")
     click.echo(f"  report:     {version_dir(cfg.registry, cfg.name, out.version)}/report.html")
     if out.gate_failures:
-        raise _Failure(f"version {out.version} stays a candidate: "
+        raise Failure(f"version {out.version} stays a candidate: "
                        + "; ".join(out.gate_failures), EXIT_GATE_FAILED)
 
 
-@cli.command(context_settings=BEAM_PASSTHROUGH)
+@click.command(context_settings=BEAM_PASSTHROUGH)
 @config_option
 @click.option("--input", "inputs", multiple=True, required=True, help="Input glob (repeatable).")
 @click.option("--registry", required=True, help="Model registry root.")
@@ -231,7 +223,7 @@ def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite,
             workers_see_local_paths=workers_see_local_paths,
             worker_start_timeout=worker_start_timeout, model_copies=model_copies),
             ctx.args, not no_report, fail_on_dq)
-    _run(ctx, go)
+    run_guarded(ctx, go)
 
 
 def _report(run_dir: str, fail_on_dq: bool, max_anomaly_multiple: float = 3.0) -> None:
@@ -244,7 +236,7 @@ def _report(run_dir: str, fail_on_dq: bool, max_anomaly_multiple: float = 3.0) -
         click.echo(f"  {'CRITICAL' if c.critical else 'warning'}: {c.frame} {c.expectation}"
                    f"{' ' + c.column if c.column else ''} ({c.why}; {c.observed})")
     if fail_on_dq and result.critical_failures:
-        raise _Failure(f"{len(result.critical_failures)} critical data-quality check(s) failed",
+        raise Failure(f"{len(result.critical_failures)} critical data-quality check(s) failed",
                        EXIT_DQ_FAILED)
 
 
@@ -296,11 +288,11 @@ def _score_and_report(cfg, beam_args, report: bool = True, fail_on_dq: bool = Fa
             failure = storage_failure(exc, where=f"{result.run_dir}/report")
             if failure is None:
                 raise
-            raise _Failure(f"run {result.run_dir} is published, but its report could not be "
+            raise Failure(f"run {result.run_dir} is published, but its report could not be "
                            f"written: {failure}; 'vigil report {result.run_dir}' retries it") from exc
 
 
-@cli.command("run")
+@click.command("run")
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
 @click.option("--date", default=None, help="Run date YYYY-MM-DD (default: today, UTC).")
 @click.pass_context
@@ -329,19 +321,17 @@ def run_spec(ctx, spec, date):
                               overwrite=True, carry_columns=carry, **o)
             _score_and_report(cfg, list(job.beam_args))
             return
-        from vigil.jobs.train import TrainJobConfig
+        from vigil.jobs.train import TRAIN_CONFIG_KEYS, TrainJobConfig
         from vigil.models.config import TrainConfig
-        train_keys = {"epochs", "max_examples", "batch_size", "seed", "target_fprs", "device",
-                      "mixed_precision"}
         tc = TrainConfig(verbose=2, **{k: (tuple(v) if isinstance(v, list) else v)
-                                       for k, v in o.items() if k in train_keys})
+                                       for k, v in o.items() if k in TRAIN_CONFIG_KEYS})
         rest = {k: (tuple(str(x) for x in v) if isinstance(v, list) else v)
-                for k, v in o.items() if k not in train_keys}
+                for k, v in o.items() if k not in TRAIN_CONFIG_KEYS}
         _train_and_report(TrainJobConfig(job.inputs, job.registry, job.name, train=tc, **rest))
-    _run(ctx, go)
+    run_guarded(ctx, go)
 
 
-@cli.command()
+@click.command()
 @click.argument("run_dir")
 @click.option("--label-column", required=True, help="Column holding the true labels.")
 @click.option("--normal-values", default=None,
@@ -359,10 +349,10 @@ def evaluate(ctx, run_dir, label_column, normal_values):
         from vigil.jobs.evaluate import format_table
         values = tuple(v.strip() for v in normal_values.split(",")) if normal_values else ()
         click.echo(format_table(run_eval(run_dir, label_column, values)))
-    _run(ctx, go)
+    run_guarded(ctx, go)
 
 
-@cli.command()
+@click.command()
 @click.argument("run_dir")
 @click.option("--fail-on-dq", is_flag=True, help="Exit 4 when a critical check fails.")
 @click.option("--max-anomaly-multiple", type=click.FloatRange(1), default=3.0, show_default=True,
@@ -375,10 +365,10 @@ def report(ctx, run_dir, fail_on_dq, max_anomaly_multiple):
     Example:
       vigil report ./runs/2026-11-24 --fail-on-dq
     """
-    _run(ctx, lambda: _report(run_dir, fail_on_dq, max_anomaly_multiple))
+    run_guarded(ctx, lambda: _report(run_dir, fail_on_dq, max_anomaly_multiple))
 
 
-@cli.command()
+@click.command()
 @click.option("--output", default="./vigil-demo", show_default=True, help="Everything goes here.")
 @click.option("--kind", type=click.Choice(["images", "features"]), default="images", show_default=True,
               help="images: scikit-learn's digits as PNG TFRecords; features: its breast-cancer table.")
@@ -404,4 +394,4 @@ def demo(ctx, output, kind, epochs, target_fpr):
         from vigil.jobs.demo import run_demo
         for line in run_demo(output, kind, epochs, target_fpr=target_fpr):
             click.echo(line)
-    _run(ctx, go)
+    run_guarded(ctx, go)

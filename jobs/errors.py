@@ -51,8 +51,8 @@ def run_guarded(ctx: click.Context, fn):
     from vigil.pipeline.commit import storage_failure
     try:
         return fn()
-    except BrokenPipeError:
-        raise           # stdout closed by a reader such as `head`: not a storage error
+    except (BrokenPipeError, click.ClickException, click.exceptions.Exit, click.Abort):
+        raise           # a closed stdout (`| head`), or click's own usage errors and exits
     except Exception as exc:  # noqa: BLE001 - mapped below; anything unknown is re-raised as a bug
         code = exit_code(exc)
         if code is not None:

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
+from vigil.models.config import DataError
 from vigil.pipeline.commit import load_run
 from vigil.schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
 
@@ -19,9 +20,9 @@ def evaluate(run_dir: str, label_column: str, normal_values: tuple[str, ...] = (
     """
     table, manifest = load_run(run_dir)
     if table is None or table.num_rows == 0:
-        raise ValueError(f"{run_dir}: the run has no scored rows to evaluate")
+        raise DataError(f"{run_dir}: the run has no scored rows to evaluate")
     if label_column not in table.schema.names:
-        raise ValueError(f"{run_dir}: no column '{label_column}' in the scores "
+        raise DataError(f"{run_dir}: no column '{label_column}' in the scores "
                          f"(columns: {', '.join(table.schema.names[-3:])} ...)")
     labels = table.column(label_column).to_pylist()
     keep = np.array([v is not None for v in labels])
@@ -31,7 +32,7 @@ def evaluate(run_dir: str, label_column: str, normal_values: tuple[str, ...] = (
         y = np.array([str(v).lower() in ("1", "true") for v in labels], dtype=int)
     y = y[keep]
     if len(set(y)) < 2:
-        raise ValueError(f"{run_dir}: labels hold only one class; AUROC needs both")
+        raise DataError(f"{run_dir}: labels hold only one class; AUROC needs both")
     thresholds = manifest["thresholds"]
     out = {"run": run_dir, "rows": int(keep.sum()), "anomalies": int(y.sum()),
            "target_fpr": thresholds.get("target_fpr"),

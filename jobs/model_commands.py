@@ -5,10 +5,10 @@ import json
 
 import click
 
-from vigil.jobs.cli import _Failure, _run, cli
+from vigil.jobs.errors import Failure, run_guarded
 
 
-@cli.group()
+@click.group()
 def models():
     """List, inspect, promote and roll back model versions."""
 
@@ -68,7 +68,7 @@ def models_ls(ctx, registry, name, as_json):
         pointer = reg.read_pointer(registry, name)
         versions = reg.list_versions(registry, name, complete_only=False)
         if not versions:
-            raise _Failure(f"model '{name}' has no versions in {registry}")
+            raise Failure(f"model '{name}' has no versions in {registry}")
         rows = [version_summary(registry, name, v, pointer) for v in reversed(versions)]
         if as_json:
             click.echo(json.dumps(rows, indent=1, allow_nan=False))
@@ -86,7 +86,7 @@ def models_ls(ctx, registry, name, as_json):
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         for row in table:
             click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    _run(ctx, go)
+    run_guarded(ctx, go)
 
 
 @models.command("show")
@@ -109,7 +109,7 @@ def models_show(ctx, registry, name, model_version, as_json):
             click.echo(json.dumps(s, indent=1, allow_nan=False))
             return
         if s["stage"] == "incomplete":
-            raise _Failure(s["problem"])
+            raise Failure(s["problem"])
         click.echo(f"{name} version {v} ({s['stage']}), created {s['created_at']}")
         click.echo(f"  input:      {s['kind']}, shape {'x'.join(map(str, s['shape']))}; "
                    f"{s['training_rows']} training rows")
@@ -124,7 +124,7 @@ def models_show(ctx, registry, name, model_version, as_json):
         for failure in failures:
             click.echo(f"    - {failure}")
         click.echo(f"  report:     {s['report']}")
-    _run(ctx, go)
+    run_guarded(ctx, go)
 
 
 @models.command("promote")
@@ -141,7 +141,7 @@ def models_promote(ctx, registry, name, model_version):
     def go():
         from vigil.models import registry as reg
         click.echo(f"production is now {reg.promote(registry, name, model_version)['version']}")
-    _run(ctx, go)
+    run_guarded(ctx, go)
 
 
 @models.command("rollback")
@@ -157,4 +157,4 @@ def models_rollback(ctx, registry, name):
     def go():
         from vigil.models import registry as reg
         click.echo(f"production is now {reg.rollback(registry, name)['version']}")
-    _run(ctx, go)
+    run_guarded(ctx, go)

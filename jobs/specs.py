@@ -29,15 +29,18 @@ MAX_BYTES = 64 * 1024
 MAX_DEPTH = 6
 TOP_KEYS = {"kind", "inputs", "registry", "name", "output", "options", "beam_args", "description",
             "roots"}
-SCORE_OPTIONS = {"target_fpr", "batch_size", "max_bad_fraction", "format", "id_column",
-                 "carry_columns", "max_pixels", "max_record_bytes", "max_files", "model_version",
-                 "num_shards", "allow_uncounted_files", "workers_see_local_paths",
-                 "worker_start_timeout", "model_copies"}
-TRAIN_OPTIONS = {"format", "id_column", "feature_columns", "label_column", "normal_values",
-                 "calibration_inputs",
-                 "image_size", "channels", "epochs", "max_examples", "batch_size", "latent_dim",
-                 "likelihood", "members", "seed", "target_fprs", "promote", "allow_unflaggable",
-                 "device", "mixed_precision", "max_records"}
+# Keys of a spec's own (inputs, registry, name, output) or that the date sets (run_id, overwrite).
+FIXED_BY_SPEC = {"inputs", "registry", "name", "output", "run_id", "overwrite", "train", "gate_margin"}
+
+
+def allowed_options(kind: str) -> set[str]:
+    """The ``options`` a job of ``kind`` takes: its config's fields, declared there once."""
+    from dataclasses import fields
+    if kind == "score":
+        from vigil.pipeline.options import ScoreConfig
+        return {f.name for f in fields(ScoreConfig)} - FIXED_BY_SPEC
+    from vigil.jobs.train import TRAIN_CONFIG_KEYS, TrainJobConfig
+    return ({f.name for f in fields(TrainJobConfig)} - FIXED_BY_SPEC) | set(TRAIN_CONFIG_KEYS)
 
 
 class SpecError(ValueError):
@@ -109,9 +112,9 @@ def load_spec(path: str, date: str) -> JobSpec:
         with open(path) as f:
             doc = yaml.safe_load(f)
     except OSError as exc:
-        raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
+        raise SpecError(f"{path}: cannot read ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(doc, dict):
         raise SpecError(f"{path}: must be a mapping of keys")
     if _depth(doc) > MAX_DEPTH:
@@ -128,8 +131,7 @@ def load_spec(path: str, date: str) -> JobSpec:
     options = doc.get("options") or {}
     if not isinstance(options, dict):
         raise SpecError(f"{path}: 'options' must be a mapping")
-    allowed = SCORE_OPTIONS if kind == "score" else TRAIN_OPTIONS
-    bad = sorted(set(options) - allowed)
+    bad = sorted(set(options) - allowed_options(kind))
     if bad:
         raise SpecError(f"{path}: unknown option 'options.{bad[0]}' for a {kind} job")
     inputs = doc["inputs"] if isinstance(doc["inputs"], list) else [doc["inputs"]]

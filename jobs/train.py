@@ -23,6 +23,9 @@ from vigil.pipeline.readers import UNKNOWN_FORMAT, ReadSpec, printable, read_fil
 from vigil.pipeline.records import FileStats, RawRecord, ScoringInput
 
 LOG = logging.getLogger("vigil.train")
+# The training settings (``TrainConfig`` fields) a job spec or the command line may set.
+TRAIN_CONFIG_KEYS = ("epochs", "max_examples", "batch_size", "seed", "target_fprs", "device",
+                     "mixed_precision")
 METADATA_COLUMNS = ("label",)      # never picked as features unless named in --feature-columns
 
 

@@ -95,7 +95,7 @@ def load_keras_file(path: str, where: str) -> keras.Model:
             config = json.loads(archive.read("config.json"))
             names = set(archive.namelist())
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise BundleError(f"{where}: not a valid .keras archive ({exc})") from None
+        raise BundleError(f"{where}: not a valid .keras archive ({exc})") from exc
     if "model.weights.h5" not in names:
         raise BundleError(f"{where}: archive has no model.weights.h5")
     _scan(config, where)
@@ -108,7 +108,7 @@ def load_keras_file(path: str, where: str) -> keras.Model:
             return keras.models.load_model(local, safe_mode=True, compile=False)
         except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; all mean "bad file"
             raise BundleError(f"{where}: Keras could not load it ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
 
 def member_files(index: int) -> tuple[str, str, str]:
@@ -245,7 +245,7 @@ def load_bundle(directory: str, label: str | None = None) -> Bundle:
         preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
         calibration = Calibration.from_dict(manifest["calibration"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{label}/{MANIFEST}: bad model description ({exc})") from None
+        raise BundleError(f"{label}/{MANIFEST}: bad model description ({exc})") from exc
     verify_files(directory, manifest, label, config.members)
     members = []
     for index in range(config.members):

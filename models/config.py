@@ -24,6 +24,11 @@ COMBINE_RULES = ("mean", "max_model", "dae")
 DAE_SMOOTH_ERROR = "dae_smooth_error"
 
 
+class DataError(ValueError):
+    """The data given cannot be trained on or scored (too few records, wrong shape, a
+    non-finite value); the message names the value."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of the VAE and the DAE, and how they are scored."""

@@ -19,7 +19,7 @@ import numpy as np
 from vigil.models import registry
 from vigil.models.bundle import Bundle
 from vigil.models.calibration import default_target_fpr
-from vigil.models.config import IMAGE_MAX_EXAMPLES, ConfigError, TrainConfig
+from vigil.models.config import IMAGE_MAX_EXAMPLES, ConfigError, DataError, TrainConfig
 from vigil.models.defaults import ModelOptions, default_model_config
 from vigil.models.preprocessing import Preprocessing
 from vigil.models.publishing import GatePolicy, Published, build_manifest, gates, publish_version
@@ -118,7 +118,7 @@ class Detector:
         columns = list(bundle.preprocessing.feature_columns) if bundle.config.kind == "features" else None
         x_raw, ids, _, _ = as_records(X, ids, bundle.config.kind, columns)
         if tuple(x_raw.shape[1:]) != tuple(bundle.config.input_shape):
-            raise ValueError(f"X has records of shape {tuple(x_raw.shape[1:])}; the model takes "
+            raise DataError(f"X has records of shape {tuple(x_raw.shape[1:])}; the model takes "
                              f"{tuple(bundle.config.input_shape)}")
         alpha = default_target_fpr(bundle.calibration) if target_fpr is None else float(target_fpr)
         if self._scorer is None:
@@ -201,15 +201,15 @@ def as_records(X, ids: Sequence[str] | None, kind: str | None,
     frame_index = None
     if hasattr(X, "columns") and hasattr(X, "to_numpy"):          # a pandas DataFrame
         if kind == "image":
-            raise ValueError("a DataFrame holds a table; images are uint8 arrays (N, H, W[, C])")
+            raise DataError("a DataFrame holds a table; images are uint8 arrays (N, H, W[, C])")
         missing = [c for c in (columns or []) if c not in X.columns]
         if missing:
-            raise ValueError(f"X has no column {missing[0]!r} (the model's features: {columns})")
+            raise DataError(f"X has no column {missing[0]!r} (the model's features: {columns})")
         picked = X[list(columns)] if columns else X
         from pandas.api.types import is_bool_dtype, is_numeric_dtype
         bad = [c for c in picked.columns if not (is_numeric_dtype(picked[c]) or is_bool_dtype(picked[c]))]
         if bad:
-            raise ValueError(f"column {bad[0]!r} is {picked[bad[0]].dtype}, not numeric")
+            raise DataError(f"column {bad[0]!r} is {picked[bad[0]].dtype}, not numeric")
         frame_index = [str(i) for i in X.index]
         x, kind, columns = picked.to_numpy(np.float64), "features", [str(c) for c in picked.columns]
     else:
@@ -220,24 +220,24 @@ def as_records(X, ids: Sequence[str] | None, kind: str | None,
             columns = columns or [f"f{j}" for j in range(x.shape[1])]
         elif x.ndim in (3, 4) and kind != "features":
             if x.dtype != np.uint8:
-                raise ValueError(f"images must be uint8 pixels of shape (N, H, W[, C]); got {x.dtype}")
+                raise DataError(f"images must be uint8 pixels of shape (N, H, W[, C]); got {x.dtype}")
             x = x[..., None] if x.ndim == 3 else x
             if x.shape[-1] not in (1, 3):
-                raise ValueError(f"images have {x.shape[-1]} channels; vigil takes 1 or 3")
+                raise DataError(f"images have {x.shape[-1]} channels; vigil takes 1 or 3")
             kind, columns = "image", []
         else:
-            raise ValueError(f"X has shape {x.shape}: expected (rows, features) for a table or "
+            raise DataError(f"X has shape {x.shape}: expected (rows, features) for a table or "
                              f"(N, H, W[, C]) uint8 images" + (f" for kind={kind!r}" if kind else ""))
     if len(x) == 0:
-        raise ValueError("X holds no records")
+        raise DataError("X holds no records")
     if kind == "features":
         if columns and x.shape[1] != len(columns):
-            raise ValueError(f"X has {x.shape[1]} columns; the model takes {len(columns)}")
+            raise DataError(f"X has {x.shape[1]} columns; the model takes {len(columns)}")
         bad = np.argwhere(~np.isfinite(x))
         if len(bad):
             r, c = bad[0]
-            raise ValueError(f"X row {r}, column {columns[c]!r}: {x[r, c]} is not finite")
+            raise DataError(f"X row {r}, column {columns[c]!r}: {x[r, c]} is not finite")
     ids = [str(i) for i in ids] if ids is not None else frame_index or [str(i) for i in range(len(x))]
     if len(ids) != len(x):
-        raise ValueError(f"{len(ids)} ids for {len(x)} records")
+        raise DataError(f"{len(ids)} ids for {len(x)} records")
     return x, ids, kind, list(columns or [])

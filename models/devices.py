@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import tensorflow as tf
 import tf_keras as keras
 
+from vigil.models.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DevicePlan:
@@ -24,7 +26,7 @@ def plan_devices(device: str, gpus: list[str], mixed_precision: bool) -> DeviceP
     Mixed precision is float16 on GPUs (tensor cores) and bfloat16 on CPUs.
     """
     if device not in ("auto", "cpu", "gpu"):
-        raise ValueError(f"device={device!r}; expected auto, cpu or gpu")
+        raise ConfigError(f"device={device!r}; expected auto, cpu or gpu")
     if device == "gpu" and not gpus:
         raise RuntimeError("--device gpu was asked for but TensorFlow sees no GPU")
     use_gpu = bool(gpus) and device != "cpu"

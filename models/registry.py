@@ -140,7 +140,7 @@ def promote(registry: str, name: str, version: str) -> dict:
     try:
         read_manifest(directory, f"{name}/{version}")
     except BundleError as exc:
-        raise RegistryError(f"cannot promote: {exc}") from None
+        raise RegistryError(f"cannot promote: {exc}") from exc
     try:
         pointer = read_pointer(registry, name) or {"version": None, "previous": []}
     except RegistryError:       # a damaged pointer: promoting is how it is repaired

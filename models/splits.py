@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from vigil.models.config import TrainConfig
+from vigil.models.config import DataError, TrainConfig
 
 
 def _conformal_need(cfg: TrainConfig) -> int:
@@ -72,14 +72,14 @@ def minimum_records(cfg: TrainConfig, calibrate: bool = True) -> int:
         parts = _take(np.arange(n), _held_out_sizes(n, cfg, calibrate), rest="train")
         if min(len(part) for part in parts.values()) >= MIN_PART_ROWS:
             return n
-    raise ValueError(f"no record count gives every split {MIN_PART_ROWS} rows with {cfg}")
+    raise DataError(f"no record count gives every split {MIN_PART_ROWS} rows with {cfg}")
 
 
 def _require_rows(splits: dict[str, np.ndarray], n: int, cfg: TrainConfig, calibrate: bool) -> None:
     small = {name: len(part) for name, part in splits.items() if len(part) < MIN_PART_ROWS}
     if small:
         fewest = min(small.values())
-        raise ValueError(f"only {n} normal records: the {' and '.join(small)} "
+        raise DataError(f"only {n} normal records: the {' and '.join(small)} "
                          f"split{'s' if len(small) > 1 else ''} would get {fewest} "
                          f"row{'' if fewest == 1 else 's'}; training needs at least "
                          f"{minimum_records(cfg, calibrate)} normal records")
@@ -129,7 +129,7 @@ def split_calibration(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
     The three parts keep the proportions the held-out splits have in ``split_indices``.
     """
     if n < calibration_rows_needed(cfg):
-        raise ValueError(f"the calibration input has {n} normal records; at target FPR "
+        raise DataError(f"the calibration input has {n} normal records; at target FPR "
                          f"{min(cfg.target_fprs)} it needs at least {calibration_rows_needed(cfg)}")
     return _bounded(_held_out_parts(np.random.default_rng(cfg.seed).permutation(n), cfg, "holdout"), cfg)
 

@@ -40,7 +40,7 @@ import tf_keras as keras
 
 from vigil.models.calibration import Calibration
 from vigil.models.complexity import INPUT_BITS, input_bits
-from vigil.models.config import DAE_SMOOTH_ERROR, ModelConfig, TrainConfig
+from vigil.models.config import DAE_SMOOTH_ERROR, DataError, ModelConfig, TrainConfig
 from vigil.models.dae import DAE, TrimAfter
 from vigil.models.devices import DevicePlan, make_strategy, plan_devices, precision_policy, visible_gpus
 from vigil.models.networks import build_dae, build_decoder, build_encoder
@@ -217,7 +217,7 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
     else:
         cx, cids = calibration_set
         if tuple(cx.shape[1:]) != tuple(x_raw.shape[1:]):
-            raise ValueError(f"calibration records have shape {tuple(cx.shape[1:])}, "
+            raise DataError(f"calibration records have shape {tuple(cx.shape[1:])}, "
                              f"training records {tuple(x_raw.shape[1:])}")
         cx_model = preprocessing.transform(cx)
         held = {name: (cx_model[idx], cx[idx], [cids[i] for i in idx])
@@ -248,7 +248,7 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
         if model_config.adjust_complexity:
             scores[name][INPUT_BITS] = input_bits(rows)
     if len(held["calibration_a"][2]) == 0 or len(held["calibration_b"][2]) == 0:
-        raise ValueError(f"only {len(x_raw)} normal records: calibration splits are empty")
+        raise DataError(f"only {len(x_raw)} normal records: calibration splits are empty")
     calibration = Calibration.fit(scores["calibration_a"], scores["calibration_b"], cfg.target_fprs,
                                   combine=combined_statistics(model_config), rule=model_config.combine,
                                   adjust_complexity=model_config.adjust_complexity,

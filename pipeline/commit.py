@@ -36,11 +36,11 @@ WORKERS_DIR = "_workers"    # one empty file per started worker, in the staging 
 
 
 class RunError(Exception):
-    """The run finished but must not be published; the message says why."""
+    """The run cannot be published (or cannot start); the message says why."""
 
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
+
+class BadRecordsError(RunError):
+    """The run finished, but too many of its records were lost to publish it."""
 
 
 NONCE = 8   # hex digits that make a staging or replaced folder's name unique
@@ -224,7 +224,7 @@ def tally(staging: str) -> tuple[dict, list[dict]]:
 
 
 def check_books(counts: dict, stats: list[dict], max_bad_fraction: float, n_files: int,
-                exit_code_bad: int, allow_uncounted_files: bool = False) -> None:
+                allow_uncounted_files: bool = False) -> None:
     """The run accounts for every record, and the bad fraction is under its limit.
 
     A file that failed before its record count could be known (no Parquet footer, a
@@ -239,16 +239,15 @@ def check_books(counts: dict, stats: list[dict], max_bad_fraction: float, n_file
     uncounted = [s["uri"] for s in stats if not s["count_known"]]
     if uncounted and not allow_uncounted_files:
         more = f" and {len(uncounted) - 1} more" if len(uncounted) > 1 else ""
-        raise RunError(f"{uncounted[0]}{more} failed before their records could be counted, so "
+        raise BadRecordsError(f"{uncounted[0]}{more} failed before their records could be counted, so "
                        "the bad fraction is unknown (--allow-uncounted-files publishes anyway, "
-                       "counting such a file's lost records as one)", exit_code_bad)
+                       "counting such a file's lost records as one)")
     if counts["read"]:
         bad = counts["dead_lettered"] / counts["read"]
         counts["bad_fraction"] = bad
         if bad > max_bad_fraction:
-            raise RunError(f"{counts['dead_lettered']} of {counts['read']} records dead-lettered "
-                           f"({bad:.1%}) is above --max-bad-fraction {max_bad_fraction:.1%}",
-                           exit_code_bad)
+            raise BadRecordsError(f"{counts['dead_lettered']} of {counts['read']} records dead-lettered "
+                           f"({bad:.1%}) is above --max-bad-fraction {max_bad_fraction:.1%}")
 
 
 def publish(staging: str, final: str, manifest: dict) -> None:

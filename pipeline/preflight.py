@@ -89,7 +89,7 @@ def match_inputs(patterns: list[str] | tuple[str, ...], max_files: int) -> list[
         try:
             metadata = FileSystems.match([pattern])[0].metadata_list
         except Exception as exc:  # noqa: BLE001 - Beam raises BeamIOError for bad paths
-            raise InputError(f"--input {pattern}: cannot be listed ({exc})") from None
+            raise InputError(f"--input {pattern}: cannot be listed ({exc})") from exc
         files = [m for m in metadata if not m.path.endswith("/")
                  and ("://" in m.path or _not_a_file(m.path) is None)]
         if not files:

@@ -232,11 +232,11 @@ def _read_tfrecord(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord]
         except StopIteration:
             return
         except tf.errors.DataLossError as exc:
-            raise _Truncated(_first_line(exc)) from None
+            raise _Truncated(_first_line(exc)) from exc
         try:
             feats = tf.train.Example.FromString(raw).features.feature
         except Exception as exc:  # noqa: BLE001 - a bad proto is corruption of this file
-            raise _Truncated(f"record is not a tf.train.Example ({type(exc).__name__})") from None
+            raise _Truncated(f"record is not a tf.train.Example ({type(exc).__name__})") from exc
         ids = feats["id"].bytes_list.value if "id" in feats else []
         labels = {"label": int(feats["label"].int64_list.value[0])} \
             if "label" in feats and feats["label"].int64_list.value else {}
@@ -310,7 +310,7 @@ def _read_parquet(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord |
             except StopIteration:
                 return
             except (pa.ArrowException, OSError) as exc:
-                raise _Truncated(_first_line(exc)) from None
+                raise _Truncated(_first_line(exc)) from exc
             yield from _rows_from_batch(batch, source, spec)
 
 
@@ -325,5 +325,5 @@ def _read_csv(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord | Dea
             except StopIteration:
                 return
             except pa.ArrowException as exc:
-                raise _Truncated(_first_line(exc)) from None
+                raise _Truncated(_first_line(exc)) from exc
             yield from _rows_from_batch(batch, source, spec)

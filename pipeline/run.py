@@ -51,7 +51,6 @@ from vigil.pipeline.transforms import (
 from vigil.schemas.tables import DEAD_LETTER_SCHEMA, scores_schema
 
 LOG = logging.getLogger("vigil.pipeline")
-EXIT_BAD_RECORDS = 3
 
 
 @dataclass
@@ -100,7 +99,7 @@ def plan_run(config: ScoreConfig) -> RunPlan:
         check_columns(files, config.id_column, features)
     except InputError as exc:
         raise InputError(f"{exc} (model {config.name}/{version} takes {kind} input "
-                         f"{tuple(bundle.config.input_shape)})") from None
+                         f"{tuple(bundle.config.input_shape)})") from exc
     read_spec = ReadSpec("parquet" if kind == "features" else "image", config.id_column,
                          tuple(features), config.carry_columns,
                          max_record_bytes=config.max_record_bytes)
@@ -197,7 +196,7 @@ def score(plan: RunPlan, options: PipelineOptions) -> RunResult:
             manifest = _run_and_check(plan, options)
             commit.publish(plan.staging, final, manifest)
     except commit.RunError as exc:
-        raise commit.RunError(f"{exc}; {_published_state(final)}", exc.exit_code) from exc
+        raise type(exc)(f"{exc}; {_published_state(final)}") from exc
     except WorkersNotStarted as exc:
         raise commit.RunError(f"run {plan.run_id}: {exc}; {_published_state(final)}; "
                               f"{commit.discard(plan.staging)}") from exc
@@ -255,13 +254,11 @@ def _run_and_check(plan: RunPlan, options: PipelineOptions) -> dict:
     elapsed = time.time() - started
     try:
         counts, stats = commit.tally(plan.staging)
-        commit.check_books(counts, stats, cfg.max_bad_fraction, len(plan.files), EXIT_BAD_RECORDS,
-                           cfg.allow_uncounted_files)
+        commit.check_books(counts, stats, cfg.max_bad_fraction, len(plan.files), cfg.allow_uncounted_files)
     except commit.RunError as exc:
         # The staging folder stays for inspection (it never looks published); the next
         # run of this id removes it.
-        raise commit.RunError(f"{exc}; its staging folder is kept for inspection at {plan.staging}",
-                              exc.exit_code) from exc
+        raise type(exc)(f"{exc}; its staging folder is kept for inspection at {plan.staging}") from exc
     info = {printable(f.uri): {"bytes": f.size, "format": f.format, "root": printable(f.root)}
             for f in plan.files}
     return {
