@@ -89,6 +89,7 @@ def _filter_native_stderr() -> None:
 def main() -> None:
     # The command line's TensorFlow settings, before TF loads: no C++ start-up chatter, and
     # the kernels that keep a record's scores independent of its batch (vigil.pipeline).
+    """The ``vigil`` console script: TensorFlow's settings, native log filtering, then click."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     if "--verbose" not in sys.argv[1:]:

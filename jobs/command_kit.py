@@ -41,6 +41,7 @@ class SectionedCommand(click.Command):
         self.sections = sections or {}
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Write the options' help under the command's headings."""
         params = self.get_params(ctx)
         placed = {name for names in self.sections.values() for name in names}
         groups = [(title, [p for p in params if p.name in names])

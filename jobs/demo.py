@@ -51,6 +51,7 @@ def write_image_shards(directory: str, images: np.ndarray, labels: np.ndarray, i
 
 def write_table_shards(directory: str, x: np.ndarray, columns: list[str], labels: np.ndarray,
                        ids: list[str]) -> None:
+    """Write rows as Parquet shards with ``id``, the feature columns and ``label`` (the demo's input)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     os.makedirs(directory, exist_ok=True)

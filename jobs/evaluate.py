@@ -54,6 +54,7 @@ def evaluate(run_dir: str, label_column: str, normal_values: tuple[str, ...] = (
 
 
 def format_table(result: dict) -> str:
+    """An evaluation as a text table: per score AUROC, AUPRC, precision, recall, F1, FPR."""
     lines = [f"{'score':<20} {'AUROC':>6} {'AUPRC':>6} {'prec':>6} {'recall':>6} {'F1':>6} {'FPR':>6}"]
     for col, m in result["scores"].items():
         lines.append(f"{col:<20} {m['auroc']:6.3f} {m['auprc']:6.3f} {m['precision']:6.3f} "

@@ -49,6 +49,7 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class JobSpec:
+    """A checked job spec: kind, inputs, registry, name, output, options and Beam arguments."""
     kind: str
     inputs: tuple[str, ...]
     registry: str

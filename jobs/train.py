@@ -31,6 +31,7 @@ METADATA_COLUMNS = ("label",)      # never picked as features unless named in --
 
 @dataclass(frozen=True)
 class TrainJobConfig:
+    """Everything one ``vigil train`` needs: inputs and how to read them, model options, gates, training."""
     inputs: tuple[str, ...]
     registry: str
     name: str
@@ -62,6 +63,7 @@ class TrainJobConfig:
 
 @dataclass
 class TrainOutcome:
+    """What ``run_training`` published: the version, whether it was promoted and why not, the fit."""
     version: str
     promoted: bool
     gate_failures: list[str]

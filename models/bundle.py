@@ -54,6 +54,7 @@ class BundleError(Exception):
 
 
 def sha256_of(path: str) -> str:
+    """The sha256 hex digest of a file (local or ``gs://``), read in chunks."""
     digest = hashlib.sha256()
     with tf.io.gfile.GFile(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -196,6 +197,7 @@ class Bundle:
 
     @property
     def version(self) -> str:
+        """The version's number, ``NNNN`` (``unsaved`` for a fitted, unpublished detector)."""
         return self.manifest["version"]
 
     def require_scorable(self) -> None:
@@ -206,6 +208,7 @@ class Bundle:
             raise BundleError(f"{self.label}: {mismatch}")
 
     def scorer(self) -> Scorer:
+        """A compiled ``Scorer`` for this version's members (refused if its calibration cannot apply here)."""
         self.require_scorable()
         return Scorer(self.members, self.config, seed=int(self.manifest["training"].get("seed", 0)))
 

@@ -181,6 +181,7 @@ class Calibration:
 
     @property
     def needs_input_bits(self) -> bool:
+        """Whether scoring must measure each image's compressed size (complexity adjustment)."""
         return bool(self.slopes)
 
     @property
@@ -227,6 +228,7 @@ class Calibration:
         return np.mean(list(surprise.values()), axis=0)
 
     def anomaly_pvalue(self, anomaly_score: np.ndarray) -> np.ndarray:
+        """Conformal p-value of each ``anomaly_score`` against the held-out normals'."""
         return conformal_pvalues(self.combined, anomaly_score)
 
     def threshold(self, alpha: float) -> float:
@@ -303,6 +305,7 @@ class Calibration:
         }
 
     def to_dict(self) -> dict:
+        """The manifest's ``calibration`` entry."""
         return {
             "scores": {n: v.tolist() for n, v in self.scores.items()},
             "combined": self.combined.tolist(),
@@ -317,6 +320,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
+        """Read back a manifest's ``calibration`` entry."""
         return cls({n: np.asarray(v, dtype=np.float64) for n, v in d["scores"].items()},
                    np.asarray(d["combined"], dtype=np.float64),
                    tuple(d["target_fprs"]), tuple(d["combine"]), d.get("rule", "mean"),

@@ -93,16 +93,19 @@ class ModelConfig:
 
     @property
     def input_dim(self) -> int:
+        """The number of values in one record (features, or pixels times channels)."""
         n = 1
         for s in self.input_shape:
             n *= s
         return n
 
     def to_dict(self) -> dict:
+        """The manifest's ``model_config`` entry."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """Read back a manifest's ``model_config`` entry."""
         d = dict(d)
         d["input_shape"] = tuple(d["input_shape"])
         d["hidden"] = tuple(d["hidden"])
@@ -143,4 +146,5 @@ class TrainConfig:
             raise ConfigError(f"device={self.device!r}; expected auto, cpu or gpu")
 
     def to_dict(self) -> dict:
+        """The manifest's ``training.config`` entry."""
         return dataclasses.asdict(self)

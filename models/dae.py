@@ -36,9 +36,11 @@ class DAE(keras.Model):
 
     @property
     def metrics(self):
+        """The loss, averaged per epoch."""
         return [self.loss_tracker]
 
     def call(self, x, training=False):
+        """The reconstruction of a batch."""
         return self.net(x, training=training)
 
     def _per_record(self, clean, inputs, training: bool):
@@ -46,6 +48,8 @@ class DAE(keras.Model):
         return tf.reduce_mean(tf.square(losses.flatten(clean) - recon), axis=-1)
 
     def train_step(self, data):
+        """One gradient step on the squared error between x and the reconstruction of a corrupted x (noise
+        and masking), the highest-loss records trimmed once trimming is on."""
         x = data[0] if isinstance(data, tuple) else data
         noisy = corrupt(tf.cast(x, tf.float32), self.config.dae_noise_std, self.config.dae_mask_prob)
         with tf.GradientTape() as tape:
@@ -59,6 +63,7 @@ class DAE(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     def test_step(self, data):
+        """The reconstruction error of uncorrupted validation records."""
         x = data[0] if isinstance(data, tuple) else data
         self.loss_tracker.update_state(self._per_record(x, x, training=False))
         return {"loss": self.loss_tracker.result()}
@@ -72,4 +77,5 @@ class TrimAfter(keras.callbacks.Callback):
         self.epochs = epochs
 
     def on_epoch_begin(self, epoch, logs=None):
+        """Trim from epoch ``epochs`` on."""
         self.model.trim_active.assign(1.0 if epoch >= self.epochs else 0.0)

@@ -11,6 +11,7 @@ from vigil.models.config import ConfigError
 
 @dataclass(frozen=True)
 class DevicePlan:
+    """Which ``tf.distribute`` strategy training uses, on which devices and at what precision, and why."""
     strategy: str             # "mirrored" | "one_device" | "default"
     devices: tuple[str, ...]
     precision: str            # "float32" | "mixed_float16" | "mixed_bfloat16"
@@ -42,10 +43,12 @@ def plan_devices(device: str, gpus: list[str], mixed_precision: bool) -> DeviceP
 
 
 def visible_gpus() -> list[str]:
+    """The GPUs TensorFlow sees, as device names (none on a CPU-only machine)."""
     return [f"/gpu:{i}" for i, _ in enumerate(tf.config.list_physical_devices("GPU"))]
 
 
 def make_strategy(plan: DevicePlan) -> tf.distribute.Strategy:
+    """The ``tf.distribute.Strategy`` a plan names (Mirrored, OneDevice, or TF's default)."""
     if plan.strategy == "mirrored":
         return tf.distribute.MirroredStrategy(devices=list(plan.devices))
     if plan.strategy == "one_device":

@@ -24,6 +24,8 @@ from vigil.models.config import FEATURE_TAIL
 
 @dataclass
 class Preprocessing:
+    """How decoded records become model inputs: pixels scaled to [0, 1], or features robustly scaled per
+    column."""
     kind: str                                  # "image" | "features"
     input_shape: tuple[int, ...]
     feature_columns: tuple[str, ...] = ()      # features: column order the model expects
@@ -35,6 +37,7 @@ class Preprocessing:
     @classmethod
     def fit_features(cls, x: np.ndarray, feature_columns: list[str],
                      tail: float | None = FEATURE_TAIL) -> "Preprocessing":
+        """Robust per-column scaling (median, quartiles) fitted on training rows."""
         x = np.asarray(x, dtype=np.float64)
         center = np.median(x, axis=0)
         q75, q25 = np.percentile(x, [75, 25], axis=0)
@@ -46,6 +49,7 @@ class Preprocessing:
 
     @classmethod
     def for_images(cls, height: int, width: int, channels: int) -> "Preprocessing":
+        """Images of height x width x channels, pixels scaled to [0, 1]."""
         return cls("image", (height, width, channels))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -61,6 +65,7 @@ class Preprocessing:
         return z.astype(np.float32)
 
     def to_dict(self) -> dict:
+        """The manifest's ``preprocessing`` entry."""
         d = {"kind": self.kind, "input_shape": list(self.input_shape),
              "feature_columns": list(self.feature_columns), "clip": self.clip, "tail": self.tail}
         if self.kind == "features":
@@ -72,6 +77,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
+        """Read back a manifest's ``preprocessing`` entry."""
         center = np.asarray(d["center"]) if "center" in d else None
         scale = np.asarray(d["scale"]) if "scale" in d else None
         return cls(d["kind"], tuple(d["input_shape"]), tuple(d.get("feature_columns", ())),

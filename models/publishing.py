@@ -34,6 +34,8 @@ class GatePolicy:
 
 @dataclass
 class Published:
+    """A published version: its number, whether it became production, the gates it failed, and per target
+    FPR what to change if it cannot flag."""
     version: str
     promoted: bool
     gate_failures: list[str]

@@ -50,10 +50,13 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def version_dir(registry: str, name: str, version: str) -> str:
+    """The folder of a model version: ``<registry>/<name>/versions/NNNN``."""
     return f"{_model_dir(registry, name)}/versions/{normalise_version(version)}"
 
 
 def normalise_version(version: str | int) -> str:
+    """A version as its four-digit folder name (``3`` and ``"0003"`` alike); ``RegistryError`` if not a
+    number."""
     text = str(version).strip()
     if not text.isdigit():
         raise RegistryError(f"version {version!r} is not a number")
@@ -93,6 +96,7 @@ def read_pointer(registry: str, name: str) -> dict | None:
 
 
 def production_version(registry: str, name: str) -> str | None:
+    """The version the production pointer names, or None when there is none yet."""
     pointer = read_pointer(registry, name)
     return pointer["version"] if pointer else None
 

@@ -55,6 +55,8 @@ LOG = logging.getLogger("vigil.train")
 
 @dataclass
 class TrainResult:
+    """What ``fit`` returns: the members, the fitted preprocessing, the calibration, history, metrics and
+    the held-out records."""
     members: list[Member]
     preprocessing: Preprocessing
     calibration: Calibration
@@ -69,10 +71,12 @@ class TrainResult:
     # The first member stands for the ensemble in pictures (latent map, samples).
     @property
     def encoder(self) -> keras.Model:
+        """The first member's encoder, which stands for the ensemble in the report's pictures."""
         return self.members[0].encoder
 
     @property
     def decoder(self) -> keras.Model:
+        """The first member's decoder, which stands for the ensemble in the report's pictures."""
         return self.members[0].decoder
 
 
@@ -135,9 +139,11 @@ class EpochLog(keras.callbacks.Callback):
         self.label, self.epochs = label, epochs
 
     def on_train_begin(self, logs=None):
+        """Start the clock for the epoch lines."""
         self.started = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
+        """Log one line: the epoch, its losses and the time taken."""
         logs = logs or {}
         elapsed = time.time() - self.started
         left = elapsed / (epoch + 1) * (self.epochs - epoch - 1)

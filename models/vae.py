@@ -46,9 +46,11 @@ class VAE(keras.Model):
 
     @property
     def metrics(self):
+        """Loss, reconstruction log-probability and KL, averaged per epoch."""
         return [self.loss_tracker, self.recon_tracker, self.kl_tracker]
 
     def call(self, x, training=False):
+        """The encoder's (z_mean, z_log_var) of a batch."""
         return self.encoder(x, training=training)
 
     def _terms(self, x, training: bool):
@@ -68,6 +70,8 @@ class VAE(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data):
+        """One gradient step on -ELBO = -(log p(x|z) - beta KL(q(z|x) || p(z))), one z per record, the
+        highest-loss records trimmed once warm-up is over."""
         x = data[0] if isinstance(data, tuple) else data
         with tf.GradientTape() as tape:
             ll, kl = self._terms(x, training=True)
@@ -83,6 +87,7 @@ class VAE(keras.Model):
         return self._update(per_record, ll, kl)
 
     def test_step(self, data):
+        """-ELBO at the full beta on validation records, nothing trimmed."""
         x = data[0] if isinstance(data, tuple) else data
         ll, kl = self._terms(x, training=False)
         return self._update(-(ll - self.config.beta * kl), ll, kl)
@@ -92,6 +97,7 @@ class KLWarmup(keras.callbacks.Callback):
     """beta_t = beta * min(1, (epoch + 1) / warmup_epochs); trimming starts after warm-up."""
 
     def on_epoch_begin(self, epoch, logs=None):
+        """Set this epoch's KL weight, and switch trimming on once it is full."""
         cfg = self.model.config
         done = 1.0 if cfg.kl_warmup_epochs == 0 else min(1.0, (epoch + 1) / cfg.kl_warmup_epochs)
         self.model.kl_weight.assign(cfg.beta * done)

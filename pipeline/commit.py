@@ -47,6 +47,7 @@ NONCE = 8   # hex digits that make a staging or replaced folder's name unique
 
 
 def staging_dir(output: str, run_id: str) -> str:
+    """A fresh staging folder name for a run: ``<output>/.staging-<run_id>-<nonce>``."""
     return f"{output.rstrip('/')}/.staging-{run_id}-{uuid.uuid4().hex[:NONCE]}"
 
 
@@ -166,10 +167,12 @@ def _is_stale(holder: dict) -> bool:
 
 
 def run_dir(output: str, run_id: str) -> str:
+    """The folder a published run lives in: ``<output>/<run_id>``."""
     return f"{output.rstrip('/')}/{run_id}"
 
 
 def parquet_files(directory: str) -> list[str]:
+    """The Parquet files of a table folder, sorted (none if the folder does not exist)."""
     if not tf.io.gfile.isdir(directory):
         return []
     return sorted(f"{directory}/{n}" for n in tf.io.gfile.listdir(directory) if n.endswith(".parquet"))
@@ -180,6 +183,7 @@ def _open(path: str):
 
 
 def count_rows(directory: str) -> int:
+    """Rows in a table folder, from the Parquet footers (no data read)."""
     total = 0
     for path in parquet_files(directory):
         with _open(path) as f:
@@ -188,6 +192,7 @@ def count_rows(directory: str) -> int:
 
 
 def count_true(directory: str, column: str) -> int:
+    """How many rows of a table folder hold True in a boolean column."""
     total = 0
     for path in parquet_files(directory):
         with _open(path) as f:
@@ -287,6 +292,7 @@ def publish(staging: str, final: str, manifest: dict) -> None:
 
 
 def is_published(directory: str) -> bool:
+    """Whether a run folder is complete: only ``_SUCCESS`` says so."""
     return tf.io.gfile.exists(f"{directory.rstrip('/')}/{SUCCESS}")
 
 

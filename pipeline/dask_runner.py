@@ -153,6 +153,7 @@ class DaskRunner(beam_dask.DaskRunner):
     """Beam's DaskRunner (``--dask_client_address`` etc.), computing every sink of the graph."""
 
     def run_pipeline(self, pipeline, options):
+        """Translate the pipeline to dask bags and compute every sink on the client's cluster."""
         import dask.distributed as ddist
 
         dask_options = options.view_as(beam_dask.DaskOptions).get_all_options(

@@ -23,6 +23,7 @@ from vigil.pipeline.records import DeadLetter, RawRecord, ScoringInput, record_d
 
 @dataclass(frozen=True)
 class DecodeSpec:
+    """How records become model inputs: the kind, the model's input shape, the pixel and byte caps."""
     kind: str                        # "image" | "features"
     input_shape: tuple[int, ...]
     max_pixels: int = 50_000_000

@@ -35,9 +35,11 @@ class LoadedModel:
         self._scorer: Scorer = bundle.scorer()
 
     def version(self) -> str:
+        """The model version's number."""
         return self._bundle.version
 
     def feature_columns(self) -> tuple[str, ...]:
+        """The feature columns a table model reads, in order (() for images)."""
         return tuple(self._bundle.preprocessing.feature_columns)
 
     def score(self, raw: np.ndarray, ids: list[str], target_fpr: float) -> dict:
@@ -70,10 +72,12 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
         self.target_fpr = target_fpr
 
     def load_model(self) -> LoadedModel:
+        """Load and verify the bundle, and compile its scorer (once per worker process or shared copy)."""
         return LoadedModel(load_bundle(self.bundle_dir, self.label))
 
     def run_inference(self, batch: Sequence[Any], model: LoadedModel,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+        """Score a batch; one ``PredictionResult`` per example, the model version as its id."""
         ids, arrays = zip(*(_id_and_array(e, model) for e in batch))
         out = model.score(np.stack(arrays), list(ids), self.target_fpr)
         version = model.version()
@@ -81,12 +85,15 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
             yield PredictionResult(example, {k: v[i] for k, v in out.items()}, version)
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        """Bytes of the decoded arrays in a batch, for Beam's metrics."""
         return sum(getattr(np.asarray(getattr(e, "x", 0)), "nbytes", 0) for e in batch)
 
     def get_metrics_namespace(self) -> str:
+        """Beam metrics from this handler go under ``vigil``."""
         return "vigil"
 
     def batch_elements_kwargs(self):
+        """``BatchElements``' limits: at least one 64-row block, at most ``--batch-size``."""
         return self._batching_kwargs
 
 

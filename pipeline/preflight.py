@@ -31,6 +31,7 @@ class InputError(Exception):
 
 @dataclass(frozen=True)
 class InputFile:
+    """One matched input file: its URI, size, format and the glob root its record ids are relative to."""
     uri: str
     size: int
     format: str

@@ -46,11 +46,13 @@ class DeadLetter:
             raise ValueError(f"unknown dead-letter stage {self.stage!r}")
 
     def to_row(self) -> dict:
+        """The dead letter as a row of the dead-letter table."""
         return {"id": self.id, "id_hex": self.id_hex, "source": self.source,
                 "stage": self.stage, "reason": self.reason, "message": self.message[:500]}
 
 
 def record_dead_letter(record: RawRecord, stage: str, reason: str, message: str) -> DeadLetter:
+    """A dead letter for one record, naming its file and id (hex of the id bytes when not UTF-8)."""
     return DeadLetter(record.source, stage, reason, message, record.id,
                       record.id_bytes.hex() if record.id_bytes is not None else None)
 
@@ -73,6 +75,7 @@ class FileStats:
     count_known: bool = True
 
     def to_dict(self) -> dict:
+        """The per-file stats line the driver reads back to balance the books."""
         return {"uri": self.uri, "records": self.records, "fully_read": self.fully_read,
                 "failure": self.failure, "sha256": self.sha256,
                 "failed_records": self.failed_records, "count_known": self.count_known}

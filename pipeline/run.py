@@ -55,6 +55,7 @@ LOG = logging.getLogger("vigil.pipeline")
 
 @dataclass
 class RunPlan:
+    """What ``plan_run`` resolved and checked before anything is written; ``build_pipeline`` wires it."""
     config: ScoreConfig
     run_id: str
     version: str
@@ -68,6 +69,8 @@ class RunPlan:
 
     @property
     def thresholds(self) -> dict:
+        """The threshold of ``anomaly_score`` and of each score at the run's target FPR (null where out of
+        reach)."""
         cal = self.bundle.calibration
         alpha = self.config.target_fpr
         values = {"anomaly_score": cal.threshold(alpha), **cal.score_thresholds(alpha)}
@@ -76,6 +79,7 @@ class RunPlan:
 
 
 def default_run_id() -> str:
+    """A run id from the UTC time, ``YYYYMMDDTHHMMSSZ``."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
@@ -168,6 +172,7 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
 
 @dataclass
 class RunResult:
+    """A published run's folder and manifest, or what a dry run translated."""
     run_dir: str
     manifest: dict = field(default_factory=dict)
     dry_run: dict | None = None      # what a dry run translated: runner, steps, packages

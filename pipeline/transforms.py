@@ -49,6 +49,7 @@ class ReadFiles(beam.DoFn):
         self.failed_files = Metrics.counter("vigil", "files_not_fully_read")
 
     def setup(self):
+        """Reset the progress counters and leave word that this worker started."""
         self._done, self._read, self._bad, self._last = 0, 0, 0, time.time()
         if self.started_dir:
             # The launcher waits for one such file to know the workers could start at all.
@@ -66,6 +67,7 @@ class ReadFiles(beam.DoFn):
                      self._done, of, self._read, self._bad)
 
     def process(self, element):
+        """Read one file: its records, its dead letters, then its stats."""
         token, fmt, root_token = element
         uri, root = _from_token(token), _from_token(root_token)
         spec = ReadSpec(fmt, self.spec.id_column, self.spec.feature_columns,
@@ -91,6 +93,7 @@ class Decode(beam.DoFn):
         self.spec = spec
 
     def process(self, record: RawRecord):
+        """Decode one raw record into a keyed model input, or a dead letter."""
         out = decode(record, self.spec)
         if isinstance(out, DeadLetter):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, out)
@@ -128,9 +131,11 @@ class ToRow(beam.DoFn):
         self.anomalies = Metrics.counter("vigil", "anomalies")
 
     def setup(self):
+        """Reset the progress counters."""
         self._count, self._start, self._last = 0, time.time(), time.time()
 
     def process(self, element):
+        """Turn one prediction into a scores-table row, or a dead letter when a score is not finite."""
         _, result = element
         example: ScoringInput = result.example
         inf = result.inference

@@ -23,6 +23,7 @@ def _e(expectation: str, critical: bool, why: str, **kwargs) -> dict:
 
 
 def scores_suite() -> list[dict]:
+    """The checks on the scores table: every score and p-value present and finite, p-values in [0, 1]."""
     out = []
     for name in (*SCORE_NAMES, "anomaly_score"):
         out.append(_e("ExpectColumnValuesToNotBeNull", True, "scores are finite", column=name))
@@ -38,6 +39,7 @@ def scores_suite() -> list[dict]:
 
 
 def summary_suite(target_fpr: float, max_anomaly_multiple: float, max_bad_fraction: float) -> list[dict]:
+    """The checks on a run's summary: unique ids, the anomaly rate near the target, the bad fraction."""
     return [
         _e("ExpectColumnValuesToBeBetween", False, "ids are unique (duplicates are scored twice)",
            column="duplicate_ids", min_value=0, max_value=0),
@@ -51,6 +53,7 @@ def summary_suite(target_fpr: float, max_anomaly_multiple: float, max_bad_fracti
 
 
 def files_suite() -> list[dict]:
+    """The check on the per-file stats: every input file was read to the end."""
     return [_e("ExpectColumnValuesToBeInSet", True, "every input file was read to the end",
                column="fully_read", value_set=[True])]
 

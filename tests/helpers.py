@@ -239,3 +239,12 @@ def score_on_both(reg: dict, glob: str, workdir: Path, runner: list[str], monkey
         res = score_cli(reg, [glob], "out", *flags, *extra, run_id=run_id)
         assert res.exit_code == 0, res.output
     return str(workdir / "out" / "local"), str(workdir / "out" / "other")
+
+
+def bad_rows(path: Path, x: np.ndarray, y: np.ndarray) -> str:
+    """Four rows as Parquet, two of them bad: one with a NaN feature, one without an id."""
+    bad = np.array(x[:4], dtype=np.float64)
+    bad[1, 2] = np.nan
+    cols = {f"f{j}": bad[:, j] for j in range(bad.shape[1])}
+    pq.write_table(pa.table({"id": ["b0", "b1", None, "b3"], **cols, "label": y[:4]}), path)
+    return str(path)

@@ -18,6 +18,8 @@ from vigil.schemas.manifest import strict_json
 
 @dataclass
 class CheckResult:
+    """One great-expectations check: what it checks, on which frame and column, whether it passed and why it
+    matters."""
     frame: str
     expectation: str
     column: str | None
@@ -29,15 +31,18 @@ class CheckResult:
 
 @dataclass
 class QualityReport:
+    """Every check of a run and where GX's validation pages were written."""
     checks: list[CheckResult] = field(default_factory=list)
     docs_index: str = ""
 
     @property
     def success(self) -> bool:
+        """Whether every check passed."""
         return all(c.success for c in self.checks)
 
     @property
     def critical_failures(self) -> list[CheckResult]:
+        """The failed checks that ``--fail-on-dq`` turns into exit code 4."""
         return [c for c in self.checks if c.critical and not c.success]
 
 
@@ -102,6 +107,7 @@ def validate(frames: dict[str, pd.DataFrame], specs: dict[str, list[dict]], docs
 
 def frames_for_run(scores: pd.DataFrame, manifest: dict, duplicates: int,
                    inputs: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    """The frames the suites validate: a sample of the scores, the run's summary, the per-file stats."""
     counts = manifest["counts"]
     frames = {
         "scores": scores,
@@ -118,6 +124,7 @@ def frames_for_run(scores: pd.DataFrame, manifest: dict, duplicates: int,
 
 
 def specs_for_run(manifest: dict, model_manifest: dict, max_anomaly_multiple: float) -> dict:
+    """Each frame's suite for this run, with its target FPR, anomaly-rate bound and bad fraction."""
     opts = manifest["options"]
     return {"scores": suites.scores_suite(),
             "summary": suites.summary_suite(opts["target_fpr"], max_anomaly_multiple,

@@ -6,9 +6,6 @@ vigil.pipeline.dask_runner for what Beam's own DaskRunner gets wrong).
 """
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tests import helpers, servers
@@ -38,11 +35,7 @@ def _wait_for_workers(address: str, n: int) -> None:
 def test_tables_on_dask_equal_the_local_run(features_registry, dask_cluster, tmp_path, monkeypatch):
     x, y = features_registry["x"], features_registry["y"]
     files = helpers.table_shards(tmp_path / "in", x[:300], y[:300], shards=3)
-    bad = x[300:304].copy()
-    bad[1, 2] = np.nan
-    cols = {f"f{j}": bad[:, j] for j in range(x.shape[1])}
-    pq.write_table(pa.table({"id": ["b0", "b1", None, "b3"], **cols, "label": y[300:304]}),
-                   tmp_path / "in" / "bad.parquet")
+    helpers.bad_rows(tmp_path / "in" / "bad.parquet", x[300:], y[300:])
     (tmp_path / "in" / "notes.txt").write_text("a stray file the glob does not match")
     (tmp_path / "in" / "torn.parquet").write_bytes(b"PAR1 not a parquet file")
     files += [str(tmp_path / "in" / "bad.parquet"), str(tmp_path / "in" / "torn.parquet")]

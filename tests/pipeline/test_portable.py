@@ -6,11 +6,14 @@ local one record for record, relative input globs included (paths are resolved a
 """
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tests import helpers, servers
@@ -19,28 +22,15 @@ from tests import helpers, servers
 @pytest.fixture(scope="module")
 def portable(tmp_path_factory):
     """A job service and an external worker pool on free localhost ports; the Beam flags."""
-    job_port, pool_port = servers.free_port(), servers.free_port()
-    with servers.running({
-            "jobs": (["-m", "apache_beam.runners.portability.local_job_service_main",
-                      "--port", str(job_port)], job_port),
-            "pool": (["-m", "apache_beam.runners.worker.worker_pool_main",
-                      "--service_port", str(pool_port)], pool_port)},
-            tmp_path_factory.mktemp("portable-logs")):
-        # The workers run on this host and see its files.
-        yield ["--runner", "PortableRunner", "--job_endpoint", f"localhost:{job_port}",
-               "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{pool_port}",
-               "--workers-see-local-paths"]
+    with servers.portable_runner(tmp_path_factory.mktemp("portable-logs")) as (_, flags):
+        yield flags
 
 
 def test_tables_on_external_workers_equal_the_local_run(features_registry, portable, tmp_path,
                                                         monkeypatch):
     x, y = features_registry["x"], features_registry["y"]
     files = helpers.table_shards(tmp_path / "in", x[:200], y[:200], shards=3)
-    bad = x[200:204].copy()
-    bad[1, 2] = np.nan
-    cols = {f"f{j}": bad[:, j] for j in range(x.shape[1])}
-    pq.write_table(pa.table({"id": ["b0", "b1", None, "b3"], **cols, "label": y[200:204]}),
-                   tmp_path / "in" / "bad.parquet")
+    helpers.bad_rows(tmp_path / "in" / "bad.parquet", x[200:], y[200:])
     files.append(str(tmp_path / "in" / "bad.parquet"))
     local, remote = helpers.score_on_both(features_registry, "in/*.parquet", tmp_path, portable, monkeypatch)
     helpers.same_runs(local, remote)
@@ -59,16 +49,19 @@ def test_images_on_external_workers_equal_the_local_run(images_registry, portabl
         helpers.check_invariant(run, sorted(files))
 
 
+def _score_command(reg: dict) -> list[str]:
+    """``vigil score`` as cron runs it: its own process, relative input glob, no report."""
+    return [str(Path(sys.executable).parent / "vigil"), "score", "--input", "in/*.parquet",
+            "--registry", reg["registry"], "--name", reg["name"], "--output", "out", "--run-id", "r1",
+            "--no-report"]
+
+
 def test_workers_that_cannot_start_end_the_run_in_bounded_time(features_registry, tmp_path):
     """A pool whose ``python`` cannot run Beam's worker: one line, exit 1, nothing left.
 
     Without the watch, the job service waits for the worker for minutes and then the
     run ends in a gRPC DEADLINE_EXCEEDED traceback.
     """
-    import os
-    import subprocess
-    import sys
-    import time
 
     broken = tmp_path / "broken-bin"
     broken.mkdir()
@@ -76,23 +69,12 @@ def test_workers_that_cannot_start_end_the_run_in_bounded_time(features_registry
     (broken / "python").chmod(0o755)
     env = dict(os.environ, PATH=f"{broken}{os.pathsep}{os.environ['PATH']}")
     helpers.table_shards(tmp_path / "in", features_registry["x"][:50])
-    job_port, pool_port = servers.free_port(), servers.free_port()
     logs = tmp_path / "logs"
     logs.mkdir()
-    with servers.running({
-            "jobs": (["-m", "apache_beam.runners.portability.local_job_service_main",
-                      "--port", str(job_port)], job_port),
-            "pool": (["-m", "apache_beam.runners.worker.worker_pool_main",
-                      "--service_port", str(pool_port)], pool_port)}, logs, env):
+    with servers.portable_runner(logs, env) as (_, flags):
         started = time.monotonic()
-        res = subprocess.run(
-            [str(Path(sys.executable).parent / "vigil"), "score", "--input", "in/*.parquet",
-             "--registry", features_registry["registry"], "--name", "cardio", "--output", "out",
-             "--run-id", "r1", "--no-report", "--runner", "PortableRunner",
-             "--job_endpoint", f"localhost:{job_port}", "--environment_type", "EXTERNAL",
-             "--environment_config", f"localhost:{pool_port}", "--workers-see-local-paths",
-             "--worker-start-timeout", "20"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=240)
+        res = subprocess.run([*_score_command(features_registry), *flags, "--worker-start-timeout", "20"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=240)
         took = time.monotonic() - started
     assert res.returncode == 1, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.strip()]
@@ -104,29 +86,14 @@ def test_workers_that_cannot_start_end_the_run_in_bounded_time(features_registry
 
 def test_a_worker_that_dies_mid_run_ends_it_in_one_line(features_registry, tmp_path):
     """The pool's SDK worker is killed while it scores: exit 1, the cause named, nothing left."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
     x, y = features_registry["x"], features_registry["y"]
     helpers.table_shards(tmp_path / "in", np.tile(x, (12, 1)), np.tile(y, 12), shards=8)
-    job_port, pool_port = servers.free_port(), servers.free_port()
     logs = tmp_path / "logs"
     logs.mkdir()
-    with servers.running({
-            "jobs": (["-m", "apache_beam.runners.portability.local_job_service_main",
-                      "--port", str(job_port)], job_port),
-            "pool": (["-m", "apache_beam.runners.worker.worker_pool_main",
-                      "--service_port", str(pool_port)], pool_port)}, logs) as procs:
-        run = subprocess.Popen(
-            [str(Path(sys.executable).parent / "vigil"), "score", "--input", "in/*.parquet",
-             "--registry", features_registry["registry"], "--name", "cardio", "--output", "out",
-             "--run-id", "r1", "--no-report", "--runner", "PortableRunner",
-             "--job_endpoint", f"localhost:{job_port}", "--environment_type", "EXTERNAL",
-             "--environment_config", f"localhost:{pool_port}", "--workers-see-local-paths"],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with servers.portable_runner(logs) as (procs, flags):
+        run = subprocess.Popen([*_score_command(features_registry), *flags], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         killed = []
         deadline = time.monotonic() + 180
         while run.poll() is None and not killed and time.monotonic() < deadline:
