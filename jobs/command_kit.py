@@ -1,6 +1,8 @@
 """Pieces the commands share: ``--config`` files and option help grouped under headings."""
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
+
 import click
 import yaml
 
@@ -52,3 +54,37 @@ class SectionedCommand(click.Command):
             if rows:
                 with formatter.section(title):
                     formatter.write_dl(rows)
+
+
+def options_from(config_class):
+    """Click options for every field of a config dataclass, from the field's declaration
+    (``vigil.pipeline.config.option``): flag, type, default, range, choices and help."""
+    def decorate(command):
+        for f in reversed(fields(config_class)):
+            command = _option(f)(command)
+        return command
+    return decorate
+
+
+def _option(f) -> callable:
+    meta = f.metadata
+    flag = meta["flag"] or "--" + f.name.replace("_", "-")
+    default = None if f.default is MISSING else f.default
+    kwargs = {"help": meta["help"], "required": meta["required"]}
+    if f.type.startswith("tuple"):
+        kwargs.update(multiple=True, default=default or ())
+    elif f.type == "bool":
+        kwargs.update(is_flag=True, default=bool(default))
+    else:
+        kwargs["default"] = default
+        bounds = {"min": meta["low"], "max": meta["high"], "min_open": meta["open_low"],
+                  "max_open": meta["open_high"]}
+        if meta["choices"]:
+            kwargs["type"] = click.Choice(list(meta["choices"]))
+        elif f.type.startswith("int"):
+            kwargs["type"] = click.IntRange(meta["low"], meta["high"]) if meta["low"] is not None else int
+        elif f.type.startswith("float"):
+            kwargs["type"] = click.FloatRange(**bounds) if meta["low"] is not None else float
+    kwargs["show_default"] = not (default is None or default is False or default == ()) \
+        and not meta["required"]
+    return click.option(flag, f.name, **kwargs)

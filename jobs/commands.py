@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import click
 
-from vigil.jobs.command_kit import BEAM_PASSTHROUGH, SectionedCommand, config_option
+from vigil.jobs.command_kit import BEAM_PASSTHROUGH, SectionedCommand, config_option, options_from
 from vigil.jobs.demo import TARGET_FPR as DEMO_TARGET_FPR
 from vigil.jobs.errors import EXIT_DQ_FAILED, EXIT_GATE_FAILED, Failure, run_guarded
 from vigil.models.config import IMAGE_MAX_EXAMPLES
-
-FORMAT_HELP = "Input format; auto: from each file's name (and a TFRecord's first record)."
-ID_HELP = "Column (tables) or feature (TFRecords) holding each record's id."
+from vigil.pipeline.config import FORMAT_HELP, FORMATS, ID_HELP, ScoreConfig
 
 
 def _fpr(ctx, param, values):
@@ -47,7 +45,7 @@ TRAIN_SECTIONS = {
 @click.option("--registry", required=True, help="Model registry root (local path or gs://).")
 @click.option("--name", required=True, help="Model name in the registry.")
 @click.option("--format", "fmt", default="auto", show_default=True, help=FORMAT_HELP,
-              type=click.Choice(["auto", "tfrecord-image", "tfrecord-features", "image", "parquet", "csv"]))
+              type=click.Choice(list(FORMATS)))
 @click.option("--id-column", default="id", show_default=True, help=ID_HELP)
 @click.option("--feature-columns", default=None, help="Comma-separated (default: all numeric).")
 @click.option("--label-column", default=None, help="Train only on rows whose label is normal.")
@@ -151,53 +149,11 @@ def _train_and_report(cfg) -> None:
 
 @click.command(context_settings=BEAM_PASSTHROUGH)
 @config_option
-@click.option("--input", "inputs", multiple=True, required=True, help="Input glob (repeatable).")
-@click.option("--registry", required=True, help="Model registry root.")
-@click.option("--name", required=True, help="Model name in the registry.")
-@click.option("--model-version", default=None, help="Version to use (default: production).")
-@click.option("--output", required=True, help="Output root; the run goes to OUTPUT/RUN_ID.")
-@click.option("--run-id", default=None, help="Run id (default: UTC timestamp).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run of the same id.")
-@click.option("--target-fpr", type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
-              default=None, help="False-positive rate is_anomaly is set at (default: the one the "
-                                 "model was calibrated for; the smallest it can flag at, if several).")
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True,
-              help="Records the model scores at once (the scores do not depend on it).")
-@click.option("--max-bad-fraction", type=click.FloatRange(0, 1), default=0.05, show_default=True,
-              help="Dead-lettered share of the records above which nothing is published (exit 3).")
-@click.option("--format", "fmt", default="auto", show_default=True, help=FORMAT_HELP,
-              type=click.Choice(["auto", "tfrecord-image", "tfrecord-features", "image", "parquet", "csv"]))
-@click.option("--id-column", default="id", show_default=True, help=ID_HELP)
-@click.option("--carry-column", multiple=True, default=("label",), show_default=True,
-              help="Label column carried through to the output (repeatable).")
-@click.option("--max-pixels", type=click.IntRange(1), default=50_000_000, show_default=True,
-              help="Images declaring more pixels are dead-lettered unread.")
-@click.option("--max-record-bytes", type=click.IntRange(1), default=64 << 20, show_default=True,
-              help="Records (or image files) larger than this are dead-lettered unread.")
-@click.option("--max-files", type=click.IntRange(1), default=100_000, show_default=True,
-              help="The run stops before reading if the globs match more files.")
-@click.option("--num-shards", type=click.IntRange(0), default=0, show_default=True,
-              help="Parquet files per table (0: the runner decides).")
-@click.option("--allow-uncounted-files", is_flag=True,
-              help="Publish although a file failed before its records could be counted (a "
-                   "TFRecord or CSV cut short, a Parquet file without footer).")
-@click.option("--workers-see-local-paths", is_flag=True,
-              help="Let a runner with workers elsewhere (Portable, Dask with a scheduler, "
-                   "Dataflow) use local paths: they are on a mount every worker shares, or the "
-                   "workers run on this host.")
-@click.option("--worker-start-timeout", type=click.FloatRange(0, min_open=True), default=600,
-              show_default=True, help="Seconds a non-local job may take to start its first "
-                                      "worker before it is cancelled (exit 1).")
-@click.option("--model-copies", type=click.IntRange(0), default=0, show_default=True,
-              help="Model copies per machine, shared by its worker processes (Beam's "
-                   "model_copies; 0: one copy in every worker process).")
+@options_from(ScoreConfig)
 @click.option("--no-report", is_flag=True, help="Skip the data-quality report.")
 @click.option("--fail-on-dq", is_flag=True, help="Exit 4 when a critical data-quality check fails.")
 @click.pass_context
-def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite, target_fpr,
-          batch_size, max_bad_fraction, fmt, id_column, carry_column, max_pixels,
-          max_record_bytes, max_files, num_shards, allow_uncounted_files, workers_see_local_paths,
-          worker_start_timeout, model_copies, no_report, fail_on_dq):
+def score(ctx, no_report, fail_on_dq, **options):
     """Score files with a model version on Apache Beam and publish a run.
 
     Any option vigil does not know goes to Beam (--runner DataflowRunner --project ...
@@ -211,19 +167,7 @@ def score(ctx, inputs, registry, name, model_version, output, run_id, overwrite,
     """
     _check_beam_args(ctx.args, [o for p in ctx.command.params for o in p.opts], "vigil score")
 
-    def go():
-        from vigil.pipeline.options import ScoreConfig
-        _score_and_report(ScoreConfig(
-            inputs=tuple(inputs), registry=registry, name=name, output=output,
-            model_version=model_version, run_id=run_id, overwrite=overwrite, target_fpr=target_fpr,
-            batch_size=batch_size, max_bad_fraction=max_bad_fraction, format=fmt,
-            id_column=id_column, carry_columns=tuple(carry_column), max_pixels=max_pixels,
-            max_record_bytes=max_record_bytes, max_files=max_files, num_shards=num_shards,
-            allow_uncounted_files=allow_uncounted_files,
-            workers_see_local_paths=workers_see_local_paths,
-            worker_start_timeout=worker_start_timeout, model_copies=model_copies),
-            ctx.args, not no_report, fail_on_dq)
-    run_guarded(ctx, go)
+    run_guarded(ctx, lambda: _score_and_report(ScoreConfig(**options), ctx.args, not no_report, fail_on_dq))
 
 
 def _report(run_dir: str, fail_on_dq: bool, max_anomaly_multiple: float = 3.0) -> None:
@@ -314,11 +258,9 @@ def run_spec(ctx, spec, date):
         job = load_spec(spec, day)
         o = dict(job.options)
         if job.kind == "score":
-            from vigil.pipeline.options import ScoreConfig
             _check_beam_args(list(job.beam_args), [], f"{spec}: beam_args")
-            carry = tuple(o.pop("carry_columns", ("label",)))
-            cfg = ScoreConfig(job.inputs, job.registry, job.name, job.output, run_id=day,
-                              overwrite=True, carry_columns=carry, **o)
+            cfg = ScoreConfig(inputs=job.inputs, registry=job.registry, name=job.name, output=job.output,
+                              run_id=day, overwrite=True, **o)
             _score_and_report(cfg, list(job.beam_args))
             return
         from vigil.jobs.train import TRAIN_CONFIG_KEYS, TrainJobConfig

@@ -105,7 +105,8 @@ def run_demo(output: str, kind: str = "images", epochs: int = 40, overrides: dic
 
     from vigil.jobs.train import TrainJobConfig, run_training
     from vigil.models.config import TrainConfig
-    from vigil.pipeline.options import ScoreConfig, pipeline_options
+    from vigil.pipeline.config import ScoreConfig
+    from vigil.pipeline.options import pipeline_options
     from vigil.pipeline.run import plan_run, score
     from vigil.schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
 
@@ -122,8 +123,8 @@ def run_demo(output: str, kind: str = "images", epochs: int = 40, overrides: dic
         normal_values=tuple(normal_values),
         train=TrainConfig(epochs=epochs, verbose=0, target_fprs=(target_fpr,),
                           **overrides.get("train", {}))))
-    cfg = ScoreConfig((score_glob,), registry, name, f"{output}/runs", trained.version,
-                      run_id="demo", overwrite=True)
+    cfg = ScoreConfig(inputs=(score_glob,), registry=registry, name=name, output=f"{output}/runs",
+                      model_version=trained.version, run_id="demo", overwrite=True)
     result = score(plan_run(cfg), pipeline_options(cfg, overrides.get("beam_args", [])))
     table = ds.dataset(f"{result.run_dir}/scores", format="parquet").to_table()
     labels = np.array(table.column("label").to_pylist())

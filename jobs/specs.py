@@ -37,7 +37,7 @@ def allowed_options(kind: str) -> set[str]:
     """The ``options`` a job of ``kind`` takes: its config's fields, declared there once."""
     from dataclasses import fields
     if kind == "score":
-        from vigil.pipeline.options import ScoreConfig
+        from vigil.pipeline.config import ScoreConfig
         return {f.name for f in fields(ScoreConfig)} - FIXED_BY_SPEC
     from vigil.jobs.train import TRAIN_CONFIG_KEYS, TrainJobConfig
     return ({f.name for f in fields(TrainJobConfig)} - FIXED_BY_SPEC) | set(TRAIN_CONFIG_KEYS)

@@ -16,8 +16,8 @@ import numpy as np
 from vigil.models import registry
 from vigil.models.config import TrainConfig
 from vigil.models.training import TrainResult
+from vigil.pipeline.config import absolute_uri
 from vigil.pipeline.decode import DecodeSpec, decode
-from vigil.pipeline.options import absolute_uri
 from vigil.pipeline.preflight import InputError, check_columns, match_inputs, resolve_formats, table_schema
 from vigil.pipeline.readers import UNKNOWN_FORMAT, ReadSpec, printable, read_file
 from vigil.pipeline.records import FileStats, RawRecord, ScoringInput

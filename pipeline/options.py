@@ -1,4 +1,4 @@
-"""vigil's scoring options: a Beam ``PipelineOptions`` view plus the validated dataclass.
+"""vigil's scoring options on Beam: the ``PipelineOptions`` view of ``ScoreConfig``, the runner.
 
 Every vigil flag is prefixed ``vigil_`` inside Beam's option namespace, so none can shadow
 one of Beam's own (``--runner``, ``--project``, ``--temp_location`` ...), and the job's
@@ -6,86 +6,14 @@ settings show up in a runner's UI with the rest of the pipeline options.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from vigil.models.config import ConfigError
+from vigil.pipeline.config import ScoreConfig
 
 LOCAL_RUNNER = "FnApiRunner"   # DirectRunner in Beam 2.77 first tries to download Prism
-
-
-def absolute_uri(path: str) -> str:
-    """A local path made absolute against the launching folder; a URI (gs://...) as it is.
-
-    Resolved once at launch: workers, the report step and later readers of the manifest
-    may run in another working directory.
-    """
-    return path if "://" in path else os.path.abspath(path)
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """Everything one scoring run needs, validated."""
-    inputs: tuple[str, ...]
-    registry: str
-    name: str
-    output: str
-    model_version: str | None = None
-    run_id: str | None = None
-    overwrite: bool = False
-    target_fpr: float | None = None     # None: the rate the model was calibrated for
-    batch_size: int = 256
-    max_bad_fraction: float = 0.05
-    format: str = "auto"
-    id_column: str = "id"
-    carry_columns: tuple[str, ...] = ("label",)
-    max_pixels: int = 50_000_000
-    max_record_bytes: int = 64 << 20
-    max_files: int = 100_000
-    num_shards: int = 0             # output files per table; 0 lets the runner decide
-    allow_uncounted_files: bool = False   # publish although a failed file's records are uncounted
-    workers_see_local_paths: bool = False  # a non-local runner's workers read this host's files
-    worker_start_timeout: float = 600.0    # seconds the job may take to start its first worker
-    model_copies: int = 0           # model copies per worker process (0: Beam's default, one each)
-
-    def __post_init__(self):
-        if not self.inputs:
-            raise ConfigError("no --input given")
-        object.__setattr__(self, "inputs", tuple(absolute_uri(i) for i in self.inputs))
-        for name in ("registry", "output"):
-            object.__setattr__(self, name, absolute_uri(getattr(self, name)))
-        if self.target_fpr is not None and not 0 < self.target_fpr < 0.5:
-            raise ConfigError(f"--target-fpr {self.target_fpr}: must be in (0, 0.5)")
-        if not 0 <= self.max_bad_fraction <= 1:
-            raise ConfigError(f"--max-bad-fraction {self.max_bad_fraction}: must be in [0, 1]")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size {self.batch_size}: must be >= 1")
-        for name in ("max_pixels", "max_record_bytes", "max_files"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
-        if self.num_shards < 0:
-            raise ConfigError(f"--num-shards {self.num_shards}: must be >= 0 (0: the runner decides)")
-        if self.worker_start_timeout <= 0:
-            raise ConfigError(f"--worker-start-timeout {self.worker_start_timeout:g}: must be > 0 seconds")
-        if self.model_copies < 0:
-            raise ConfigError(f"--model-copies {self.model_copies}: must be >= 0 (0: one per process)")
-
-    def local_paths(self) -> list[str]:
-        """The inputs, registry and output that name this machine's file system."""
-        return [p for p in (*self.inputs, self.registry, self.output) if "://" not in p]
-
-    def to_flags(self) -> list[str]:
-        """The same settings as ``--vigil_*`` flags: they show with the job's options in a
-        runner's UI (Dataflow's job page, Flink's), next to Beam's own."""
-        flags = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            for item in (value if isinstance(value, tuple) else (value,)):
-                if item is not None and item is not False:
-                    flags.append(f"--vigil_{f.name}" if item is True else f"--vigil_{f.name}={item}")
-        return flags
 
 
 class VigilOptions(PipelineOptions):

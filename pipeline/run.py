@@ -26,9 +26,10 @@ from vigil.models import registry
 from vigil.models.bundle import Bundle
 from vigil.models.calibration import default_target_fpr
 from vigil.pipeline import commit
+from vigil.pipeline.config import ScoreConfig
 from vigil.pipeline.decode import DecodeSpec
 from vigil.pipeline.handler import VigilModelHandler
-from vigil.pipeline.options import ScoreConfig, runs_on_this_host
+from vigil.pipeline.options import runs_on_this_host
 from vigil.pipeline.preflight import (
     InputError,
     InputFile,

@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from vigil.models import registry
 from vigil.pipeline.commit import MANIFEST, is_published, require_published
+from vigil.pipeline.config import absolute_uri
 from vigil.pipeline.decode import DecodeSpec, decode
-from vigil.pipeline.options import absolute_uri
 from vigil.pipeline.readers import ReadSpec
 from vigil.pipeline.records import ScoringInput
 from vigil.pipeline.report import plots, quality, sample

@@ -38,7 +38,8 @@ import vigil.models  # noqa: E402,F401
 from vigil.jobs.demo import write_image_shards, write_table_shards  # noqa: E402
 from vigil.jobs.train import TrainJobConfig, run_training  # noqa: E402
 from vigil.models.config import TrainConfig  # noqa: E402
-from vigil.pipeline.options import ScoreConfig, pipeline_options  # noqa: E402
+from vigil.pipeline.config import ScoreConfig  # noqa: E402
+from vigil.pipeline.options import pipeline_options  # noqa: E402
 from vigil.pipeline.run import plan_run, score  # noqa: E402
 from vigil.schemas.tables import SCORE_NAMES, SCORE_ORIENTATION  # noqa: E402
 
@@ -71,8 +72,9 @@ def run_case(P, protocol: str, case: dict, work: Path, epochs: int | None,
     trained = run_training(TrainJobConfig((str(work / "train" / pattern),), str(work / "reg"), "bench",
                                           members=members, train=train_cfg))
     trained_s = time.time() - started
-    cfg = ScoreConfig((str(work / "test" / pattern),), str(work / "reg"), "bench", str(work / "runs"),
-                      trained.version, run_id="bench", overwrite=True, carry_columns=("label",))
+    cfg = ScoreConfig(inputs=(str(work / "test" / pattern),), registry=str(work / "reg"), name="bench",
+                      output=str(work / "runs"), model_version=trained.version, run_id="bench",
+                      overwrite=True, carry_columns=("label",))
     result = score(plan_run(cfg), pipeline_options(cfg, []))
     t = ds.dataset(f"{result.run_dir}/scores", format="parquet").to_table().sort_by("id")
     order = np.argsort(test_ids)

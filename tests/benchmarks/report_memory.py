@@ -29,7 +29,8 @@ import vigil.models  # noqa: E402,F401
 from vigil.jobs.demo import write_table_shards  # noqa: E402
 from vigil.jobs.train import TrainJobConfig, run_training  # noqa: E402
 from vigil.models.config import TrainConfig  # noqa: E402
-from vigil.pipeline.options import ScoreConfig, pipeline_options  # noqa: E402
+from vigil.pipeline.config import ScoreConfig  # noqa: E402
+from vigil.pipeline.options import pipeline_options  # noqa: E402
 from vigil.pipeline.readers import file_sha256  # noqa: E402
 from vigil.pipeline.run import plan_run, score  # noqa: E402
 
@@ -50,8 +51,8 @@ def seed_run(work: Path) -> tuple[str, np.ndarray, list[str]]:
     write_table_shards(str(work / "seed"), x[2000:], cols, np.zeros(1000), [f"s{i}" for i in range(1000)])
     trained = run_training(TrainJobConfig((str(work / "train" / "*.parquet"),), str(work / "reg"), "mem",
                                           train=TrainConfig(epochs=3, verbose=0)))
-    cfg = ScoreConfig((str(work / "seed" / "*.parquet"),), str(work / "reg"), "mem", str(work / "runs"),
-                      trained.version, run_id="seed")
+    cfg = ScoreConfig(inputs=(str(work / "seed" / "*.parquet"),), registry=str(work / "reg"), name="mem",
+                      output=str(work / "runs"), model_version=trained.version, run_id="seed")
     result = score(plan_run(cfg), pipeline_options(cfg, []))
     return result.run_dir, x, cols
 

@@ -70,9 +70,11 @@ def bare_rate(registry: str, n: int, batch: int) -> float:
 CHILD = """
 import json, resource, sys, time
 import vigil.models
-from vigil.pipeline.options import ScoreConfig, pipeline_options
+from vigil.pipeline.config import ScoreConfig
+from vigil.pipeline.options import pipeline_options
 from vigil.pipeline.run import plan_run, score
-cfg = ScoreConfig(({glob!r},), {reg!r}, "tp", {out!r}, run_id="tp", overwrite=True, batch_size={batch})
+cfg = ScoreConfig(inputs=({glob!r},), registry={reg!r}, name="tp", output={out!r}, run_id="tp",
+                  overwrite=True, batch_size={batch})
 t = time.time()
 result = score(plan_run(cfg), pipeline_options(cfg, {beam_args!r}))
 print(json.dumps({{"seconds": time.time() - t, "scored": result.manifest["counts"]["scored"],

@@ -71,3 +71,26 @@ def test_exit_codes_are_defined_once():
         for match in re.finditer(r"^(EXIT_\w+)\s*=", path.read_text(), re.MULTILINE):
             defined.setdefault(match.group(1), []).append(name)
     assert defined and all(where == ["vigil.jobs.errors"] for where in defined.values()), defined
+
+
+def test_score_options_are_declared_once_in_score_config():
+    """The click options, a spec's keys and Beam's --vigil_* view all come from ScoreConfig."""
+    from dataclasses import fields
+
+    import pytest
+
+    from vigil.jobs.commands import score
+    from vigil.jobs.specs import allowed_options
+    from vigil.models.config import ConfigError
+    from vigil.pipeline.config import ScoreConfig
+    from vigil.pipeline.options import VigilOptions
+    names = {f.name for f in fields(ScoreConfig)}
+    assert {p.name for p in score.params} - {"config", "no_report", "fail_on_dq"} == names
+    assert allowed_options("score") == names - {"inputs", "registry", "name", "output", "run_id", "overwrite"}
+    beam = VigilOptions(["--vigil_batch_size=7"]).get_all_options(retain_unknown_options=False)
+    assert {k[len("vigil_"):] for k in beam if k.startswith("vigil_")} == names
+    for bad, flag in [({"batch_size": 0}, "--batch-size 0: must be >= 1"),
+                      ({"target_fpr": 0.5}, "--target-fpr 0.5: must be < 0.5"),
+                      ({"format": "xml"}, "--format 'xml': expected one of auto, ")]:
+        with pytest.raises(ConfigError, match=flag):
+            ScoreConfig(inputs=("x",), registry="r", name="n", output="o", **bad)

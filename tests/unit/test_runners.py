@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from vigil.models.config import ConfigError
-from vigil.pipeline.options import ScoreConfig, StandardOptions, pipeline_options
+from vigil.pipeline.config import ScoreConfig
+from vigil.pipeline.options import StandardOptions, pipeline_options
 
 LOCAL = ScoreConfig(inputs=("in/*.parquet",), registry="models", name="m", output="runs")
 REMOTE = ScoreConfig(inputs=("gs://b/in/*.parquet",), registry="gs://b/models", name="m",
