@@ -37,15 +37,21 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool):
     ctx.obj = {"verbose": verbose}
     # Beam and GX log a worker's or a page's error as a traceback before it reaches vigil,
     # which then says it in one line; Beam's portable runner logs a failed job's messages
-    # on the root logger.  Without --verbose only vigil's own loggers speak.
+    # on the root logger, and dask sets its own loggers' levels when it is imported.
+    # Without --verbose only vigil's own loggers speak.
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL,
                         format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("vigil").setLevel(logging.INFO if verbose else logging.WARNING)
     for name in ("vigil.pipeline", "vigil.train", "vigil.demo"):
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
     if not verbose:
-        for name in ("apache_beam", "great_expectations"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        for handler in logging.root.handlers:
+            handler.addFilter(_only_vigil)
+
+
+def _only_vigil(record: logging.LogRecord) -> bool:
+    """The console handler's filter without --verbose: vigil's own records only."""
+    return record.name == "vigil" or record.name.startswith("vigil.")
 
 
 from vigil.jobs import commands, model_commands  # noqa: E402 - the subcommands, after the group
