@@ -56,11 +56,11 @@ class SectionedCommand(click.Command):
                     formatter.write_dl(rows)
 
 
-def options_from(config_class):
-    """Click options for every field of a config dataclass, from the field's declaration
-    (``vigil.pipeline.config.option``): flag, type, default, range, choices and help."""
+def options_from(*config_classes):
+    """Click options for every declared field of config dataclasses, from the field's
+    declaration (``vigil.models.config.option``): flag, type, default, range, choices, help."""
     def decorate(command):
-        for f in reversed(fields(config_class)):
+        for f in reversed([f for cls in config_classes for f in fields(cls) if f.metadata]):
             command = _option(f)(command)
         return command
     return decorate
@@ -71,20 +71,38 @@ def _option(f) -> callable:
     flag = meta["flag"] or "--" + f.name.replace("_", "-")
     default = None if f.default is MISSING else f.default
     kwargs = {"help": meta["help"], "required": meta["required"]}
-    if f.type.startswith("tuple"):
-        kwargs.update(multiple=True, default=default or ())
+    item = f.type.split("[", 1)[1] if f.type.startswith("tuple[") else f.type
+    bounds = {"min": meta["low"], "max": meta["high"], "min_open": meta["open_low"],
+              "max_open": meta["open_high"]}
+    if meta["parse"]:
+        kwargs.update(default=None, callback=_parsed(meta["parse"]))
+        default = None
     elif f.type == "bool":
-        kwargs.update(is_flag=True, default=bool(default))
+        kwargs["default"] = bool(default)
+        if "/" not in flag:
+            kwargs["is_flag"] = True
     else:
-        kwargs["default"] = default
-        bounds = {"min": meta["low"], "max": meta["high"], "min_open": meta["open_low"],
-                  "max_open": meta["open_high"]}
+        if f.type.startswith("tuple"):
+            kwargs.update(multiple=True)
+        kwargs["default"] = default if default is not None or not f.type.startswith("tuple") else ()
         if meta["choices"]:
             kwargs["type"] = click.Choice(list(meta["choices"]))
-        elif f.type.startswith("int"):
+        elif item.startswith("int"):
             kwargs["type"] = click.IntRange(meta["low"], meta["high"]) if meta["low"] is not None else int
-        elif f.type.startswith("float"):
+        elif item.startswith("float"):
             kwargs["type"] = click.FloatRange(**bounds) if meta["low"] is not None else float
     kwargs["show_default"] = not (default is None or default is False or default == ()) \
         and not meta["required"]
     return click.option(flag, f.name, **kwargs)
+
+
+def _parsed(parse):
+    """A click callback that turns an option's text into its field's value."""
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r}: {parse.__doc__.splitlines()[0]}") from exc
+    return callback

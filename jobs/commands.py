@@ -6,92 +6,25 @@ import click
 from vigil.jobs.command_kit import BEAM_PASSTHROUGH, SectionedCommand, config_option, options_from
 from vigil.jobs.demo import TARGET_FPR as DEMO_TARGET_FPR
 from vigil.jobs.errors import EXIT_DQ_FAILED, EXIT_GATE_FAILED, Failure, run_guarded
-from vigil.models.config import IMAGE_MAX_EXAMPLES
-from vigil.pipeline.config import FORMAT_HELP, FORMATS, ID_HELP, ScoreConfig
-
-
-def _fpr(ctx, param, values):
-    for v in values:
-        if not 0 < v < 0.5:
-            raise click.BadParameter(f"{v} must be in (0, 0.5)")
-    return values
-
-
-def _size(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-        if h < 1 or w < 1:
-            raise ValueError
-        return h, w
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r}: expected HxW, e.g. 28x28") from exc
-
+from vigil.jobs.train_config import TRAIN_CONFIG_KEYS, TrainJobConfig
+from vigil.models.config import TrainConfig
+from vigil.pipeline.config import ScoreConfig
 
 TRAIN_SECTIONS = {
-    "Input": ("inputs", "fmt", "id_column", "feature_columns", "label_column", "normal_values",
+    "Input": ("inputs", "format", "id_column", "feature_columns", "label_column", "normal_values",
               "image_size", "channels", "max_records"),
     "Model": ("latent_dim", "likelihood", "members"),
     "Training": ("epochs", "max_examples", "batch_size", "seed", "device", "mixed_precision"),
-    "Calibration and gates": ("target_fpr", "calibration_inputs", "promote", "allow_unflaggable"),
+    "Calibration and gates": ("target_fprs", "calibration_inputs", "promote", "allow_unflaggable"),
     "Registry": ("registry", "name"),
 }
 
 
 @click.command(cls=SectionedCommand, sections=TRAIN_SECTIONS)
 @config_option
-@click.option("--input", "inputs", multiple=True, required=True, help="Input glob (repeatable).")
-@click.option("--registry", required=True, help="Model registry root (local path or gs://).")
-@click.option("--name", required=True, help="Model name in the registry.")
-@click.option("--format", "fmt", default="auto", show_default=True, help=FORMAT_HELP,
-              type=click.Choice(list(FORMATS)))
-@click.option("--id-column", default="id", show_default=True, help=ID_HELP)
-@click.option("--feature-columns", default=None, help="Comma-separated (default: all numeric).")
-@click.option("--label-column", default=None, help="Train only on rows whose label is normal.")
-@click.option("--normal-values", default=None, help="Comma-separated normal label values.")
-@click.option("--calibration-input", "calibration_inputs", multiple=True,
-              help="Glob of records known to be normal (repeatable): thresholds and gates come "
-                   "from them, and the training input only trains.")
-@click.option("--image-size", default=None, callback=_size, help="HxW (default: the first image's).")
-@click.option("--channels", type=click.IntRange(1, 3), default=None,
-              help="Image channels the model takes: 1 (grayscale) or 3 (RGB). Default: the "
-                   "first image's.")
-@click.option("--epochs", type=click.IntRange(1), default=60, show_default=True,
-              help="Most passes over the training rows (early stopping ends sooner).")
-@click.option("--max-examples", type=click.IntRange(0), default=None,
-              help="Examples each model sees at most (caps epochs, never below 10); "
-                   f"0 = no cap. Default: {IMAGE_MAX_EXAMPLES} for images, no cap for tables.")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True,
-              help="Records per gradient step (smaller on small tables, so each epoch has steps).")
-@click.option("--latent-dim", type=click.IntRange(1), default=None,
-              help="Size of the VAE's latent space. Default: 16 for images, 32 for tables.")
-@click.option("--likelihood", type=click.Choice(["gaussian", "bernoulli"]), default=None,
-              help="The VAE decoder's distribution. Default: bernoulli for images, gaussian "
-                   "for tables.")
-@click.option("--members", type=click.IntRange(1), default=None,
-              help="VAE+DAE pairs trained from different initial weights; scores are their "
-                   "mean. Default: 3 for tables (5, each trained without its own fold, "
-                   "on tables with fewer rows than features), 1 for images.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the splits and of the initial weights.")
-@click.option("--target-fpr", multiple=True, type=float, default=(0.01,), callback=_fpr,
-              show_default=True, help="Calibrated false-positive rate (repeatable).")
-@click.option("--promote/--no-promote", default=True, show_default=True,
-              help="Make the version production when its gates pass.")
-@click.option("--allow-unflaggable", is_flag=True,
-              help="Promote even if the calibration data is too small to flag anything at "
-                   "any --target-fpr.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
-              help="auto: every GPU found (MirroredStrategy for several), else the CPU.")
-@click.option("--mixed-precision", is_flag=True, help="float16 on GPUs, bfloat16 on CPUs.")
-@click.option("--max-records", type=click.IntRange(1), default=2_000_000, show_default=True,
-              help="Normal records read for training at most (training holds them in memory).")
+@options_from(TrainJobConfig, TrainConfig)
 @click.pass_context
-def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_column,
-          normal_values, calibration_inputs, image_size, channels, epochs, max_examples,
-          batch_size, latent_dim, likelihood, members, seed, target_fpr, promote,
-          allow_unflaggable, device, mixed_precision, max_records):
+def train(ctx, **options):
     """Train the VAE and the DAE on normal data and publish a model version.
 
     The version is promoted to production when its gates pass (finite losses, held-out
@@ -107,24 +40,13 @@ def train(ctx, inputs, registry, name, fmt, id_column, feature_columns, label_co
       vigil train --input 'data/train-*.tfrecord' --registry ./models --name digits \\
                   --label-column label --normal-values 0,1,2,3,4,5,6,8,9
     """
-    if label_column and not normal_values:
+    if options["label_column"] and not options["normal_values"]:
         raise click.UsageError("--label-column needs --normal-values")
-
-    def go():
-        from vigil.jobs.train import TrainJobConfig
-        from vigil.models.config import TrainConfig
-        cfg = TrainJobConfig(
-            tuple(inputs), registry, name, fmt, id_column,
-            tuple(c.strip() for c in feature_columns.split(",")) if feature_columns else (),
-            label_column, tuple(v.strip() for v in normal_values.split(",")) if normal_values else (),
-            image_size, channels, latent_dim, likelihood, members=members,
-            calibration_inputs=tuple(calibration_inputs), promote=promote,
-            max_records=max_records, allow_unflaggable=allow_unflaggable,
-            train=TrainConfig(epochs=epochs, max_examples=max_examples, batch_size=batch_size,
-                              seed=seed, target_fprs=tuple(target_fpr), device=device,
-                              mixed_precision=mixed_precision, verbose=2))
-        _train_and_report(cfg)
-    run_guarded(ctx, go)
+    training = {k: options.pop(k) for k in TRAIN_CONFIG_KEYS}
+    options = {k: (() if v is None and k in ("feature_columns", "normal_values") else v)
+               for k, v in options.items()}
+    run_guarded(ctx, lambda: _train_and_report(TrainJobConfig(
+        **options, train=TrainConfig(**training, verbose=2))))
 
 
 def _train_and_report(cfg) -> None:
@@ -263,7 +185,7 @@ def run_spec(ctx, spec, date):
                               run_id=day, overwrite=True, **o)
             _score_and_report(cfg, list(job.beam_args))
             return
-        from vigil.jobs.train import TRAIN_CONFIG_KEYS, TrainJobConfig
+        from vigil.jobs.train_config import TRAIN_CONFIG_KEYS, TrainJobConfig
         from vigil.models.config import TrainConfig
         tc = TrainConfig(verbose=2, **{k: (tuple(v) if isinstance(v, list) else v)
                                        for k, v in o.items() if k in TRAIN_CONFIG_KEYS})

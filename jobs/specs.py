@@ -39,7 +39,7 @@ def allowed_options(kind: str) -> set[str]:
     if kind == "score":
         from vigil.pipeline.config import ScoreConfig
         return {f.name for f in fields(ScoreConfig)} - FIXED_BY_SPEC
-    from vigil.jobs.train import TRAIN_CONFIG_KEYS, TrainJobConfig
+    from vigil.jobs.train_config import TRAIN_CONFIG_KEYS, TrainJobConfig
     return ({f.name for f in fields(TrainJobConfig)} - FIXED_BY_SPEC) | set(TRAIN_CONFIG_KEYS)
 
 

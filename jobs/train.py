@@ -13,52 +13,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vigil.jobs.train_config import TrainJobConfig
 from vigil.models import registry
-from vigil.models.config import TrainConfig
 from vigil.models.training import TrainResult
-from vigil.pipeline.config import absolute_uri
 from vigil.pipeline.decode import DecodeSpec, decode
 from vigil.pipeline.preflight import InputError, check_columns, match_inputs, resolve_formats, table_schema
 from vigil.pipeline.readers import UNKNOWN_FORMAT, ReadSpec, printable, read_file
 from vigil.pipeline.records import FileStats, RawRecord, ScoringInput
 
 LOG = logging.getLogger("vigil.train")
-# The training settings (``TrainConfig`` fields) a job spec or the command line may set.
-TRAIN_CONFIG_KEYS = ("epochs", "max_examples", "batch_size", "seed", "target_fprs", "device",
-                     "mixed_precision")
 METADATA_COLUMNS = ("label",)      # never picked as features unless named in --feature-columns
-
-
-@dataclass(frozen=True)
-class TrainJobConfig:
-    """Everything one ``vigil train`` needs: inputs and how to read them, model options, gates, training."""
-    inputs: tuple[str, ...]
-    registry: str
-    name: str
-    format: str = "auto"
-    id_column: str = "id"
-    feature_columns: tuple[str, ...] = ()
-    label_column: str | None = None
-    normal_values: tuple[str, ...] = ()
-    image_size: tuple[int, int] | None = None
-    channels: int | None = None
-    latent_dim: int | None = None
-    likelihood: str | None = None
-    members: int | None = None          # None: the kind's default (1 for images, 3 for tables,
-                                        # 5 cross-fitted for tables with fewer rows than features)
-    calibration_inputs: tuple[str, ...] = ()    # curated normal records for thresholds and
-                                                # gates; () = held-out training records
-    promote: bool = True
-    max_records: int = 2_000_000
-    gate_margin: float = 0.02
-    allow_unflaggable: bool = False     # promote although no target FPR can flag anything
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self):
-        # Resolved once: the manifest records where the data was, from any folder.
-        for name in ("inputs", "calibration_inputs"):
-            object.__setattr__(self, name, tuple(absolute_uri(p) for p in getattr(self, name)))
-        object.__setattr__(self, "registry", absolute_uri(self.registry) if self.registry else "")
 
 
 @dataclass

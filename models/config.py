@@ -2,13 +2,39 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 
 
 class ConfigError(ValueError):
     """A configuration value is out of range or unknown: a usage error (the CLI exits 2)."""
+
+def option(help: str, *, flag: str | None = None, low: float | None = None, high: float | None = None,
+           open_low: bool = False, open_high: bool = False, choices: tuple[str, ...] | None = None,
+           required: bool = False, parse=None) -> dict:
+    """A field's command-line declaration: help, flag name (default: ``--field-name``;
+    ``--a/--no-a`` for a switch), range (``low``/``high``, open or closed), choices, and
+    ``parse``, which turns the command line's text into the field's value."""
+    return {"help": help, "flag": flag, "low": low, "high": high, "open_low": open_low,
+            "open_high": open_high, "choices": choices, "required": required, "parse": parse}
+
+
+def check_ranges(config) -> None:
+    """Refuse a value outside its field's declared range or choices, naming its flag."""
+    for f in fields(config):
+        meta, value = f.metadata, getattr(config, f.name)
+        if not meta or value is None or isinstance(value, (bool, tuple)):
+            continue
+        flag = (meta["flag"] or "--" + f.name.replace("_", "-")).split("/")[0]
+        if meta["choices"] and value not in meta["choices"]:
+            raise ConfigError(f"{flag} {value!r}: expected one of {', '.join(meta['choices'])}")
+        low, high = meta["low"], meta["high"]
+        if low is not None and (value <= low if meta["open_low"] else value < low):
+            raise ConfigError(f"{flag} {value:g}: must be {'>' if meta['open_low'] else '>='} {low:g}")
+        if high is not None and (value >= high if meta["open_high"] else value > high):
+            raise ConfigError(f"{flag} {value:g}: must be {'<' if meta['open_high'] else '<='} {high:g}")
+
 
 # Examples each image model sees at most when TrainConfig.max_examples is None (about 40
 # epochs of 3,000 images): image validation loss creeps down long after AUROC stops
@@ -115,35 +141,39 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """How the models are fitted and calibrated."""
-    epochs: int = 60
-    max_examples: int | None = None     # per model: caps epochs at max_examples / train rows
-                                        # (never below 10); None = the kind's default, 0 = none
-    batch_size: int = 128               # at most; small data sets get smaller batches
+    epochs: int = field(default=60, metadata=option(
+        "Most passes over the training rows (early stopping ends sooner).", low=1))
+    # per model: caps epochs at max_examples / train rows (never below 10)
+    max_examples: int | None = field(default=None, metadata=option(
+        "Examples each model sees at most (caps epochs, never below 10); 0 = no cap. Default: "
+        f"{IMAGE_MAX_EXAMPLES} for images, no cap for tables.", low=0))
+    batch_size: int = field(default=128, metadata=option(
+        "Records per gradient step (smaller on small tables, so each epoch has steps).", low=1))
     learning_rate: float = 1e-3
     patience: int = 8
-    seed: int = 0
+    seed: int = field(default=0, metadata=option("Seed of the splits and of the initial weights."))
     val_fraction: float = 0.1           # early stopping and promotion gates
     calib_fraction: float = 0.15        # per-score conformal calibration
     combined_calib_fraction: float = 0.15   # calibration of the combined statistic itself
-    target_fprs: tuple[float, ...] = (0.01,)
-    device: str = "auto"                # auto | cpu | gpu
-    mixed_precision: bool = False
+    target_fprs: tuple[float, ...] = field(default=(0.01,), metadata=option(
+        "Calibrated false-positive rate (repeatable).", flag="--target-fpr", low=0, high=0.5,
+        open_low=True, open_high=True))
+    device: str = field(default="auto", metadata=option(
+        "auto: every GPU found (MirroredStrategy for several), else the CPU.",
+        choices=("auto", "cpu", "gpu")))
+    mixed_precision: bool = field(default=False, metadata=option("float16 on GPUs, bfloat16 on CPUs."))
     max_calibration_rows: int = 20000
     verbose: int = 1
 
     def __post_init__(self):
-        if self.max_examples is not None and self.max_examples < 0:
-            raise ConfigError(f"max_examples={self.max_examples}; must be >= 0 (0 = no cap)")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"epochs={self.epochs}, batch_size={self.batch_size}; must be >= 1")
+        object.__setattr__(self, "target_fprs", tuple(self.target_fprs))
+        check_ranges(self)
         held_out = self.val_fraction + self.calib_fraction + self.combined_calib_fraction
         if not 0 < held_out < 0.9:
             raise ConfigError(f"held-out fractions sum to {held_out:.2f}; must be in (0, 0.9)")
         for fpr in self.target_fprs:
             if not 0 < fpr < 0.5:
-                raise ConfigError(f"target FPR {fpr}; must be in (0, 0.5)")
-        if self.device not in ("auto", "cpu", "gpu"):
-            raise ConfigError(f"device={self.device!r}; expected auto, cpu or gpu")
+                raise ConfigError(f"--target-fpr {fpr}: must be in (0, 0.5)")
 
     def to_dict(self) -> dict:
         """The manifest's ``training.config`` entry."""

@@ -11,36 +11,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
-from vigil.models.config import ConfigError
+from vigil.models.config import ConfigError, check_ranges, option
 
 FORMATS = ("auto", "tfrecord-image", "tfrecord-features", "image", "parquet", "csv")
 FORMAT_HELP = "Input format; auto: from each file's name (and a TFRecord's first record)."
 ID_HELP = "Column (tables) or feature (TFRecords) holding each record's id."
-
-
-def option(help: str, *, flag: str | None = None, low: float | None = None, high: float | None = None,
-           open_low: bool = False, open_high: bool = False, choices: tuple[str, ...] | None = None,
-           required: bool = False) -> dict:
-    """A field's command-line declaration: help, flag name (default: ``--field-name``),
-    range (``low``/``high``, open or closed), choices."""
-    return {"help": help, "flag": flag, "low": low, "high": high, "open_low": open_low,
-            "open_high": open_high, "choices": choices, "required": required}
-
-
-def check_ranges(config) -> None:
-    """Refuse a value outside its field's declared range or choices, naming its flag."""
-    for f in fields(config):
-        meta, value = f.metadata, getattr(config, f.name)
-        if not meta or value is None or isinstance(value, (bool, tuple)):
-            continue
-        flag = meta["flag"] or "--" + f.name.replace("_", "-")
-        if meta["choices"] and value not in meta["choices"]:
-            raise ConfigError(f"{flag} {value!r}: expected one of {', '.join(meta['choices'])}")
-        low, high = meta["low"], meta["high"]
-        if low is not None and (value <= low if meta["open_low"] else value < low):
-            raise ConfigError(f"{flag} {value:g}: must be {'>' if meta['open_low'] else '>='} {low:g}")
-        if high is not None and (value >= high if meta["open_high"] else value > high):
-            raise ConfigError(f"{flag} {value:g}: must be {'<' if meta['open_high'] else '<='} {high:g}")
 
 
 def absolute_uri(path: str) -> str:

@@ -94,3 +94,15 @@ def test_score_options_are_declared_once_in_score_config():
                       ({"format": "xml"}, "--format 'xml': expected one of auto, ")]:
         with pytest.raises(ConfigError, match=flag):
             ScoreConfig(inputs=("x",), registry="r", name="n", output="o", **bad)
+
+
+def test_train_options_are_declared_once_in_the_train_configs():
+    from dataclasses import fields
+
+    from vigil.jobs.commands import train
+    from vigil.jobs.specs import allowed_options
+    from vigil.jobs.train_config import TrainJobConfig
+    from vigil.models.config import TrainConfig
+    declared = {f.name for cls in (TrainJobConfig, TrainConfig) for f in fields(cls) if f.metadata}
+    assert {p.name for p in train.params} - {"config"} == declared
+    assert allowed_options("train") == declared - {"inputs", "registry", "name"}

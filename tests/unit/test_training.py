@@ -179,7 +179,7 @@ def test_example_budget_caps_epochs_but_leaves_warm_up_room():
     assert epoch_count(500, TrainConfig(max_examples=130_000)) == 60       # small: all epochs
     assert epoch_count(10**6, TrainConfig(max_examples=130_000)) == 10     # huge: the floor
     assert epoch_count(10**6, TrainConfig(max_examples=0)) == 60           # 0 = no cap
-    with pytest.raises(ValueError, match="max_examples"):
+    with pytest.raises(ValueError, match="--max-examples -1: must be >= 0"):
         TrainConfig(max_examples=-1)
 
 
