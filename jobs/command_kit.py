@@ -21,11 +21,14 @@ def _load_config(ctx: click.Context, param, path):
         raise click.BadParameter(f"cannot read {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold a mapping of option names")
-    known = {p.name for p in ctx.command.params}
-    unknown = sorted(set(k.replace("-", "_") for k in data) - known)
+    # A key is an option's parameter name or its flag's (target_fprs or target-fpr).
+    names = {p.name: p.name for p in ctx.command.params}
+    names.update({o.lstrip("-").replace("-", "_"): p.name for p in ctx.command.params for o in p.opts})
+    unknown = sorted(k for k in data if k.replace("-", "_") not in names)
     if unknown:
         raise click.BadParameter(f"{path}: unknown option(s) {', '.join(unknown)}")
-    ctx.default_map = {**(ctx.default_map or {}), **{k.replace("-", "_"): v for k, v in data.items()}}
+    ctx.default_map = {**(ctx.default_map or {}),
+                       **{names[k.replace("-", "_")]: v for k, v in data.items()}}
     return path
 
 
