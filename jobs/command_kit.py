@@ -78,7 +78,7 @@ def _option(f) -> callable:
     bounds = {"min": meta["low"], "max": meta["high"], "min_open": meta["open_low"],
               "max_open": meta["open_high"]}
     if meta["parse"]:
-        kwargs.update(default=None, callback=_parsed(meta["parse"]))
+        kwargs.update(default=None, callback=_parsed(meta["parse"], default))
         default = None
     elif f.type == "bool":
         kwargs["default"] = bool(default)
@@ -99,11 +99,12 @@ def _option(f) -> callable:
     return click.option(flag, f.name, **kwargs)
 
 
-def _parsed(parse):
-    """A click callback that turns an option's text into its field's value."""
+def _parsed(parse, default):
+    """A click callback that turns an option's text into its field's value (its default
+    when the option is not given)."""
     def callback(ctx, param, value):
         if value is None:
-            return None
+            return default
         try:
             return parse(value)
         except ValueError as exc:

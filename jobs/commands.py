@@ -43,8 +43,6 @@ def train(ctx, **options):
     if options["label_column"] and not options["normal_values"]:
         raise click.UsageError("--label-column needs --normal-values")
     training = {k: options.pop(k) for k in TRAIN_CONFIG_KEYS}
-    options = {k: (() if v is None and k in ("feature_columns", "normal_values") else v)
-               for k, v in options.items()}
     run_guarded(ctx, lambda: _train_and_report(TrainJobConfig(
         **options, train=TrainConfig(**training, verbose=2))))
 
