@@ -78,7 +78,9 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
     def run_inference(self, batch: Sequence[Any], model: LoadedModel,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
         """Score a batch; one ``PredictionResult`` per example, the model version as its id."""
-        ids, arrays = zip(*(_id_and_array(e, model) for e in batch))
+        # One call per batch: behind Beam's model_copies proxy each method call crosses processes.
+        columns = model.feature_columns()
+        ids, arrays = zip(*(_id_and_array(e, columns) for e in batch))
         out = model.score(np.stack(arrays), list(ids), self.target_fpr)
         version = model.version()
         for i, example in enumerate(batch):
@@ -97,7 +99,7 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
         return self._batching_kwargs
 
 
-def _id_and_array(example: Any, model: LoadedModel) -> tuple[str, np.ndarray]:
+def _id_and_array(example: Any, feature_columns: tuple[str, ...]) -> tuple[str, np.ndarray]:
     """(id, decoded array) of a ScoringInput, or of a beam.Row from Beam's anomaly API.
 
     A Row holds either ``x`` or the model's feature columns by name, and an optional
@@ -109,7 +111,7 @@ def _id_and_array(example: Any, model: LoadedModel) -> tuple[str, np.ndarray]:
     if "x" in fields:
         x = np.asarray(fields["x"])
     else:
-        x = np.asarray([fields[c] for c in model.feature_columns()], np.float64)
+        x = np.asarray([fields[c] for c in feature_columns], np.float64)
     rid = fields.get("id")
     if rid is None:
         rid = "sha256:" + hashlib.sha256(np.ascontiguousarray(x, np.float64).tobytes()).hexdigest()
