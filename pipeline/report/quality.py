@@ -56,8 +56,15 @@ def _observed(result) -> str:
     return ""
 
 
+NAMES_SHOWN = 8      # failing rows named in a check's "observed" (GX's summary keeps 20)
+
+
 def validate(frames: dict[str, pd.DataFrame], specs: dict[str, list[dict]], docs_dir: str) -> QualityReport:
-    """Validate each frame against its suite; Data Docs go to ``docs_dir``."""
+    """Validate each frame against its suite; Data Docs go to ``docs_dir``.
+
+    Each suite is built whole before it is added: GX re-serialises a stored suite on every
+    ``add_expectation``, which made adding them one by one quadratic in their number.
+    """
     import logging
 
     import great_expectations as gx
@@ -79,30 +86,42 @@ def validate(frames: dict[str, pd.DataFrame], specs: dict[str, list[dict]], docs
         if frame not in frames or not spec:
             continue
         batch = source.add_dataframe_asset(frame).add_batch_definition_whole_dataframe(frame)
-        suite = context.suites.add(gx.ExpectationSuite(name=f"vigil-{frame}"))
-        for item in spec:
-            cls = getattr(gx.expectations, item["expectation"])
-            suite.add_expectation(cls(**item["kwargs"], meta={"critical": item["critical"],
-                                                              "why": item["why"]}))
+        suite = context.suites.add(gx.ExpectationSuite(name=f"vigil-{frame}", expectations=[
+            getattr(gx.expectations, item["expectation"])(
+                **item["kwargs"], meta={"critical": item["critical"], "why": item["why"]})
+            for item in spec]))
         vd = context.validation_definitions.add(gx.ValidationDefinition(
             data=batch, suite=suite, name=f"vigil-{frame}"))
         checkpoint = context.checkpoints.add(gx.Checkpoint(
-            name=f"vigil-{frame}", validation_definitions=[vd],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["vigil"])],
-            result_format={"result_format": "SUMMARY"}))
+            name=f"vigil-{frame}", validation_definitions=[vd], result_format={"result_format": "SUMMARY"}))
+        row_name = frames[frame].index.name     # rows named by their index: failures name them
         result = checkpoint.run(batch_parameters={"dataframe": frames[frame]})
         for suite_result in result.run_results.values():
             for r in suite_result.results:
                 cfg = r.expectation_config
                 column = cfg.kwargs.get("column")
-                observed = _observed(r)
+                observed = _observed(r) if row_name is None else _failing_rows(r, row_name, column)
                 if len(frames[frame]) == 1 and column in frames[frame]:
                     observed = f"value: {frames[frame][column].iloc[0]:.4g}"   # exact counts
                 report.checks.append(CheckResult(
                     frame, cfg.type, column, bool(r.success), bool(cfg.meta.get("critical")),
                     cfg.meta.get("why", ""), observed))
+    # Once for all suites: an UpdateDataDocsAction per checkpoint rebuilt the whole site each time.
+    context.build_data_docs(site_names=["vigil"])
     report.docs_index = f"{docs_dir}/index.html"
     return report
+
+
+def _failing_rows(result, row_name: str, column: str) -> str:
+    """The rows (features) a check failed on: how many, and the first few by name with their values."""
+    r = result.result or {}
+    count = r.get("unexpected_count") or 0
+    if not count:
+        return f"every {row_name} within bounds"
+    failing = (r.get("partial_unexpected_index_list") or [])[:NAMES_SHOWN]
+    shown = ", ".join(f"{row[row_name]} ({float(row[column]):.3g})" for row in failing)
+    more = f" and {count - len(failing)} more" if count > len(failing) else ""
+    return f"{count} {row_name}{'s' if count > 1 else ''}: {shown}{more}"
 
 
 def frames_for_run(scores: pd.DataFrame, manifest: dict, duplicates: int,
@@ -133,8 +152,11 @@ def specs_for_run(manifest: dict, model_manifest: dict, max_anomaly_multiple: fl
             "inputs": suites.inputs_suite(model_manifest["profile"], model_manifest["input"]["shape"])}
 
 
-def input_frame(records, kind: str, feature_columns: list[str]) -> pd.DataFrame:
-    """Sampled raw records as a frame: features with non-finite values as nulls, or image shapes."""
+def input_frame(records, kind: str, feature_columns: list[str],
+                bounds: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    """The sampled raw records as the ``inputs`` frame: each image's shape, or one row per
+    feature with its share of missing (or non-finite) values and, of the others, its share
+    outside ``bounds`` (``vigil.schemas.expectations.feature_bounds``)."""
     if kind == "image":
         import io
 
@@ -150,8 +172,16 @@ def input_frame(records, kind: str, feature_columns: list[str]) -> pd.DataFrame:
         return pd.DataFrame({"shape": shapes})
     rows = [np.asarray(r.value, dtype=np.float64) for r in records if r.value is not None]
     x = np.stack(rows) if rows else np.zeros((0, len(feature_columns)))
-    x[~np.isfinite(x)] = np.nan
-    return pd.DataFrame(x, columns=feature_columns)
+    finite = np.isfinite(x)
+    lo = np.array([bounds.get(c, (-np.inf, np.inf))[0] for c in feature_columns])
+    hi = np.array([bounds.get(c, (-np.inf, np.inf))[1] for c in feature_columns])
+    with np.errstate(invalid="ignore"):
+        outside = finite & ((x < lo) | (x > hi))
+    n_finite = finite.sum(axis=0)
+    return pd.DataFrame({
+        "missing_share": 1.0 - n_finite / len(x) if len(x) else np.zeros(len(feature_columns)),
+        "outside_range_share": outside.sum(axis=0) / np.maximum(n_finite, 1)},
+        index=pd.Index(feature_columns, name="feature"))
 
 
 def to_json(report: QualityReport) -> str:

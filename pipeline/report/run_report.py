@@ -15,6 +15,7 @@ from vigil.pipeline.decode import DecodeSpec, decode
 from vigil.pipeline.readers import ReadSpec
 from vigil.pipeline.records import ScoringInput
 from vigil.pipeline.report import plots, quality, sample
+from vigil.schemas import expectations as suites
 from vigil.schemas.tables import SCORE_NAMES
 
 LOG = logging.getLogger("vigil.report")
@@ -57,7 +58,8 @@ def build_run_report(run_dir: str, max_anomaly_multiple: float = 3.0, sample_row
     features = list(bundle.preprocessing.feature_columns)
     spec = ReadSpec("parquet" if kind == "features" else "image", manifest["options"]["id_column"],
                     tuple(features))
-    inputs = quality.input_frame(sample.sample_inputs(manifest["inputs"], spec, input_rows), kind, features)
+    inputs = quality.input_frame(sample.sample_inputs(manifest["inputs"], spec, input_rows), kind, features,
+                                 suites.feature_bounds(bundle.manifest["profile"]))
     frames = quality.frames_for_run(scores, manifest, sample.duplicate_ids(run_dir), inputs)
     result = quality.validate(frames, quality.specs_for_run(manifest, bundle.manifest, max_anomaly_multiple),
                               f"{out}/data_docs")

@@ -15,9 +15,12 @@ from tests import helpers
 from vigil.jobs.cli import cli
 
 
+def _checks(run: Path) -> list[dict]:
+    return json.loads((run / "report" / "validation.json").read_text())["checks"]
+
+
 def _failed(run: Path) -> set[tuple[str, str, str]]:
-    checks = json.loads((run / "report" / "validation.json").read_text())["checks"]
-    return {(c["frame"], c["expectation"], c["column"] or "") for c in checks if not c["success"]}
+    return {(c["frame"], c["expectation"], c["column"] or "") for c in _checks(run) if not c["success"]}
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +46,14 @@ def defective_run(features_registry, tmp_path_factory):
 def test_known_defects_fail_exactly_the_expected_checks(defective_run):
     run, output = defective_run
     assert _failed(run) == {
-        ("inputs", "expect_column_values_to_not_be_null", "f3"),
-        ("inputs", "expect_column_values_to_be_between", "f0"),
+        ("inputs", "expect_column_values_to_be_between", "missing_share"),
+        ("inputs", "expect_column_values_to_be_between", "outside_range_share"),
         ("summary", "expect_column_values_to_be_between", "anomaly_rate"),
         ("files", "expect_column_values_to_be_in_set", "fully_read"),
     }
+    observed = {c["column"]: c["observed"] for c in _checks(run) if c["frame"] == "inputs"}
+    assert observed["missing_share"] == "1 feature: f3 (0.0909)"   # 30 of 330 rows
+    assert observed["outside_range_share"].startswith("1 feature: f0 (")
     assert "CRITICAL" in output and (run / "report" / "data_docs" / "index.html").exists()
     page = (run / "report" / "index.html").read_text()
     assert "Files not fully read" in page and "part-9.parquet" in page
@@ -68,6 +74,30 @@ def test_clean_run_passes_every_check(features_registry, tmp_path):
         "--name", "cardio", "--output", str(tmp_path / "runs"), "--run-id", "ok", "--fail-on-dq"])
     assert res.exit_code == 0, res.output
     assert _failed(tmp_path / "runs" / "ok") == set()
+
+
+def test_a_wide_table_is_two_checks_that_name_their_features(tmp_path):
+    """2,000 features: the per-feature checks are two checks over one row per feature (not
+    6,000 checks), and a failure names the features, worst included, and counts the rest."""
+    from vigil.pipeline.records import RawRecord
+    from vigil.pipeline.report import quality
+    from vigil.schemas import expectations
+    names = [f"c{i}" for i in range(2000)]
+    profile = {"kind": "features", "columns": {n: {"min": -1.0, "max": 1.0} for n in names}}
+    x = np.random.default_rng(0).uniform(-1, 1, size=(300, 2000))
+    x[:30, 7] = np.nan                                  # 10% missing
+    x[:, 100:120] = 40.0                                # 20 features far outside their range
+    frame = quality.input_frame([RawRecord(str(i), "mem", row) for i, row in enumerate(x)],
+                                "features", names, expectations.feature_bounds(profile))
+    assert frame.shape == (2000, 2)
+    report = quality.validate({"inputs": frame}, {"inputs": expectations.inputs_suite(profile, [2000])},
+                              str(tmp_path / "docs"))
+    by_column = {c.column: c for c in report.checks}
+    assert len(report.checks) == 2 and not report.success
+    assert by_column["missing_share"].observed == "1 feature: c7 (0.1)"
+    assert by_column["outside_range_share"].observed.startswith("20 features: c100 (1), c101 (1)")
+    assert by_column["outside_range_share"].observed.endswith("and 12 more")
+    assert (tmp_path / "docs" / "index.html").exists()
 
 
 def test_training_report_is_in_the_bundle(features_registry):
