@@ -15,6 +15,7 @@ import threading
 
 import click
 
+from vigil.models.runtime import apply_scoring_env
 from vigil.schemas import __version__
 
 
@@ -93,11 +94,11 @@ def _filter_native_stderr() -> None:
 
 
 def main() -> None:
-    # The command line's TensorFlow settings, before TF loads: no C++ start-up chatter, and
-    # the kernels that keep a record's scores independent of its batch (vigil.pipeline).
     """The ``vigil`` console script: TensorFlow's settings, native log filtering, then click."""
+    # Before TF loads: no C++ start-up chatter, and the kernels that keep a record's scores
+    # independent of its batch (vigil.models.runtime).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    apply_scoring_env()
     if "--verbose" not in sys.argv[1:]:
         _filter_native_stderr()
     try:

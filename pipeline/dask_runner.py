@@ -14,7 +14,8 @@ This runner keeps Beam's translation of everything else (Create, Reshuffle, Flat
 GroupByKey, side inputs) and replaces those three steps: a ParDo's bundle yields
 ``(tag, value)`` pairs collected after ``finish_bundle``, each output PCollection is the
 bag of its own tag, and every leaf of the graph is computed.  Results equal the other
-runners' (``tests/pipeline/test_dask.py``).
+runners' (``tests/pipeline/test_dask.py``).  Like Beam's SDK workers, each dask worker
+imports the pipeline's ``--beam_plugins`` before it runs a task.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import typing as t
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.options.pipeline_options import SetupOptions
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
 from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler
 from apache_beam.runners.dask import dask_runner as beam_dask
@@ -29,6 +31,7 @@ from apache_beam.runners.dask import transform_evaluator as evaluator
 from apache_beam.runners.dask.overrides import dask_overrides
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms.sideinputs import SideInputMap
+from distributed.diagnostics.plugin import WorkerPlugin
 
 
 class _Outputs(dict):
@@ -149,6 +152,20 @@ class _Result(beam_dask.DaskRunnerResult):
                 self.client.close()
 
 
+class _BeamPlugins(WorkerPlugin):
+    """A dask worker plugin importing ``--beam_plugins`` in each worker, as Beam's
+    ``sdk_worker_main`` does before any DoFn is unpickled there."""
+
+    def __init__(self, modules: list[str]):
+        self.modules = modules
+
+    def setup(self, worker) -> None:
+        """Import each plugin module in the worker process."""
+        import importlib
+        for module in self.modules:
+            importlib.import_module(module)
+
+
 class DaskRunner(beam_dask.DaskRunner):
     """Beam's DaskRunner (``--dask_client_address`` etc.), computing every sink of the graph."""
 
@@ -160,6 +177,9 @@ class DaskRunner(beam_dask.DaskRunner):
             drop_default=True, current_only=True)
         bag_kwargs = beam_dask.DaskOptions._extract_bag_kwargs(dask_options)   # noqa: SLF001
         client = ddist.Client(**dask_options)
+        plugins = options.view_as(SetupOptions).beam_plugins or []
+        if plugins:
+            client.register_plugin(_BeamPlugins(plugins), name="vigil-beam-plugins")
         pipeline.replace_all(dask_overrides())
         translator = _Translator(bag_kwargs)
         pipeline.visit(translator)

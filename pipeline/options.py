@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from vigil.models.config import ConfigError
 from vigil.pipeline.config import ScoreConfig
 
 LOCAL_RUNNER = "FnApiRunner"   # DirectRunner in Beam 2.77 first tries to download Prism
+WORKER_BOOT = "vigil.pipeline.worker_boot"   # imported by every SDK worker as it starts
 
 
 class VigilOptions(PipelineOptions):
@@ -96,11 +97,16 @@ def runs_on_this_host(options: PipelineOptions) -> bool:
 def pipeline_options(config: ScoreConfig, beam_args: list[str]) -> PipelineOptions:
     """Beam's options from the user's Beam flags plus vigil's; local runs stay offline.
 
+    Every SDK worker imports ``vigil.pipeline.worker_boot`` as it starts (``--beam_plugins``):
+    vigil's TensorFlow settings, before a DoFn's unpickling loads TensorFlow.
+
     A runner whose workers may run on other machines is refused local paths, which
     those workers could not read, unless the config says they can (a shared mount, or a
     single-host engine).
     """
     options = PipelineOptions(list(beam_args) + config.to_flags())
+    setup = options.view_as(SetupOptions)
+    setup.beam_plugins = [*(setup.beam_plugins or []), WORKER_BOOT]
     runner = resolve_runner(options)
     local = config.local_paths()
     if local and not config.workers_see_local_paths and not runs_on_this_host(options):

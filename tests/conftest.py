@@ -6,9 +6,10 @@ import os
 import pytest
 
 from tests import helpers
+from vigil.models.runtime import apply_scoring_env
 
 # The suite is an entry point: TensorFlow's settings as the CLI makes them, before TF loads.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+apply_scoring_env()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RUNNER = ["--runner=FnApiRunner"]

@@ -9,19 +9,25 @@ from __future__ import annotations
 import pytest
 
 from tests import helpers, servers
+from vigil.models.runtime import SCORING_ENV
 
 
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
-    """A scheduler and two single-threaded worker processes; the Beam flags that use them."""
+    """A scheduler and two single-threaded worker processes; the Beam flags that use them.
+
+    The workers' environment has none of vigil's TensorFlow settings, as a user's cluster's
+    would not: they get them from the run (``--beam_plugins``, through a dask worker plugin),
+    or their image scores would differ from the local run's in the last bits."""
     port = servers.free_port()
+    bare = {k: v for k, v in servers.this_environment().items() if k not in SCORING_ENV}
     address = f"tcp://127.0.0.1:{port}"
     logs = tmp_path_factory.mktemp("dask-logs")
     with servers.running({"scheduler": (["-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
                                          "--port", str(port), "--no-dashboard"], port)}, logs), \
             servers.running({"workers": (["-m", "distributed.cli.dask_worker", address,
                                           "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
-                                          "--memory-limit", "4GiB"], port)}, logs):
+                                          "--memory-limit", "4GiB"], port)}, logs, bare):
         _wait_for_workers(address, 2)
         yield ["--runner", "DaskRunner", "--dask_client_address", address, "--workers-see-local-paths"]
 

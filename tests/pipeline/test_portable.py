@@ -17,12 +17,19 @@ import numpy as np
 import pytest
 
 from tests import helpers, servers
+from vigil.models.runtime import apply_scoring_env
 
 
 @pytest.fixture(scope="module")
 def portable(tmp_path_factory):
-    """A job service and an external worker pool on free localhost ports; the Beam flags."""
-    with servers.portable_runner(tmp_path_factory.mktemp("portable-logs")) as (_, flags):
+    """A job service and an external worker pool on free localhost ports; the Beam flags.
+
+    Beam's Python worker pool without a container starts SDK harnesses that skip the worker
+    boot (``--beam_plugins``), so it is started with vigil's TensorFlow settings, as
+    docs/scaling.md tells users to."""
+    env = servers.this_environment()
+    apply_scoring_env(env)
+    with servers.portable_runner(tmp_path_factory.mktemp("portable-logs"), env) as (_, flags):
         yield flags
 
 

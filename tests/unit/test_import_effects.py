@@ -2,9 +2,9 @@
 
 A notebook that imports ``vigil.models`` keeps its own settings.  The libraries vigil
 builds on are imported first, so that what is compared is what vigil's own modules do.
-The one setting vigil makes, ``TF_ENABLE_ONEDNN_OPTS`` by ``vigil.pipeline`` for Beam
-workers, is checked to be the only one, and ``vigil.models`` and ``vigil.schemas`` make
-none at all.
+No layer makes any.  The one module whose import is its job, ``vigil.pipeline.worker_boot``
+(Beam imports it as a worker starts; nothing in vigil does), is probed on its own and
+sets exactly ``vigil.models.runtime.SCORING_ENV``.
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ result = {}
 for layer in sys.argv[1:]:
     before = state()
     package = importlib.import_module(layer)
-    names = [layer] + [m.name for m in pkgutil.walk_packages(package.__path__, layer + ".")]
+    names = [layer] + [m.name for m in pkgutil.walk_packages(getattr(package, "__path__", []), layer + ".")
+                       if not m.name.endswith(".worker_boot")]
     for name in names:
         importlib.import_module(name)
     result[layer] = {"modules": len(names), "changes": changes(before, state())}
@@ -64,6 +65,11 @@ def test_importing_vigil_changes_no_process_wide_setting():
     got = _probe("vigil.schemas", "vigil.models", "vigil.pipeline", "vigil.jobs")
     assert got["vigil.schemas"]["changes"] == {}
     assert got["vigil.models"]["modules"] > 10 and got["vigil.models"]["changes"] == {}
-    # Beam workers run no vigil entry point: the pipeline package asks for TF's Eigen kernels.
-    assert got["vigil.pipeline"]["changes"] == {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
+    assert got["vigil.pipeline"]["modules"] > 10 and got["vigil.pipeline"]["changes"] == {}
     assert got["vigil.jobs"]["changes"] == {}
+
+
+def test_the_worker_boot_sets_the_scoring_environment_only():
+    from vigil.models.runtime import SCORING_ENV
+    got = _probe("vigil.pipeline.worker_boot")
+    assert got["vigil.pipeline.worker_boot"]["changes"] == {"env": SCORING_ENV}
