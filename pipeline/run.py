@@ -54,9 +54,13 @@ from vigil.schemas.tables import DEAD_LETTER_SCHEMA, scores_schema
 LOG = logging.getLogger("vigil.pipeline")
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class RunPlan:
-    """What ``plan_run`` resolved and checked before anything is written; ``build_pipeline`` wires it."""
+    """What ``plan_run`` resolved and checked before anything is written; ``build_pipeline`` wires it.
+
+    ``staging`` is the folder the run writes into (a fresh name; it is created only when
+    the run starts, under the run's lock) and publishes by one rename.
+    """
     config: ScoreConfig
     run_id: str
     version: str
@@ -65,8 +69,8 @@ class RunPlan:
     read_spec: ReadSpec
     decode_spec: DecodeSpec
     label_fields: list[pa.Field]
+    staging: str
     skipped: list[dict] = field(default_factory=list)   # matched paths that are not files
-    staging: str = ""
 
     @property
     def thresholds(self) -> dict:
@@ -110,8 +114,11 @@ def plan_run(config: ScoreConfig) -> RunPlan:
                          max_record_bytes=config.max_record_bytes)
     decode_spec = DecodeSpec(kind, tuple(bundle.config.input_shape), config.max_pixels,
                              config.max_record_bytes)
-    return RunPlan(config, run_id, version, bundle, files, read_spec, decode_spec,
-                   carried_fields(files, config.carry_columns), skipped_matches(config.inputs))
+    return RunPlan(config=config, run_id=run_id, version=version, bundle=bundle, files=files,
+                   read_spec=read_spec, decode_spec=decode_spec,
+                   label_fields=carried_fields(files, config.carry_columns),
+                   staging=commit.staging_dir(config.output, run_id),
+                   skipped=skipped_matches(config.inputs))
 
 
 def _target_fpr(config: ScoreConfig, bundle: Bundle, version: str) -> float:
@@ -195,10 +202,11 @@ def score(plan: RunPlan, options: PipelineOptions) -> RunResult:
     final = commit.run_dir(cfg.output, plan.run_id)
     if options.view_as(TestOptions).dry_run:
         return _dry_run(plan, options)
+    started = False          # whether the staging folder may exist (to remove on failure)
     try:
         with commit.run_lock(cfg.output, plan.run_id):
             commit.clean_stale(cfg.output, plan.run_id)
-            plan.staging = commit.staging_dir(cfg.output, plan.run_id)
+            started = True
             manifest = _run_and_check(plan, options)
             commit.publish(plan.staging, final, manifest)
     except commit.RunError as exc:
@@ -209,10 +217,10 @@ def score(plan: RunPlan, options: PipelineOptions) -> RunResult:
     except Exception as exc:
         # Whatever failed (a worker's step, a sink, the commit), the line says what is
         # published now; --verbose shows the cause's traceback.
-        failure = commit.storage_failure(exc, where=plan.staging or cfg.output)
+        failure = commit.storage_failure(exc, where=plan.staging if started else cfg.output)
         what = f"cannot write run {plan.run_id}: {failure}" if failure else \
             f"run {plan.run_id} failed: {type(exc).__name__}: {_first_line(exc)}"
-        left = f"; {commit.discard(plan.staging)}" if plan.staging else ""
+        left = f"; {commit.discard(plan.staging)}" if started else ""
         raise commit.RunError(f"{what}; {_published_state(final)}{left}") from exc
     return RunResult(final, manifest)
 
@@ -329,9 +337,8 @@ def _any_worker_started(started_dir: str) -> bool:
 def _dry_run(plan: RunPlan, options: PipelineOptions) -> RunResult:
     """Translate the job for its runner without running it (Beam's ``--dry_run``).
 
-    The staging folder is named but never created: nothing runs that would write it.
+    The plan's staging folder is never created: nothing runs that would write it.
     """
-    plan.staging = commit.staging_dir(plan.config.output, plan.run_id)
     p = beam.Pipeline(options=options)
     build_pipeline(p, plan)
     p.run()
