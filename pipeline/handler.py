@@ -56,8 +56,8 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
       label: ``name/version``, used in errors and as the model id.
       target_fpr: the false-positive rate ``threshold`` and ``is_anomaly`` are set at.
       min_batch_size, max_batch_size: passed to ``BatchElements``.  The scorer runs on
-        fixed 64-row blocks (for bit-identical scores), so batches smaller than a block
-        waste the padding: the default minimum is one block.
+        fixed-size blocks (``vigil.models.scoring.BLOCK``, for bit-identical scores), so
+        batches smaller than a block waste the padding: pass one block as the minimum.
       model_copies: load this many copies of the model per machine, shared by its worker
         processes, instead of one per process (Beam's ``model_copies``; None: per process).
     """
@@ -95,7 +95,7 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
         return "vigil"
 
     def batch_elements_kwargs(self):
-        """``BatchElements``' limits: at least one 64-row block, at most ``--batch-size``."""
+        """``BatchElements``' limits: at least one scoring block, at most ``--batch-size``."""
         return self._batching_kwargs
 
 

@@ -25,6 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from vigil.models import registry
 from vigil.models.bundle import Bundle
 from vigil.models.calibration import default_target_fpr
+from vigil.models.scoring import BLOCK
 from vigil.pipeline import commit
 from vigil.pipeline.config import ScoreConfig
 from vigil.pipeline.decode import DecodeSpec
@@ -143,7 +144,8 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
     """Wire read -> decode -> RunInference -> rows -> Parquet, with every dead letter kept."""
     cfg = plan.config
     handler = VigilModelHandler(plan.bundle.path, plan.bundle.label, cfg.target_fpr,
-                                max_batch_size=cfg.batch_size, model_copies=cfg.model_copies or None)
+                                min_batch_size=BLOCK[plan.bundle.config.kind], max_batch_size=cfg.batch_size,
+                                model_copies=cfg.model_copies or None)
     schema = scores_schema(plan.label_fields, {"vigil.thresholds": json.dumps(plan.thresholds),
                                                "vigil.model_version": plan.version,
                                                "vigil.run_id": plan.run_id})

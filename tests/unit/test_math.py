@@ -112,6 +112,16 @@ def test_scores_do_not_depend_on_batch_or_order(features_registry):
         np.testing.assert_array_equal(whole[k][7], single[k][0])
 
 
+def test_each_record_draws_its_noise_from_its_own_seed():
+    import tensorflow as tf
+
+    from vigil.models.scoring import record_noise, record_seeds
+    seeds = record_seeds([f"id-{i}" for i in range(5)], 3)
+    eps = record_noise(tf.constant(seeds), 16, 4).numpy()
+    for i, seed in enumerate(seeds):
+        np.testing.assert_array_equal(eps[i], tf.random.stateless_normal([16, 4], seed=seed).numpy())
+
+
 def test_many_scorers_in_one_process_raise_no_retracing_warning(features_registry):
     """Each Scorer traces once; TensorFlow's retracing alarm about that is dropped, others pass."""
     import logging
