@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench bench-accuracy bench-ceiling bench-throughput bench-calibration bench-report bench-workers audit clean
+.PHONY: demo test lint bench bench-accuracy bench-ceiling bench-throughput bench-fixed-costs bench-calibration bench-report bench-workers audit clean
 
 $(STAMP): setup.py pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -39,6 +39,11 @@ bench-throughput: $(STAMP)
 # The spread of the realised FPR around its target, on synthetic scores (about 20 s).
 bench-calibration: $(STAMP)
 	$(BIN)/python tests/benchmarks/calibration.py $(BENCH_ARGS)
+
+# Start-up and report costs of a table run, and the table scorer against the fp32 matmul rate
+# (about 5 minutes).
+bench-fixed-costs: $(STAMP)
+	$(BIN)/python tests/benchmarks/fixed_costs.py $(BENCH_ARGS)
 
 bench-report: $(STAMP)
 	$(BIN)/python tests/benchmarks/report_memory.py $(BENCH_ARGS)

@@ -66,10 +66,11 @@ def record_seeds(ids: list[str], model_seed: int) -> np.ndarray:
 def record_noise(seeds: tf.Tensor, n_samples: int, latent_dim: int) -> tf.Tensor:
     """(B, n_samples, latent_dim) standard normals, each record's drawn from its own seed.
 
-    Vectorised across the records (``tf.vectorized_map``): the same numbers as a loop of
-    ``stateless_normal`` over them, without a kernel launch per record.
+    A loop over the records (``tf.map_fn``): ``tf.vectorized_map`` draws the same numbers
+    but its batched version of the op is slower on 256-row blocks (docs/benchmarks.md).
     """
-    return tf.vectorized_map(lambda s: tf.random.stateless_normal([n_samples, latent_dim], seed=s), seeds)
+    return tf.map_fn(lambda s: tf.random.stateless_normal([n_samples, latent_dim], seed=s), seeds,
+                     fn_output_signature=tf.float32)
 
 
 class Member(NamedTuple):
