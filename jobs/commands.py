@@ -90,9 +90,9 @@ def score(ctx, no_report, fail_on_dq, **options):
     run_guarded(ctx, lambda: _score_and_report(ScoreConfig(**options), ctx.args, not no_report, fail_on_dq))
 
 
-def _report(run_dir: str, fail_on_dq: bool, max_anomaly_multiple: float = 3.0) -> None:
+def _report(run_dir: str, fail_on_dq: bool, max_anomaly_multiple: float = 3.0, bundle=None) -> None:
     from vigil.pipeline.report.run_report import build_run_report
-    result = build_run_report(run_dir, max_anomaly_multiple)
+    result = build_run_report(run_dir, max_anomaly_multiple, bundle=bundle)
     failed = [c for c in result.checks if not c.success]
     click.echo(f"report {run_dir}/report/index.html: {len(result.checks) - len(failed)} of "
                f"{len(result.checks)} checks passed")
@@ -147,7 +147,7 @@ def _score_and_report(cfg, beam_args, report: bool = True, fail_on_dq: bool = Fa
     if report:
         from vigil.pipeline.commit import storage_failure
         try:
-            _report(result.run_dir, fail_on_dq)
+            _report(result.run_dir, fail_on_dq, bundle=plan.bundle)
         except Exception as exc:  # noqa: BLE001 - a storage error here must not read as "nothing published"
             failure = storage_failure(exc, where=f"{result.run_dir}/report")
             if failure is None:

@@ -9,6 +9,7 @@ import os
 import tensorflow as tf
 
 from vigil.models import registry
+from vigil.models.bundle import Bundle
 from vigil.pipeline.commit import MANIFEST, is_published, require_published
 from vigil.pipeline.config import absolute_uri
 from vigil.pipeline.decode import DecodeSpec, decode
@@ -40,13 +41,19 @@ def _history(run_dir: str, model: str, target: float) -> list[tuple[str, float]]
 
 
 def build_run_report(run_dir: str, max_anomaly_multiple: float = 3.0, sample_rows: int = 100_000,
-                     input_rows: int = 5_000, top_n: int = 8) -> quality.QualityReport:
-    """Write ``run_dir/report/`` and return the data-quality result."""
+                     input_rows: int = 5_000, top_n: int = 8, bundle: Bundle | None = None
+                     ) -> quality.QualityReport:
+    """Write ``run_dir/report/`` and return the data-quality result.
+
+    ``bundle``: the model version the run was scored with, already loaded and verified (the
+    scoring command passes its own); otherwise, or if it is another version, it is loaded.
+    """
     run_dir = require_published(absolute_uri(run_dir))
     with tf.io.gfile.GFile(f"{run_dir}/{MANIFEST}") as f:
         manifest = json.load(f)
     m = manifest["model"]
-    bundle = registry.load(m["registry"], m["name"], m["version"])
+    if bundle is None or bundle.path != registry.version_dir(m["registry"], m["name"], m["version"]):
+        bundle = registry.load(m["registry"], m["name"], m["version"])
     out = f"{run_dir}/report"
     if tf.io.gfile.isdir(f"{out}/data_docs"):     # a rebuilt report holds this build's results only
         tf.io.gfile.rmtree(f"{out}/data_docs")
