@@ -18,7 +18,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from vigil.models.bundle import Bundle, load_bundle
-from vigil.models.scoring import Scorer
+from vigil.models.scoring import BLOCK, Scorer
 from vigil.pipeline.records import ScoringInput
 
 
@@ -63,7 +63,7 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
     """
 
     def __init__(self, bundle_dir: str, label: str, target_fpr: float = 0.01, *,
-                 min_batch_size: int = 64, max_batch_size: int = 256,
+                 min_batch_size: int = min(BLOCK.values()), max_batch_size: int = 256,
                  model_copies: Optional[int] = None):
         super().__init__(min_batch_size=min(min_batch_size, max_batch_size),
                          max_batch_size=max_batch_size, model_copies=model_copies)
