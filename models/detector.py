@@ -134,8 +134,8 @@ class Detector:
         frame.update(anomaly_score=out["anomaly_score"], anomaly_pvalue=out["anomaly_pvalue"],
                      threshold=out["threshold"], is_anomaly=out["is_anomaly"],
                      model_version=[bundle.version] * len(ids), run_id=[""] * len(ids),
-                     top_features=[top_features(i, c, names, shape)
-                                   for i, c in zip(out["top_index"], out["top_contribution"])])
+                     top_features=top_features(out["top_index"], out["top_contribution"], names,
+                                               shape).to_pylist())
         return pd.DataFrame(frame)
 
     def predict(self, X, ids: Sequence[str] | None = None, *, target_fpr: float | None = None) -> np.ndarray:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from vigil.pipeline.records import DeadLetter, RawRecord, ScoringInput, record_dead_letter
+from vigil.pipeline.records import DeadLetter, RawRecord, RecordBlock, ScoringInput, record_dead_letter
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,7 @@ def decode(record: RawRecord, spec: DecodeSpec) -> ScoringInput | DeadLetter:
             return record_dead_letter(record, "decode", "non_utf8_id", "the id is not valid UTF-8")
         return record_dead_letter(record, "decode", "missing_id", "the record has no id")
     if record.nbytes > spec.max_record_bytes:
-        return record_dead_letter(record, "decode", "record_too_large",
-                                  f"{record.nbytes} bytes is over the cap of {spec.max_record_bytes}")
+        return record_dead_letter(record, "decode", "record_too_large", _too_large(record.nbytes, spec))
     if spec.kind == "image":
         return _decode_image(record, spec)
     return _decode_features(record, spec)
@@ -56,10 +55,52 @@ def _decode_features(record: RawRecord, spec: DecodeSpec) -> ScoringInput | Dead
         return record_dead_letter(record, "decode", "wrong_shape",
                                   f"{x.size} features, the model expects {spec.input_shape[0]}")
     if not np.all(np.isfinite(x)):
-        j = int(np.argmin(np.isfinite(x)))
-        return record_dead_letter(record, "decode", "non_finite_feature",
-                                  f"feature {j} is {x[j]}")
+        return record_dead_letter(record, "decode", "non_finite_feature", _non_finite(x))
     return ScoringInput(record.id, x, record.source, record.labels)
+
+
+def decode_rows(ids: list, x: np.ndarray, source: str, labels: dict[str, list],
+                spec: DecodeSpec) -> tuple[RecordBlock | None, list[DeadLetter]]:
+    """Rows of one file's table at once, by ``decode``'s rules: (the good rows, a dead letter per bad row).
+
+    ``ids`` holds a str per row, None where the id is missing, or bytes where it is not
+    UTF-8; ``x`` is float64 (rows, features), already the model's width.  The checks run
+    over the whole array; only bad rows cost Python work.
+    """
+    nbytes = x.shape[1] * x.itemsize
+    finite = np.isfinite(x).all(axis=1)
+    good = finite & np.fromiter((isinstance(i, str) for i in ids), bool, len(ids))
+    if nbytes > spec.max_record_bytes:
+        good[:] = False
+    dead = []
+    for r in np.flatnonzero(~good):
+        rid = ids[r]
+        named = RawRecord(rid if isinstance(rid, str) else None, source, None,
+                          id_bytes=rid if isinstance(rid, bytes) else None, nbytes=nbytes)
+        if named.id is None:
+            dead.append(record_dead_letter(named, "decode", "non_utf8_id", "the id is not valid UTF-8")
+                        if named.id_bytes is not None else
+                        record_dead_letter(named, "decode", "missing_id", "the record has no id"))
+        elif nbytes > spec.max_record_bytes:
+            dead.append(record_dead_letter(named, "decode", "record_too_large", _too_large(nbytes, spec)))
+        else:
+            dead.append(record_dead_letter(named, "decode", "non_finite_feature", _non_finite(x[r])))
+    if not good.any():
+        return None, dead
+    keep = np.flatnonzero(good)
+    every = len(keep) == len(ids)
+    return RecordBlock([ids[r] for r in keep] if not every else list(ids), x[keep] if not every else x,
+                       [source] * len(keep),
+                       {k: ([v[r] for r in keep] if not every else list(v)) for k, v in labels.items()}), dead
+
+
+def _too_large(nbytes: int, spec: DecodeSpec) -> str:
+    return f"{nbytes} bytes is over the cap of {spec.max_record_bytes}"
+
+
+def _non_finite(x: np.ndarray) -> str:
+    j = int(np.argmin(np.isfinite(x)))
+    return f"feature {j} is {x[j]}"
 
 
 def _decode_image(record: RawRecord, spec: DecodeSpec) -> ScoringInput | DeadLetter:

@@ -6,8 +6,11 @@ its own handler.  Each batch is preprocessed with the bundle's transform, scored
 compiled ``Scorer`` and calibrated (p-values, ``anomaly_score``, threshold, flag) with
 numpy, vectorised over the batch.
 
-The handler accepts ``ScoringInput`` examples (vigil's pipeline) and ``beam.Row``s with
-an ``id`` and an ``x`` field (``apache_beam.ml.anomaly.OfflineDetector``).
+``VigilModelHandler`` scores examples one result each: ``ScoringInput``s, and
+``beam.Row``s with an ``id`` and an ``x`` field (``apache_beam.ml.anomaly.OfflineDetector``).
+``BlockModelHandler``, vigil's pipeline, scores ``RecordBlock``s: Beam batches them by
+their rows, and each batch gives one result whose inference holds arrays over its rows,
+so no per-record Python runs between reading a table and writing its scores.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from vigil.models.bundle import Bundle, load_bundle
 from vigil.models.scoring import BLOCK, Scorer
-from vigil.pipeline.records import ScoringInput
+from vigil.pipeline.records import RecordBlock, ScoringInput
 
 
 class LoadedModel:
@@ -64,9 +67,9 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
 
     def __init__(self, bundle_dir: str, label: str, target_fpr: float = 0.01, *,
                  min_batch_size: int = min(BLOCK.values()), max_batch_size: int = 256,
-                 model_copies: Optional[int] = None):
+                 model_copies: Optional[int] = None, **batching):
         super().__init__(min_batch_size=min(min_batch_size, max_batch_size),
-                         max_batch_size=max_batch_size, model_copies=model_copies)
+                         max_batch_size=max_batch_size, model_copies=model_copies, **batching)
         self.bundle_dir = bundle_dir
         self.label = label
         self.target_fpr = target_fpr
@@ -97,6 +100,28 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
     def batch_elements_kwargs(self):
         """``BatchElements``' limits: at least one scoring block, at most ``--batch-size``."""
         return self._batching_kwargs
+
+
+class BlockModelHandler(VigilModelHandler):
+    """Scores ``RecordBlock``s: one ``PredictionResult`` per batch, for all its rows.
+
+    The batch limits count rows, not blocks (``BatchElements``' ``element_size_fn``).
+    The result's example is the batch's blocks joined into one, and its inference maps
+    each output column to an array over that block's rows.
+    """
+
+    def __init__(self, bundle_dir: str, label: str, target_fpr: float = 0.01, **kwargs):
+        super().__init__(bundle_dir, label, target_fpr, element_size_fn=len, **kwargs)
+
+    def run_inference(self, batch: Sequence[RecordBlock], model: LoadedModel,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+        """Score the batch's rows in one call; one result holding them all."""
+        block = RecordBlock.concat(batch)
+        yield PredictionResult(block, model.score(block.x, block.ids, self.target_fpr), model.version())
+
+    def get_num_bytes(self, batch: Sequence[RecordBlock]) -> int:
+        """Bytes of the decoded arrays in a batch, for Beam's metrics."""
+        return sum(b.x.nbytes for b in batch)
 
 
 def _id_and_array(example: Any, feature_columns: tuple[str, ...]) -> tuple[str, np.ndarray]:

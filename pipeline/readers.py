@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from vigil.pipeline.records import DeadLetter, FileStats, RawRecord
+from vigil.pipeline.decode import DecodeSpec, decode_rows
+from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, RecordBlock
 
 FORMATS = ("tfrecord-image", "tfrecord-features", "image", "parquet", "csv")
 # A file matched beside readable ones whose name says no format (a README in an image
@@ -91,12 +92,31 @@ def printable(path: str) -> str:
         return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def read_file(uri: str, spec: ReadSpec, stats: FileStats) -> Iterator[RawRecord | DeadLetter]:
+def read_file(uri: str, spec: ReadSpec, stats: FileStats,
+              blocks: bool = False) -> Iterator[RawRecord | RecordBlock | DeadLetter]:
     """Yield the records of one file; never raises for bad data.
 
     ``uri`` is opened; records and dead letters name ``stats.uri`` as their source (the
-    same path, printable).
+    same path, printable).  A table's rows (Parquet, CSV) are checked by ``decode``'s
+    rules as they are read, a batch at a time; with ``blocks`` they come as
+    ``RecordBlock``s of up to ``spec.batch_rows`` rows, else one ``RawRecord`` each.
     """
+    for item in _read_items(uri, spec, stats):
+        if not isinstance(item, pa.RecordBatch):
+            yield item
+            continue
+        # Outside the file's error handling: a failure here is not the file's fault.
+        slices = (item.slice(at, spec.batch_rows) for at in range(0, item.num_rows, spec.batch_rows))
+        for checked in (c for part in slices for c in _table_items(part, stats.uri, spec)):
+            is_block = isinstance(checked, RecordBlock)
+            stats.records += len(checked) if is_block else 1
+            yield from _as_records(checked) if is_block and not blocks else [checked]
+
+
+def _read_items(uri: str, spec: ReadSpec,
+                stats: FileStats) -> Iterator[RawRecord | pa.RecordBatch | DeadLetter]:
+    """The file's records, or its tables' Arrow batches (counted by the caller); a file
+    problem becomes dead letters."""
     readers = {"tfrecord-image": _read_tfrecord, "tfrecord-features": _read_tfrecord,
                "image": _read_image_file, "parquet": _read_parquet, "csv": _read_csv}
     if not _inside_root(uri, spec.root):
@@ -116,7 +136,8 @@ def read_file(uri: str, spec: ReadSpec, stats: FileStats) -> Iterator[RawRecord 
             return
         stats.held = _records_held(uri, spec.format)
         for item in readers[spec.format](uri, stats.uri, spec):
-            stats.records += 1      # a record, or a record-level dead letter: both were read
+            if not isinstance(item, pa.RecordBatch):
+                stats.records += 1      # a record, or a record-level dead letter: both were read
             yield item
     except _Truncated as exc:
         yield from _file_failure(stats, "truncated_file", f"read {stats.records} records, then: {exc}",
@@ -278,27 +299,59 @@ def _numeric(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray
     return values, bad
 
 
-def _rows_from_batch(batch: pa.RecordBatch, source: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
+def _ids(column: pa.ChunkedArray | pa.Array) -> list:
+    """Each row's id as ``decode_rows`` takes it: str, None (missing or empty), or bytes (not UTF-8)."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return [v or None for v in column.to_pylist()]
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        return [_utf8_or_bytes(v) for v in column.to_pylist()]
+    return [None if v is None else str(v) for v in column.to_pylist()]
+
+
+def _utf8_or_bytes(raw: bytes | None) -> str | bytes | None:
+    if not raw:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _table_items(batch: pa.RecordBatch, source: str, spec: ReadSpec) -> Iterator[RecordBlock | DeadLetter]:
+    """One Arrow batch of a table -> its good rows as one block, and a dead letter per bad row."""
     names = batch.schema.names
-    ids = batch.column(names.index(spec.id_column)).to_pylist()
+    ids = _ids(batch.column(names.index(spec.id_column)))
     columns = [_numeric(batch.column(names.index(c))) for c in spec.feature_columns]
     x = np.column_stack([v for v, _ in columns]) if columns else np.zeros((len(ids), 0))
+    labels = {c: batch.column(names.index(c)).to_pylist() for c in spec.carry_columns if c in names}
     bad = np.column_stack([b for _, b in columns]) if columns else np.zeros((len(ids), 0), bool)
-    carried = {c: batch.column(names.index(c)).to_pylist() for c in spec.carry_columns if c in names}
-    for i, rid in enumerate(ids):
-        labels = {c: vals[i] for c, vals in carried.items()}
-        rec = _decode_id(rid.encode() if isinstance(rid, str) else rid, source, x.shape[1] * 8, x[i],
-                         labels)
-        if bad[i].any():
-            col = spec.feature_columns[int(np.argmax(bad[i]))]
-            yield DeadLetter(source, "decode", "non_numeric_feature",
-                             f"column '{col}' holds a value that is not a number",
-                             rec.id, rec.id_bytes.hex() if rec.id_bytes else None)
-            continue
-        yield rec
+    non_numeric = bad.any(axis=1)
+    for r in np.flatnonzero(non_numeric):
+        rid = ids[r]
+        col = spec.feature_columns[int(np.argmax(bad[r]))]
+        yield DeadLetter(source, "decode", "non_numeric_feature",
+                         f"column '{col}' holds a value that is not a number",
+                         rid if isinstance(rid, str) else None, rid.hex() if isinstance(rid, bytes) else None)
+    if non_numeric.any():
+        keep = np.flatnonzero(~non_numeric)
+        ids, x = [ids[r] for r in keep], x[keep]
+        labels = {c: [v[r] for r in keep] for c, v in labels.items()}
+    block, dead = decode_rows(ids, x, source, labels,
+                              DecodeSpec("features", (x.shape[1],), max_record_bytes=spec.max_record_bytes))
+    yield from dead
+    if block is not None:
+        yield block
 
 
-def _read_parquet(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
+def _as_records(block: RecordBlock) -> Iterator[RawRecord]:
+    """A block's rows as raw records, for readers that take one record at a time."""
+    nbytes = block.x.shape[1] * block.x.itemsize
+    for r, rid in enumerate(block.ids):
+        yield RawRecord(rid, block.sources[r], block.x[r], {k: v[r] for k, v in block.labels.items()},
+                        None, nbytes)
+
+
+def _read_parquet(uri: str, source: str, spec: ReadSpec) -> Iterator[pa.RecordBatch]:
     with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         parquet = pq.ParquetFile(f)
         columns = [spec.id_column, *spec.feature_columns,
@@ -311,10 +364,10 @@ def _read_parquet(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord |
                 return
             except (pa.ArrowException, OSError) as exc:
                 raise _Truncated(_first_line(exc)) from exc
-            yield from _rows_from_batch(batch, source, spec)
+            yield batch
 
 
-def _read_csv(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord | DeadLetter]:
+def _read_csv(uri: str, source: str, spec: ReadSpec) -> Iterator[pa.RecordBatch]:
     with FileSystems.open(uri) as f:
         reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22),
                                 convert_options=pacsv.ConvertOptions(
@@ -326,4 +379,4 @@ def _read_csv(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord | Dea
                 return
             except pa.ArrowException as exc:
                 raise _Truncated(_first_line(exc)) from exc
-            yield from _rows_from_batch(batch, source, spec)
+            yield batch

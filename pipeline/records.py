@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
 
 from vigil.schemas.tables import DEAD_LETTER_REASONS, STAGES
 
@@ -27,6 +29,40 @@ class ScoringInput(NamedTuple):
     x: Any                 # float32 numpy array shaped like the model input
     source: str
     labels: dict
+
+
+@dataclass
+class RecordBlock:
+    """Decoded records as columns: what the pipeline scores and writes.
+
+    A table's records are read straight into blocks (one per Arrow batch, checked in
+    numpy); an image record becomes a block of one when it is decoded.  Beam batches
+    blocks by their number of rows, so per-record Python work is paid only where the
+    format needs it (decoding an image), never on the way to and from the model.
+    """
+    ids: list[str]
+    x: np.ndarray                 # (rows, *input_shape), ready for the bundle's transform
+    sources: list[str]            # each row's file
+    labels: dict[str, list] = field(default_factory=dict)   # carried columns, one value per row
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def of(cls, record: ScoringInput) -> RecordBlock:
+        """A block of one decoded record."""
+        return cls([record.id], np.asarray(record.x)[None], [record.source],
+                   {k: [v] for k, v in record.labels.items()})
+
+    @classmethod
+    def concat(cls, blocks: Sequence[RecordBlock]) -> RecordBlock:
+        """One block of several, rows in order; a label a block lacks is None on its rows."""
+        if len(blocks) == 1:
+            return blocks[0]
+        names = dict.fromkeys(k for b in blocks for k in b.labels)
+        return cls([i for b in blocks for i in b.ids], np.concatenate([b.x for b in blocks]),
+                   [s for b in blocks for s in b.sources],
+                   {k: [v for b in blocks for v in b.labels.get(k, [None] * len(b))] for k in names})
 
 
 @dataclass(frozen=True)

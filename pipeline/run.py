@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from vigil.models import registry
@@ -29,7 +29,7 @@ from vigil.models.scoring import BLOCK
 from vigil.pipeline import commit
 from vigil.pipeline.config import ScoreConfig
 from vigil.pipeline.decode import DecodeSpec
-from vigil.pipeline.handler import VigilModelHandler
+from vigil.pipeline.handler import BlockModelHandler
 from vigil.pipeline.options import runs_on_this_host
 from vigil.pipeline.preflight import (
     InputError,
@@ -46,13 +46,15 @@ from vigil.pipeline.transforms import (
     STATS,
     Decode,
     ReadFiles,
-    ToRow,
+    ToTable,
     failed_batch_to_dead_letters,
     path_token,
 )
 from vigil.schemas.tables import DEAD_LETTER_SCHEMA, scores_schema
 
 LOG = logging.getLogger("vigil.pipeline")
+# Rows per row group of the scores files, at most (a bundle's last group may be smaller).
+ROW_GROUP_ROWS = 65_536
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,7 +114,7 @@ def plan_run(config: ScoreConfig) -> RunPlan:
                          f"{tuple(bundle.config.input_shape)})") from exc
     read_spec = ReadSpec("parquet" if kind == "features" else "image", config.id_column,
                          tuple(features), config.carry_columns,
-                         max_record_bytes=config.max_record_bytes)
+                         max_record_bytes=config.max_record_bytes, batch_rows=config.batch_size)
     decode_spec = DecodeSpec(kind, tuple(bundle.config.input_shape), config.max_pixels,
                              config.max_record_bytes)
     return RunPlan(config=config, run_id=run_id, version=version, bundle=bundle, files=files,
@@ -141,9 +143,14 @@ def _target_fpr(config: ScoreConfig, bundle: Bundle, version: str) -> float:
 
 
 def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
-    """Wire read -> decode -> RunInference -> rows -> Parquet, with every dead letter kept."""
+    """Wire read -> decode -> RunInference -> Arrow tables -> Parquet, with every dead letter kept.
+
+    Records travel in blocks (``RecordBlock``): a table's rows as read, an image alone
+    after decoding; ``RunInference`` batches them by rows and each scored batch becomes
+    one Arrow table, so per-record Python is spent only where a format needs it.
+    """
     cfg = plan.config
-    handler = VigilModelHandler(plan.bundle.path, plan.bundle.label, cfg.target_fpr,
+    handler = BlockModelHandler(plan.bundle.path, plan.bundle.label, cfg.target_fpr,
                                 min_batch_size=BLOCK[plan.bundle.config.kind], max_batch_size=cfg.batch_size,
                                 model_copies=cfg.model_copies or None)
     schema = scores_schema(plan.label_fields, {"vigil.thresholds": json.dumps(plan.thresholds),
@@ -158,20 +165,24 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
             .with_outputs(DEAD_LETTER, STATS, main="records"))
     decoded = read.records | "Decode" >> beam.ParDo(Decode(plan.decode_spec)).with_outputs(
         DEAD_LETTER, main="ok")
-    scored, failed = (decoded.ok | "Score" >> RunInference(KeyedModelHandler(handler))
-                      .with_exception_handling())
-    rows = scored | "ToRow" >> beam.ParDo(ToRow(plan.run_id, plan.label_fields,
-                                                plan.bundle.preprocessing.feature_columns,
-                                                tuple(plan.bundle.config.input_shape),
-                                                records_held(plan.files))
-                                          ).with_outputs(DEAD_LETTER, main="rows")
+    scored, failed = decoded.ok | "Score" >> RunInference(handler).with_exception_handling()
+    tables = scored | "ToTable" >> beam.ParDo(ToTable(plan.run_id, schema,
+                                                      plan.bundle.preprocessing.feature_columns,
+                                                      tuple(plan.bundle.config.input_shape),
+                                                      records_held(plan.files))
+                                              ).with_outputs(DEAD_LETTER, main="tables")
     failed_rows = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_to_dead_letters)
-    dead = ((read[DEAD_LETTER], decoded[DEAD_LETTER], rows[DEAD_LETTER], failed_rows)
+    dead = ((read[DEAD_LETTER], decoded[DEAD_LETTER], tables[DEAD_LETTER], failed_rows)
             | "AllDeadLetters" >> beam.Flatten()
             | "DeadLetterRows" >> beam.Map(lambda d: d.to_row()))
-    rows.rows | "WriteScores" >> beam.io.WriteToParquet(
-        f"{plan.staging}/scores/part", schema, codec="snappy", file_name_suffix=".parquet",
-        num_shards=cfg.num_shards)
+    (tables.tables
+     # Each table the sink takes becomes a row group: gather scored batches into larger ones.
+     | "RowGroups" >> beam.BatchElements(min_batch_size=ROW_GROUP_ROWS, max_batch_size=ROW_GROUP_ROWS,
+                                         element_size_fn=lambda t: t.num_rows)
+     | "JoinTables" >> beam.Map(pa.concat_tables)
+     | "WriteScores" >> beam.io.WriteToParquetBatched(
+         f"{plan.staging}/scores/part", schema, codec="snappy", file_name_suffix=".parquet",
+         num_shards=cfg.num_shards))
     dead | "WriteDeadLetters" >> beam.io.WriteToParquet(
         f"{plan.staging}/dead_letter/part", DEAD_LETTER_SCHEMA, codec="snappy",
         file_name_suffix=".parquet", num_shards=cfg.num_shards)

@@ -6,20 +6,20 @@ run can account for every record: read = scored + dead-lettered.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import time
 import uuid
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from vigil.pipeline.decode import DecodeSpec, decode
 from vigil.pipeline.readers import ReadSpec, printable, read_file
-from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, ScoringInput
+from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, RecordBlock
 from vigil.schemas.tables import SCORE_NAMES, top_features
 
 DEAD_LETTER = "dead_letter"
@@ -67,14 +67,14 @@ class ReadFiles(beam.DoFn):
                      self._done, of, self._read, self._bad)
 
     def process(self, element):
-        """Read one file: its records, its dead letters, then its stats."""
+        """Read one file: its records (tables: in blocks), its dead letters, then its stats."""
         token, fmt, root_token = element
         uri, root = _from_token(token), _from_token(root_token)
         spec = ReadSpec(fmt, self.spec.id_column, self.spec.feature_columns,
                         self.spec.carry_columns, root, self.spec.max_record_bytes,
                         self.spec.batch_rows)
         stats = FileStats(printable(uri))
-        for item in read_file(uri, spec, stats):
+        for item in read_file(uri, spec, stats, blocks=True):
             if isinstance(item, DeadLetter):
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
             else:
@@ -87,43 +87,54 @@ class ReadFiles(beam.DoFn):
 
 
 class Decode(beam.DoFn):
-    """Raw record -> (id, ScoringInput) keyed for RunInference, or a dead letter."""
+    """Raw record -> a block of one decoded record, or a dead letter; a block (a table's
+    rows, decoded as they were read) passes as it is."""
 
     def __init__(self, spec: DecodeSpec):
         self.spec = spec
 
-    def process(self, record: RawRecord):
-        """Decode one raw record into a keyed model input, or a dead letter."""
+    def process(self, record: RawRecord | RecordBlock):
+        """Decode one raw record into a block of one, or a dead letter."""
+        if isinstance(record, RecordBlock):
+            yield record
+            return
         out = decode(record, self.spec)
         if isinstance(out, DeadLetter):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, out)
         else:
-            yield out.id, out
+            yield RecordBlock.of(out)
 
 
-def carried_value(value, field: pa.Field):
-    """A carried value as its column's unified type (None stays None)."""
-    if value is None:
-        return None
+def carried_column(values: list, field: pa.Field) -> pa.Array:
+    """A carried label column as its field's unified type (``preflight.carried_fields``).
+
+    Values of another kind than the field's (an int in a string column, from another
+    file) are converted one by one, as Python does: ``str(1)``, ``float(1)``.
+    """
+    try:
+        return pa.array(values, field.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
     if pa.types.is_string(field.type):
-        return value if isinstance(value, str) else str(value)
-    if pa.types.is_floating(field.type):
-        return float(value)
-    return value
+        values = [v if v is None or isinstance(v, str) else str(v) for v in values]
+    elif pa.types.is_floating(field.type):
+        values = [None if v is None else float(v) for v in values]
+    return pa.array(values, field.type)
 
 
-class ToRow(beam.DoFn):
-    """(id, PredictionResult) -> a scores-table row; a non-finite score -> dead letter.
+class ToTable(beam.DoFn):
+    """A scored batch -> one Arrow table of scores rows; a row whose score is not finite
+    -> a dead letter.
 
     Also logs progress (records and records/s) at most every ``log_every`` seconds.
     """
 
-    def __init__(self, run_id: str, label_fields: list[pa.Field], feature_names: tuple[str, ...] = (),
+    def __init__(self, run_id: str, schema: pa.Schema, feature_names: tuple[str, ...] = (),
                  input_shape: tuple[int, ...] = (), expected: int | None = None,
                  log_every: float = 5.0):
         self.run_id = run_id
+        self.schema = schema
         self.expected = expected          # records the inputs hold, when known: for an ETA
-        self.label_fields = list(label_fields)
         self.feature_names = tuple(feature_names)     # tables: a top feature's column
         self.input_shape = tuple(input_shape)         # images: a top pixel's position
         self.log_every = log_every
@@ -134,38 +145,54 @@ class ToRow(beam.DoFn):
         """Reset the progress counters."""
         self._count, self._start, self._last = 0, time.time(), time.time()
 
-    def process(self, element):
-        """Turn one prediction into a scores-table row, or a dead letter when a score is not finite."""
-        _, result = element
-        example: ScoringInput = result.example
+    def process(self, result):
+        """Turn one scored batch into a table, dead-lettering rows with a score that is not finite."""
+        block: RecordBlock = result.example
         inf = result.inference
-        values = [inf[n] for n in SCORE_NAMES] + [inf["anomaly_score"]]
-        if not all(math.isfinite(float(v)) for v in values):
-            bad = [n for n in SCORE_NAMES if not math.isfinite(float(inf[n]))] or ["anomaly_score"]
+        finite = np.isfinite(np.column_stack([inf[n] for n in (*SCORE_NAMES, "anomaly_score")])).all(axis=1)
+        for r in np.flatnonzero(~finite):
+            bad = [n for n in SCORE_NAMES if not np.isfinite(inf[n][r])] or ["anomaly_score"]
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
-                example.source, "postprocess", "non_finite_score",
-                f"{', '.join(bad)} is not finite", example.id))
+                block.sources[r], "postprocess", "non_finite_score", f"{', '.join(bad)} is not finite",
+                block.ids[r]))
+        keep = np.flatnonzero(finite)
+        if not len(keep):
             return
-        row = {"id": example.id, "source": example.source}
-        for n in SCORE_NAMES:
-            row[n] = float(inf[n])
-            row[f"{n}_pvalue"] = float(inf[f"{n}_pvalue"])
-        row.update(anomaly_score=float(inf["anomaly_score"]),
-                   anomaly_pvalue=float(inf["anomaly_pvalue"]),
-                   threshold=float(inf["threshold"]), is_anomaly=bool(inf["is_anomaly"]),
-                   model_version=str(result.model_id), run_id=self.run_id,
-                   top_features=top_features(inf["top_index"], inf["top_contribution"],
-                                             self.feature_names, self.input_shape))
-        for f in self.label_fields:
-            row[f.name] = carried_value(example.labels.get(f.name), f)
-        self.scored.inc()
-        if row["is_anomaly"]:
-            self.anomalies.inc()
-        self._progress()
-        yield row
+        table = self._table(block, {k: np.asarray(v)[keep] for k, v in inf.items()}, keep,
+                            str(result.model_id))
+        self.scored.inc(table.num_rows)
+        self.anomalies.inc(int(np.count_nonzero(inf["is_anomaly"][keep])))
+        self._progress(table.num_rows)
+        yield table
 
-    def _progress(self):
-        self._count += 1
+    def _table(self, block: RecordBlock, inf: dict, keep: np.ndarray, version: str) -> pa.Table:
+        n = len(keep)
+        every = n == len(block)
+        pick = (lambda values: values) if every else (lambda values: [values[r] for r in keep])
+        columns = {"id": pa.array(pick(block.ids), pa.string()),
+                   "source": pa.array(pick(block.sources), pa.string())}
+        for name in SCORE_NAMES:
+            columns[name] = pa.array(inf[name], pa.float64())
+        for name in SCORE_NAMES:
+            columns[f"{name}_pvalue"] = pa.array(inf[f"{name}_pvalue"], pa.float64())
+        columns.update(
+            anomaly_score=pa.array(inf["anomaly_score"], pa.float64()),
+            anomaly_pvalue=pa.array(inf["anomaly_pvalue"], pa.float64()),
+            threshold=pa.array(inf["threshold"], pa.float64()),
+            is_anomaly=pa.array(np.asarray(inf["is_anomaly"], bool)),
+            model_version=pa.array([version] * n, pa.string()),
+            run_id=pa.array([self.run_id] * n, pa.string()),
+            top_features=top_features(inf["top_index"], inf["top_contribution"], self.feature_names,
+                                      self.input_shape))
+        for field in self.schema:
+            if field.name not in columns:
+                values = block.labels.get(field.name)
+                columns[field.name] = carried_column(pick(values) if values is not None else [None] * n,
+                                                     field)
+        return pa.Table.from_arrays([columns[f.name] for f in self.schema], schema=self.schema)
+
+    def _progress(self, rows: int):
+        self._count += rows
         now = time.time()
         if now - self._last >= self.log_every:
             self._last = now
@@ -181,11 +208,8 @@ class ToRow(beam.DoFn):
 
 
 def failed_batch_to_dead_letters(element) -> list[DeadLetter]:
-    """RunInference's (failed batch, exception) -> one dead letter per record in it."""
+    """RunInference's (failed batch of blocks, exception) -> one dead letter per record in it."""
     batch, exc = element
     message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-    out = []
-    for item in batch:
-        example = item[1] if isinstance(item, tuple) else item
-        out.append(DeadLetter(example.source, "inference", "inference_failed", message, example.id))
-    return out
+    return [DeadLetter(source, "inference", "inference_failed", message, rid)
+            for block in batch for rid, source in zip(block.ids, block.sources)]

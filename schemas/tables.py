@@ -1,6 +1,7 @@
 """Arrow schemas of what a scoring run writes: the scores table and the dead-letter table."""
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 # The four model scores, with their orientation: +1 means higher = more anomalous.
@@ -43,24 +44,25 @@ TOP_FEATURE = pa.struct([("index", pa.int64()), ("contribution", pa.float64()),
                          ("name", pa.string()), ("position", pa.list_(pa.int64()))])
 
 
-def top_features(indices, contributions, feature_names: tuple[str, ...] = (),
-                 input_shape: tuple[int, ...] = ()) -> list[dict]:
-    """A record's ``top_features`` value: each contribution with its column name (tables,
-    ``feature_names``) or its pixel position (images, ``input_shape``)."""
-    out = []
-    for index, contribution in zip(indices, contributions):
-        index = int(index)
-        if feature_names:
-            out.append({"index": index, "contribution": float(contribution),
-                        "name": feature_names[index], "position": None})
-            continue
-        position, rest = [], index
-        for size in reversed(input_shape):
-            rest, at = divmod(rest, size)
-            position.append(at)
-        out.append({"index": index, "contribution": float(contribution), "name": None,
-                    "position": position[::-1] if input_shape else None})
-    return out
+def top_features(indices: np.ndarray, contributions: np.ndarray, feature_names: tuple[str, ...] = (),
+                 input_shape: tuple[int, ...] = ()) -> pa.ListArray:
+    """The ``top_features`` column of a batch: (rows, k) indices and contributions, each
+    named by its column (tables, ``feature_names``) or its pixel position (images,
+    ``input_shape``)."""
+    rows, k = np.shape(indices)
+    index = np.asarray(indices, np.int64).reshape(-1)
+    name = pa.nulls(len(index), pa.string())
+    position = pa.nulls(len(index), pa.list_(pa.int64()))
+    if feature_names:
+        name = pa.array(np.asarray(feature_names, dtype=object)[index], pa.string())
+    elif input_shape:
+        coords = np.stack(np.unravel_index(index, input_shape), axis=1).astype(np.int64).reshape(-1)
+        position = pa.ListArray.from_arrays(np.arange(0, len(coords) + 1, len(input_shape), dtype=np.int32),
+                                            coords)
+    entries = pa.StructArray.from_arrays(
+        [pa.array(index), pa.array(np.asarray(contributions, np.float64).reshape(-1)), name, position],
+        fields=list(TOP_FEATURE))
+    return pa.ListArray.from_arrays(np.arange(0, rows * k + 1, k, dtype=np.int32), entries)
 
 
 def scores_schema(label_fields: list[pa.Field] | None = None,

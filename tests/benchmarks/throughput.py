@@ -1,13 +1,16 @@
 """Scoring throughput: the Beam pipeline against the bare scoring function, and memory.
 
-Builds MNIST-sized PNG TFRecord shards (the 10,000 shared MNIST images, repeated with new
-ids), trains a small image model once, then measures
+Builds input shards, trains a small model once, then measures, for ``--kind image``
+MNIST-sized PNG TFRecord shards (the 10,000 shared MNIST images repeated with new ids)
+and for ``--kind features`` Parquet tables (ADBench cardio from ``tests/fixtures``, its
+1,831 rows repeated with new ids):
   * bare:     records/s of ``Scorer`` on preprocessed arrays (same L, K, batch size);
   * pipeline: steady-state records/s of ``vigil score`` = (N - n) / (t(N) - t(n)), which
               cancels start-up (TF import, model load, pipeline construction);
   * peak RSS of a whole scoring run at two sizes (each in a fresh process).
 
-    python tests/benchmarks/throughput.py [--records 100000] [--small 10000] [--rss 100000,1000000]
+    python tests/benchmarks/throughput.py [--kind image] [--records 100000] [--small 10000]
+                                          [--rss 100000,1000000]
 """
 from __future__ import annotations
 
@@ -22,6 +25,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table, write_json  # noqa: E402
+
+CARDIO = Path(__file__).resolve().parents[1] / "fixtures" / "adbench-6_cardio.npz"
+
+
+def cardio():
+    import numpy as np
+    data = np.load(CARDIO)
+    return data["X"].astype(np.float32), data["y"]
+
+
+def make_table_shards(directory: Path, n: int, shards: int = 8) -> str:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    x, _ = cardio()
+    directory.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        rows = np.arange(s, n, shards)
+        cols = {"id": [f"r{i:08d}" for i in rows]}
+        cols.update({f"f{j}": x[rows % len(x), j] for j in range(x.shape[1])})
+        pq.write_table(pa.table(cols), directory / f"part-{s:03d}.parquet")
+    return str(directory / "*.parquet")
 
 
 def make_shards(directory: Path, n: int, shards: int = 8) -> str:
@@ -40,8 +65,16 @@ def make_shards(directory: Path, n: int, shards: int = 8) -> str:
     return str(directory / "*.tfrecord")
 
 
-def train(directory: Path) -> str:
+def train(directory: Path, kind: str) -> str:
     from vigil.jobs.train import TrainJobConfig, run_training
+    if kind == "features":
+        import pandas as pd
+
+        from vigil.models import Detector
+        x, y = cardio()
+        frame = pd.DataFrame(x[y == 0], columns=[f"f{j}" for j in range(x.shape[1])])
+        Detector(epochs=3, seed=0).fit(frame).save(str(directory / "reg"), "tp")
+        return str(directory / "reg")
     from vigil.models.config import TrainConfig
     glob = make_shards(directory / "train", 2000, shards=2)
     run_training(TrainJobConfig((glob,), str(directory / "reg"), "tp",
@@ -49,20 +82,20 @@ def train(directory: Path) -> str:
     return str(directory / "reg")
 
 
-def bare_rate(registry: str, n: int, batch: int) -> float:
+def bare_rate(registry: str, n: int, batch: int, kind: str) -> float:
     import numpy as np
     from common import mnist_t10k
 
     from vigil.models import registry as reg
     bundle = reg.load(registry, "tp")
     scorer = bundle.scorer()
-    images, _ = mnist_t10k()
-    x = bundle.preprocessing.transform(images[..., None])
+    raw = cardio()[0] if kind == "features" else mnist_t10k()[0][..., None]
+    x = bundle.preprocessing.transform(raw)
     ids = [f"r{i:08d}" for i in range(n)]
     scorer(x[:batch], ids[:batch])                       # trace once
     started = time.time()
     for i in range(0, n, batch):
-        j = np.arange(i, min(i + batch, n)) % 10_000
+        j = np.arange(i, min(i + batch, n)) % len(x)
         scorer(x[j], ids[i:i + len(j)])
     return n / (time.time() - started)
 
@@ -94,6 +127,7 @@ def pipeline_run(glob: str, registry: str, out: str, batch: int, beam_args: list
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kind", choices=("image", "features"), default="image")
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--small", type=int, default=10_000)
     ap.add_argument("--rss", default="100000,1000000", help="two run sizes for peak RSS")
@@ -105,11 +139,12 @@ def main(argv=None) -> int:
     rss_sizes = [int(v) for v in args.rss.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        registry = train(tmp)
-        bare = bare_rate(registry, min(args.records, 20_000), args.batch)
+        registry = train(tmp, args.kind)
+        bare = bare_rate(registry, min(args.records, 20_000), args.batch, args.kind)
+        shards = make_table_shards if args.kind == "features" else make_shards
         runs = {}
         for n in sorted({args.small, args.records, *rss_sizes}):
-            glob = make_shards(tmp / f"in-{n}", n)
+            glob = shards(tmp / f"in-{n}", n)
             runs[n] = pipeline_run(glob, registry, str(tmp / f"out-{n}"), args.batch,
                                    args.beam_args.split())
             assert runs[n]["scored"] == n
@@ -120,6 +155,7 @@ def main(argv=None) -> int:
     result = {"bare_records_per_s": bare, "pipeline_steady_records_per_s": steady,
               "pipeline_over_bare": steady / bare, "runs": runs, "rss_sizes": rss_sizes,
               "peak_rss_ratio": rss_ratio, "batch_size": args.batch, "beam_args": args.beam_args,
+              "kind": args.kind,
               "targets": {"pipeline_over_bare": 0.8, "peak_rss_ratio": 1.2}}
     rows = [["bare Scorer", f"{bare:.0f}", ""],
             [f"pipeline steady ({args.small}->{args.records})", f"{steady:.0f}",
@@ -128,7 +164,8 @@ def main(argv=None) -> int:
              f"{runs[rss_sizes[0]]['peak_rss_mb']:.0f} -> {runs[rss_sizes[1]]['peak_rss_mb']:.0f} MB",
              f"{rss_ratio:.2f}x (target <= 1.2)"]]
     print(table(rows, ["measure", "value", "vs target"]))
-    print("written to", write_json(f"throughput{args.tag}.json", result))
+    name = "throughput" + ("-features" if args.kind == "features" else "") + args.tag
+    print("written to", write_json(f"{name}.json", result))
     return 0
 
 

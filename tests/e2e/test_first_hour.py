@@ -152,20 +152,26 @@ def test_scoring_progress_names_the_count_the_total_and_the_time_left(caplog):
 
     import pyarrow as pa
 
-    from vigil.pipeline.records import ScoringInput
-    from vigil.pipeline.transforms import ToRow
+    from vigil.pipeline.records import RecordBlock
+    from vigil.pipeline.transforms import ToTable
+    from vigil.schemas.tables import scores_schema
     caplog.set_level("INFO", logger="vigil.pipeline")
-    step = ToRow("r", [pa.field("label", pa.int64())], ("a", "b"), (2,), expected=10, log_every=0)
+    step = ToTable("r", scores_schema([pa.field("label", pa.int64())]), ("a", "b"), (2,), expected=10,
+                   log_every=0)
     step.setup()
-    inference = {n: 0.5 for n in ("vae_recon_logprob", "vae_elbo", "vae_log_px", "dae_recon_error",
-                                  "anomaly_score", "anomaly_pvalue", "threshold")}
-    inference.update({f"{n}_pvalue": 0.5 for n in ("vae_recon_logprob", "vae_elbo", "vae_log_px",
-                                                    "dae_recon_error")},
-                     is_anomaly=False, top_index=[1], top_contribution=[0.3])
-    result = SimpleNamespace(example=ScoringInput("x1", None, "s.parquet", {"label": 1}),
+    inference = {n: np.array([0.5]) for n in (
+        "vae_recon_logprob", "vae_elbo", "vae_log_px", "dae_recon_error", "anomaly_score",
+        "anomaly_pvalue", "threshold")}
+    inference.update({f"{n}_pvalue": np.array([0.5]) for n in ("vae_recon_logprob", "vae_elbo",
+                                                               "vae_log_px", "dae_recon_error")},
+                     is_anomaly=np.array([False]), top_index=np.array([[1]]),
+                     top_contribution=np.array([[0.3]]))
+    result = SimpleNamespace(example=RecordBlock(["x1"], np.zeros((1, 2)), ["s.parquet"], {"label": [1]}),
                              inference=inference, model_id="0001")
-    (row,) = list(step.process(("x1", result)))
+    (table,) = list(step.process(result))
+    (row,) = table.to_pylist()
     assert row["top_features"] == [{"index": 1, "contribution": 0.3, "name": "b", "position": None}]
+    assert row["label"] == 1 and row["model_version"] == "0001" and row["run_id"] == "r"
     message = caplog.records[-1].getMessage()
     assert message.startswith("scored 1 of 10 records (") and "s left)" in message, message
 

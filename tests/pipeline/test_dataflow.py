@@ -38,7 +38,7 @@ def test_dataflow_dry_run_translates_the_job_and_publishes_nothing(features_regi
     assert res.returncode == 0, res.stderr
     line = next(x for x in res.stdout.splitlines() if x.startswith("dry run:"))
     assert "translated for DataflowRunner" in line and "nothing was written or published" in line
-    for step in ("Read", "Decode", "Score", "ToRow", "WriteScores", "WriteDeadLetters", "WriteStats"):
+    for step in ("Read", "Decode", "Score", "ToTable", "WriteScores", "WriteDeadLetters", "WriteStats"):
         assert f" {step}," in line or f" {step})" in line, (step, line)
     installs = dict(x.strip().split(": ", 1) for x in res.stdout.splitlines()
                     if x.startswith("  workers install "))

@@ -41,18 +41,18 @@ def clean_run(features_registry, shards, tmp_path_factory):
 
 def test_step_failing_once_is_retried_without_duplicates(features_registry, shards, clean_run,
                                                           tmp_path, monkeypatch):
-    import vigil.pipeline.transforms as transforms
+    import vigil.pipeline.readers as readers
     root, files = shards
     marker = tmp_path / "failed-once"
-    real_decode = transforms.decode
+    real_decode = readers.decode_rows
 
-    def flaky(record, spec):
-        if record.id == "row-00007" and not marker.exists():
+    def flaky(ids, *args):
+        if "row-00007" in ids and not marker.exists():
             marker.touch()
             raise RuntimeError("injected worker fault")
-        return real_decode(record, spec)
+        return real_decode(ids, *args)
 
-    monkeypatch.setattr(transforms, "decode", flaky)
+    monkeypatch.setattr(readers, "decode_rows", flaky)
     res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], tmp_path / "out",
                             "--runner", "BundleBasedDirectRunner")
     assert res.exit_code == 0, res.output + repr(res.exception)
@@ -193,14 +193,14 @@ def _fail_read(monkeypatch):
 
 
 def _fail_decode(monkeypatch):
-    import vigil.pipeline.transforms as transforms
-    monkeypatch.setattr(transforms, "decode", lambda *a: (_ for _ in ()).throw(
+    import vigil.pipeline.readers as readers
+    monkeypatch.setattr(readers, "decode_rows", lambda *a: (_ for _ in ()).throw(
         RuntimeError("injected decode fault")))
 
 
 def _fail_rows(monkeypatch):
     import vigil.pipeline.transforms as transforms
-    monkeypatch.setattr(transforms, "carried_value", lambda *a: (_ for _ in ()).throw(
+    monkeypatch.setattr(transforms, "carried_column", lambda *a: (_ for _ in ()).throw(
         RuntimeError("injected postprocess fault")))
 
 

@@ -156,17 +156,17 @@ def test_input_that_does_not_fit_the_model_stops_the_run(images_registry, inputs
 
 def test_pointer_change_mid_run_keeps_the_version_resolved_at_start(features_registry, inputs,
                                                                      tmp_path, monkeypatch):
-    import vigil.pipeline.transforms as transforms
+    import vigil.pipeline.readers as readers
     reg = copy_registry(features_registry["registry"], tmp_path)
     v2 = republish(reg, "cardio")
-    real_decode = transforms.decode
+    real_decode = readers.decode_rows
 
-    def promoting_decode(record, spec):
+    def promoting_decode(*args):
         if registry.production_version(reg, "cardio") != v2:
             registry.promote(reg, "cardio", v2)        # a release lands while we score
-        return real_decode(record, spec)
+        return real_decode(*args)
 
-    monkeypatch.setattr(transforms, "decode", promoting_decode)
+    monkeypatch.setattr(readers, "decode_rows", promoting_decode)
     res = helpers.score_cli({"registry": reg, "name": "cardio"}, [str(tmp_path / "in" / "*.parquet")],
                             tmp_path / "out")
     assert res.exit_code == 0, res.output
