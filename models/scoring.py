@@ -154,6 +154,8 @@ class Scorer:
         if x.shape[1:] != tuple(self.config.input_shape):
             raise ValueError(f"batch shape {x.shape[1:]} does not match the model's input "
                              f"{tuple(self.config.input_shape)}")
+        if len(ids) != len(x):
+            raise ValueError(f"{len(ids)} ids for {len(x)} records; each record needs its id")
         seeds = record_seeds(ids, self.seed)
         parts = []
         for start in range(0, len(x), self.block):

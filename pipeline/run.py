@@ -27,7 +27,7 @@ from vigil.models.bundle import Bundle
 from vigil.models.calibration import default_target_fpr
 from vigil.models.scoring import BLOCK
 from vigil.pipeline import commit
-from vigil.pipeline.config import ScoreConfig
+from vigil.pipeline.config import BATCH_SIZE, ScoreConfig
 from vigil.pipeline.decode import DecodeSpec
 from vigil.pipeline.handler import BlockModelHandler
 from vigil.pipeline.options import runs_on_this_host
@@ -102,8 +102,9 @@ def plan_run(config: ScoreConfig) -> RunPlan:
     version = registry.resolve(config.registry, config.name, config.model_version)
     bundle = registry.load(config.registry, config.name, version)   # verifies everything
     bundle.require_scorable()
-    config = dataclasses.replace(config, target_fpr=_target_fpr(config, bundle, version))
     kind = bundle.config.kind
+    config = dataclasses.replace(config, target_fpr=_target_fpr(config, bundle, version),
+                                 batch_size=config.batch_size or BATCH_SIZE[kind])
     files = match_inputs(config.inputs, config.max_files)
     features = list(bundle.preprocessing.feature_columns)
     try:
