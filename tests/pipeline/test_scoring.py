@@ -93,6 +93,22 @@ def test_same_run_twice_gives_identical_scores(features_registry, feature_inputs
     assert first.column("top_features").to_pylist() == second.column("top_features").to_pylist()
 
 
+def test_batch_size_changes_no_score_and_scores_files_hold_few_row_groups(features_registry,
+                                                                          feature_inputs, tmp_path):
+    """Records are scored in batches of --batch-size rows; the sink gathers the batches'
+    tables, so a file's row groups are not one per batch."""
+    root, _ = feature_inputs
+    glob = [str(root / "in" / "part-[01].parquet")]
+    assert _score(features_registry, glob, tmp_path / "a").exit_code == 0
+    res = _score(features_registry, glob, tmp_path / "b", "--batch-size", "7")
+    assert res.exit_code == 0, res.output
+    assert helpers.scores_equal(str(tmp_path / "a" / "run1"), str(tmp_path / "b" / "run1"))
+    files = sorted(Path(tmp_path / "b" / "run1" / "scores").glob("*.parquet"))
+    groups = [pq.ParquetFile(f).metadata.num_row_groups for f in files]
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    assert rows == 300 and sum(groups) <= len(files) + 2, groups   # not 300 / 7 of them
+
+
 def test_multiprocess_runner_gives_identical_rows(features_registry, feature_inputs, tmp_path):
     root, _ = feature_inputs
     glob = [str(root / "in" / "part-[01].parquet")]
