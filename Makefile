@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench bench-accuracy bench-ceiling bench-throughput bench-fixed-costs bench-calibration bench-report bench-workers audit clean
+.PHONY: demo test lint bench bench-accuracy bench-ceiling bench-throughput bench-training bench-fixed-costs bench-calibration bench-report bench-workers audit clean
 
 $(STAMP): setup.py pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,7 +23,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
 
-bench: bench-accuracy bench-ceiling bench-throughput bench-calibration
+bench: bench-accuracy bench-ceiling bench-throughput bench-training bench-calibration
 
 bench-accuracy: $(STAMP)
 	$(BIN)/python tests/benchmarks/accuracy.py $(BENCH_ARGS)
@@ -33,8 +33,14 @@ bench-accuracy: $(STAMP)
 bench-ceiling: $(STAMP)
 	$(BIN)/python tests/benchmarks/ceiling.py $(BENCH_ARGS)
 
+# Images and tables against the machine: roofline, pipeline / bare, fixed costs, report, RSS
+# (one JSON; about 20 minutes).
 bench-throughput: $(STAMP)
 	$(BIN)/python tests/benchmarks/throughput.py $(BENCH_ARGS)
+
+# vigil's training steps against a plain keras fit of the same networks (about 5 minutes).
+bench-training: $(STAMP)
+	$(BIN)/python tests/benchmarks/training.py $(BENCH_ARGS)
 
 # The spread of the realised FPR around its target, on synthetic scores (about 20 s).
 bench-calibration: $(STAMP)

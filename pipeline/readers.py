@@ -97,9 +97,10 @@ def read_file(uri: str, spec: ReadSpec, stats: FileStats,
     """Yield the records of one file; never raises for bad data.
 
     ``uri`` is opened; records and dead letters name ``stats.uri`` as their source (the
-    same path, printable).  A table's rows (Parquet, CSV) are checked by ``decode``'s
-    rules as they are read, a batch at a time; with ``blocks`` they come as
-    ``RecordBlock``s of up to ``spec.batch_rows`` rows, else one ``RawRecord`` each.
+    same path, printable).  With ``blocks`` a table's rows (Parquet, CSV) come as
+    ``RecordBlock``s of up to ``spec.batch_rows`` rows, already checked by ``decode``'s
+    rules (``decode_rows``, a batch at a time); without, one ``RawRecord`` each, as they
+    are in the file (a report describes missing values; ``decode`` checks each record).
     """
     for item in _read_items(uri, spec, stats):
         if not isinstance(item, pa.RecordBatch):
@@ -107,10 +108,9 @@ def read_file(uri: str, spec: ReadSpec, stats: FileStats,
             continue
         # Outside the file's error handling: a failure here is not the file's fault.
         slices = (item.slice(at, spec.batch_rows) for at in range(0, item.num_rows, spec.batch_rows))
-        for checked in (c for part in slices for c in _table_items(part, stats.uri, spec)):
-            is_block = isinstance(checked, RecordBlock)
-            stats.records += len(checked) if is_block else 1
-            yield from _as_records(checked) if is_block and not blocks else [checked]
+        for row in (r for part in slices for r in _table_items(part, stats.uri, spec, blocks)):
+            stats.records += len(row) if isinstance(row, RecordBlock) else 1
+            yield row
 
 
 def _read_items(uri: str, spec: ReadSpec,
@@ -317,8 +317,10 @@ def _utf8_or_bytes(raw: bytes | None) -> str | bytes | None:
         return raw
 
 
-def _table_items(batch: pa.RecordBatch, source: str, spec: ReadSpec) -> Iterator[RecordBlock | DeadLetter]:
-    """One Arrow batch of a table -> its good rows as one block, and a dead letter per bad row."""
+def _table_items(batch: pa.RecordBatch, source: str, spec: ReadSpec,
+                 blocks: bool) -> Iterator[RecordBlock | RawRecord | DeadLetter]:
+    """One Arrow batch of a table -> its good rows as one block and a dead letter per bad
+    row (``blocks``), or a record per row; a value that is not a number is a dead letter."""
     names = batch.schema.names
     ids = _ids(batch.column(names.index(spec.id_column)))
     columns = [_numeric(batch.column(names.index(c))) for c in spec.feature_columns]
@@ -336,19 +338,17 @@ def _table_items(batch: pa.RecordBatch, source: str, spec: ReadSpec) -> Iterator
         keep = np.flatnonzero(~non_numeric)
         ids, x = [ids[r] for r in keep], x[keep]
         labels = {c: [v[r] for r in keep] for c, v in labels.items()}
+    if not blocks:
+        for r, rid in enumerate(ids):
+            yield RawRecord(rid if isinstance(rid, str) else None, source, x[r],
+                            {c: v[r] for c, v in labels.items()},
+                            rid if isinstance(rid, bytes) else None, x.shape[1] * x.itemsize)
+        return
     block, dead = decode_rows(ids, x, source, labels,
                               DecodeSpec("features", (x.shape[1],), max_record_bytes=spec.max_record_bytes))
     yield from dead
     if block is not None:
         yield block
-
-
-def _as_records(block: RecordBlock) -> Iterator[RawRecord]:
-    """A block's rows as raw records, for readers that take one record at a time."""
-    nbytes = block.x.shape[1] * block.x.itemsize
-    for r, rid in enumerate(block.ids):
-        yield RawRecord(rid, block.sources[r], block.x[r], {k: v[r] for k, v in block.labels.items()},
-                        None, nbytes)
 
 
 def _read_parquet(uri: str, source: str, spec: ReadSpec) -> Iterator[pa.RecordBatch]:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -76,6 +77,29 @@ def pin_threads(threads: int) -> None:
         import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def matmul_rate(dtype: str, n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of an n x n matmul in ``dtype`` on this machine's TensorFlow."""
+    import tensorflow as tf
+    a = tf.cast(tf.random.stateless_normal([n, n], seed=[1, 2]), dtype)
+    tf.matmul(a, a).numpy()
+    started = time.perf_counter()
+    for _ in range(reps):
+        tf.matmul(a, a).numpy()
+    return 2 * n ** 3 * reps / (time.perf_counter() - started)
+
+
+def flops_per_record(scorer) -> float:
+    """FLOPs of one block through the scoring function (TensorFlow's profiler), per record."""
+    import tensorflow as tf
+    from tensorflow.python.profiler import model_analyzer, option_builder
+    graph = tf.function(scorer._score_batch).get_concrete_function(   # noqa: SLF001
+        tf.TensorSpec([scorer.block, *scorer.config.input_shape], tf.float32),
+        tf.TensorSpec([scorer.block, 2], tf.int64)).graph
+    options = option_builder.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return model_analyzer.profile(graph, options=options).total_float_ops / scorer.block
 
 
 def write_json(name: str, payload: dict) -> Path:

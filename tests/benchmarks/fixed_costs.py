@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table, write_json  # noqa: E402
+from common import flops_per_record, matmul_rate, table, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CARDIO = HERE.parents[0] / "fixtures" / "adbench-6_cardio.npz"
@@ -50,29 +50,6 @@ def train(registry: str, name: str, x, epochs: int, prefix: str = "f") -> None:
     Detector(epochs=epochs, seed=0).fit(_frame(x, prefix)).save(registry, name)
 
 
-def flops_per_record(scorer) -> float:
-    """FLOPs of one block through the scoring function (TensorFlow's profiler), per record."""
-    import tensorflow as tf
-    from tensorflow.python.profiler import model_analyzer, option_builder
-    graph = tf.function(scorer._score_batch).get_concrete_function(   # noqa: SLF001
-        tf.TensorSpec([scorer.block, *scorer.config.input_shape], tf.float32),
-        tf.TensorSpec([scorer.block, 2], tf.int64)).graph
-    options = option_builder.ProfileOptionBuilder.float_operation()
-    options["output"] = "none"
-    return model_analyzer.profile(graph, options=options).total_float_ops / scorer.block
-
-
-def matmul_rate(n: int = 2048, reps: int = 10) -> float:
-    """FLOP/s of an fp32 n x n matmul on this machine's TensorFlow."""
-    import tensorflow as tf
-    a = tf.random.stateless_normal([n, n], seed=[1, 2])
-    tf.matmul(a, a).numpy()
-    started = time.perf_counter()
-    for _ in range(reps):
-        tf.matmul(a, a).numpy()
-    return 2 * n ** 3 * reps / (time.perf_counter() - started)
-
-
 def scorer_rate(scorer, x, ids, seconds: float = 3.0) -> float:
     scorer(x[:scorer.block], ids[:scorer.block])
     done, started = 0, time.perf_counter()
@@ -95,7 +72,7 @@ def bare(registry: str, x, rounds: int) -> dict:
     rates = {b: [] for b in BLOCKS}
     matmul = []
     for _ in range(rounds):
-        matmul.append(matmul_rate())
+        matmul.append(matmul_rate("float32"))
         for b, scorer in scorers.items():
             rates[b].append(scorer_rate(scorer, xs, ids))
     flops = {b: flops_per_record(s) for b, s in scorers.items()}

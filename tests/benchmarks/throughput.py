@@ -1,19 +1,24 @@
-"""Scoring throughput: the Beam pipeline against the bare scoring function, and memory.
+"""Throughput against the machine, for images and tables, in one run and one JSON.
 
-Builds input shards, trains a small model once, then measures, for ``--kind image``
-MNIST-sized PNG TFRecord shards (the 10,000 shared MNIST images repeated with new ids)
-and for ``--kind features`` Parquet tables (ADBench cardio from ``tests/fixtures``, its
-1,831 rows repeated with new ids):
-  * bare:     records/s of ``Scorer`` on preprocessed arrays (same L, K, batch size);
-  * pipeline: steady-state records/s of ``vigil score`` = (N - n) / (t(N) - t(n)), which
-              cancels start-up (TF import, model load, pipeline construction);
-  * peak RSS of a whole scoring run at two sizes (each in a fresh process).
+For each kind (``--kinds``) it trains a small model once and builds input shards: images
+are MNIST-sized PNG TFRecords (the 10,000 shared MNIST images repeated with new ids),
+tables are Parquet (ADBench cardio from ``tests/fixtures``, its 1,831 rows repeated with
+new ids).  Then, in ``--rounds`` rounds, each measure taken beside the others so that the
+machine's noise falls on all of them alike:
 
-With ``--rounds`` the bare rate and the two pipeline runs are repeated in turn and each
-round's ratio is taken in that round, so the machine's noise falls on both alike.
+  * the fp32 and bf16 rates of a 2048 x 2048 matmul (FLOP/s);
+  * bare: records/s of ``Scorer`` on preprocessed arrays, at vigil's batch size;
+  * pipeline: two ``vigil score`` runs (``small`` and ``records`` records), each in a fresh
+    process; steady records/s = (N - n) / (t(N) - t(n)), which cancels start-up, and the
+    fixed cost t(n) - n / steady (imports, model load, tracing, the Beam graph, the drain);
 
-    python tests/benchmarks/throughput.py [--kind image] [--records 100000] [--small 10000]
-                                          [--rss 100000,1000000] [--rounds 1]
+and once: FLOPs per record (TensorFlow's profiler on one scoring block), the run report of
+the large run (seconds), and the peak RSS of whole runs at two sizes.  The roofline
+fraction is bare records/s x FLOPs per record / matmul FLOP/s.  The medians of the rounds
+go to ``throughput.json``.  TensorFlow runs as ``vigil`` runs it (``SCORING_ENV``).
+
+    python tests/benchmarks/throughput.py [--kinds image,features] [--rounds 3]
+                                          [--records N] [--small n] [--rss n1,n2]
 """
 from __future__ import annotations
 
@@ -28,9 +33,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table, write_json  # noqa: E402
+from common import flops_per_record, matmul_rate, table, write_json  # noqa: E402
 
 CARDIO = Path(__file__).resolve().parents[1] / "fixtures" / "adbench-6_cardio.npz"
+# Default sizes per kind: a table row scores ~20x faster than an image.
+SIZES = {"image": {"records": 20_000, "small": 2_000, "rss": (20_000, 200_000)},
+         "features": {"records": 100_000, "small": 10_000, "rss": (100_000, 1_000_000)}}
 
 
 def cardio():
@@ -53,7 +61,7 @@ def make_table_shards(directory: Path, n: int, shards: int = 8) -> str:
     return str(directory / "*.parquet")
 
 
-def make_shards(directory: Path, n: int, shards: int = 8) -> str:
+def make_image_shards(directory: Path, n: int, shards: int = 8) -> str:
     import tensorflow as tf
     from common import mnist_t10k
 
@@ -70,38 +78,39 @@ def make_shards(directory: Path, n: int, shards: int = 8) -> str:
 
 
 def train(directory: Path, kind: str) -> str:
-    from vigil.jobs.train import TrainJobConfig, run_training
+    """A small model of the kind, published as ``tp`` in ``directory/reg``."""
+    registry = str(directory / "reg")
     if kind == "features":
         import pandas as pd
 
         from vigil.models import Detector
         x, y = cardio()
         frame = pd.DataFrame(x[y == 0], columns=[f"f{j}" for j in range(x.shape[1])])
-        Detector(epochs=3, seed=0).fit(frame).save(str(directory / "reg"), "tp")
-        return str(directory / "reg")
+        Detector(epochs=3, seed=0).fit(frame).save(registry, "tp")
+        return registry
+    from vigil.jobs.train import TrainJobConfig, run_training
     from vigil.models.config import TrainConfig
-    glob = make_shards(directory / "train", 2000, shards=2)
-    run_training(TrainJobConfig((glob,), str(directory / "reg"), "tp",
-                                train=TrainConfig(epochs=2, verbose=0)))
-    return str(directory / "reg")
+    glob = make_image_shards(directory / "train", 2000, shards=2)
+    run_training(TrainJobConfig((glob,), registry, "tp", train=TrainConfig(epochs=2, verbose=0)))
+    return registry
 
 
-def bare_rate(registry: str, n: int, batch: int, kind: str) -> float:
-    import numpy as np
+def preprocessed(bundle, kind: str):
     from common import mnist_t10k
-
-    from vigil.models import registry as reg
-    bundle = reg.load(registry, "tp")
-    scorer = bundle.scorer()
     raw = cardio()[0] if kind == "features" else mnist_t10k()[0][..., None]
-    x = bundle.preprocessing.transform(raw)
+    return bundle.preprocessing.transform(raw)
+
+
+def bare_rate(scorer, x, n: int, batch: int) -> float:
+    """Records/s of the scorer alone on n records, ``batch`` per call."""
+    import numpy as np
     ids = [f"r{i:08d}" for i in range(n)]
     scorer(x[np.arange(batch) % len(x)], ids[:batch])   # trace once
-    started = time.time()
+    started = time.perf_counter()
     for i in range(0, n, batch):
         j = np.arange(i, min(i + batch, n)) % len(x)
         scorer(x[j], ids[i:i + len(j)])
-    return n / (time.time() - started)
+    return n / (time.perf_counter() - started)
 
 
 CHILD = """
@@ -113,15 +122,25 @@ from vigil.pipeline.run import plan_run, score
 cfg = ScoreConfig(inputs=({glob!r},), registry={reg!r}, name="tp", output={out!r}, run_id="tp",
                   overwrite=True, batch_size={batch})
 t = time.time()
-result = score(plan_run(cfg), pipeline_options(cfg, {beam_args!r}))
-print(json.dumps({{"seconds": time.time() - t, "scored": result.manifest["counts"]["scored"],
+plan = plan_run(cfg)
+result = score(plan, pipeline_options(cfg, {beam_args!r}))
+seconds, report = time.time() - t, None
+if {report}:
+    from vigil.pipeline.report.run_report import build_run_report
+    t = time.time()
+    build_run_report(result.run_dir, bundle=plan.bundle)
+    report = time.time() - t
+print(json.dumps({{"seconds": seconds, "scored": result.manifest["counts"]["scored"],
+                  "report_seconds": report,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
 
-def pipeline_run(glob: str, registry: str, out: str, batch: int, beam_args: list[str]) -> dict:
-    code = CHILD.format(glob=glob, reg=registry, out=out, batch=batch,
-                        beam_args=beam_args)
+def pipeline_run(glob: str, registry: str, out: str, batch: int, beam_args: list[str],
+                 report: bool = False) -> dict:
+    """One ``vigil score`` run in a fresh process: seconds, records scored, peak RSS (and the
+    report's seconds)."""
+    code = CHILD.format(glob=glob, reg=registry, out=out, batch=batch, beam_args=beam_args, report=report)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if proc.returncode:
@@ -129,58 +148,90 @@ def pipeline_run(glob: str, registry: str, out: str, batch: int, beam_args: list
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def measure(kind: str, tmp: Path, sizes: dict, rounds: int, beam_args: list[str]) -> dict:
+    """Every measure of one kind (see the module docstring)."""
+    from vigil.models import registry as reg
+    from vigil.pipeline.config import BATCH_SIZE
+    batch = BATCH_SIZE[kind]
+    registry = train(tmp / kind, kind)
+    bundle = reg.load(registry, "tp")
+    scorer = bundle.scorer()
+    x = preprocessed(bundle, kind)
+    shards = make_table_shards if kind == "features" else make_image_shards
+    n_small, n_large = sizes["small"], sizes["records"]
+    globs = {n: shards(tmp / kind / f"in-{n}", n) for n in sorted({n_small, n_large, *sizes["rss"]})}
+
+    def run(n: int, report: bool = False) -> dict:
+        out = pipeline_run(globs[n], registry, str(tmp / kind / f"out-{n}"), batch, beam_args, report)
+        assert out["scored"] == n
+        print(f"{kind}: {n} records in {out['seconds']:.1f} s, peak RSS {out['peak_rss_mb']:.0f} MB",
+              flush=True)
+        return out
+
+    per_round = []
+    for r in range(rounds):
+        fp32, bf16 = matmul_rate("float32"), matmul_rate("bfloat16")
+        bare = bare_rate(scorer, x, min(n_large, 20 * batch), batch)
+        small, large = run(n_small), run(n_large, report=r == 0)
+        steady = (n_large - n_small) / (large["seconds"] - small["seconds"])
+        per_round.append({"fp32_flops_per_s": fp32, "bf16_flops_per_s": bf16, "bare": bare,
+                          "steady": steady, "pipeline_over_bare": steady / bare,
+                          "fixed_seconds": small["seconds"] - n_small / steady,
+                          "report_seconds": large["report_seconds"]})
+    flops = flops_per_record(scorer)
+    median = {k: statistics.median(r[k] for r in per_round if r[k] is not None) for k in per_round[0]}
+    rss = {n: run(n)["peak_rss_mb"] for n in sizes["rss"]}
+    return {"batch_size": batch, "block": scorer.block, "flops_per_record": flops, **median,
+            "roofline_fp32": median["bare"] * flops / median["fp32_flops_per_s"],
+            "roofline_bf16": median["bare"] * flops / median["bf16_flops_per_s"],
+            "report_records": n_large, "peak_rss_mb": rss,
+            "peak_rss_ratio": rss[sizes["rss"][1]] / rss[sizes["rss"][0]], "sizes": sizes,
+            "rounds": per_round}
+
+
+def summary(kind: str, m: dict) -> list[list[str]]:
+    small, large = m["sizes"]["rss"]
+    return [
+        [kind, "FLOPs per record (profiler)", f"{m['flops_per_record'] / 1e6:.2f} M", ""],
+        [kind, "bare Scorer", f"{m['bare']:.0f} records/s",
+         f"{m['roofline_fp32']:.3f} of fp32 matmul, {m['roofline_bf16']:.3f} of bf16"],
+        [kind, f"pipeline steady ({m['sizes']['small']} -> {m['sizes']['records']})",
+         f"{m['steady']:.0f} records/s", f"{m['pipeline_over_bare']:.2f} x bare (goal >= 0.9)"],
+        [kind, "fixed cost of a run", f"{m['fixed_seconds']:.1f} s", "start-up and drain"],
+        [kind, f"report of {m['report_records']} records", f"{m['report_seconds']:.1f} s", ""],
+        [kind, f"peak RSS {small} -> {large}",
+         f"{m['peak_rss_mb'][small]:.0f} -> {m['peak_rss_mb'][large]:.0f} MB",
+         f"x {m['peak_rss_ratio']:.2f} (goal <= 1.2)"],
+    ]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kind", choices=("image", "features"), default="image")
-    ap.add_argument("--records", type=int, default=100_000)
-    ap.add_argument("--small", type=int, default=10_000)
-    ap.add_argument("--rss", default="100000,1000000", help="two run sizes for peak RSS")
-    ap.add_argument("--batch", type=int, default=None, help="--batch-size (default: vigil's for the kind)")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="rounds of bare, small run, large run, interleaved; medians reported")
+    ap.add_argument("--kinds", default="image,features")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--records", type=int, help="large run size (default per kind: SIZES)")
+    ap.add_argument("--small", type=int, help="small run size")
+    ap.add_argument("--rss", help="two run sizes for peak RSS, 'n1,n2'")
     ap.add_argument("--beam-args", default="", help="extra Beam flags for the pipeline runs")
     ap.add_argument("--tag", default="", help="suffix of the results file")
     args = ap.parse_args(argv)
+    from vigil.models.runtime import apply_scoring_env
+    apply_scoring_env(os.environ)          # before TensorFlow loads, as the vigil command does
     import vigil.models  # noqa: F401
-    from vigil.pipeline.config import BATCH_SIZE
-    batch = args.batch or BATCH_SIZE[args.kind]
-    rss_sizes = [int(v) for v in args.rss.split(",")]
+    result = {"rounds": args.rounds, "beam_args": args.beam_args, "kinds": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        registry = train(tmp, args.kind)
-        shards = make_table_shards if args.kind == "features" else make_shards
-        globs = {n: shards(tmp / f"in-{n}", n) for n in sorted({args.small, args.records, *rss_sizes})}
-
-        def run(n: int) -> dict:
-            out = pipeline_run(globs[n], registry, str(tmp / f"out-{n}"), batch, args.beam_args.split())
-            assert out["scored"] == n
-            print(f"{n} records: {out['seconds']:.1f}s, peak RSS {out['peak_rss_mb']:.0f} MB", flush=True)
-            return out
-
-        rounds = []
-        for _ in range(args.rounds):
-            bare = bare_rate(registry, min(args.records, 20_000), batch, args.kind)
-            small, large = run(args.small), run(args.records)
-            steady = (args.records - args.small) / (large["seconds"] - small["seconds"])
-            rounds.append({"bare": bare, "steady": steady, "ratio": steady / bare})
-        rss = {n: run(n) for n in rss_sizes}
-    bare = statistics.median(r["bare"] for r in rounds)
-    steady = statistics.median(r["steady"] for r in rounds)
-    ratio = statistics.median(r["ratio"] for r in rounds)
-    rss_ratio = rss[rss_sizes[1]]["peak_rss_mb"] / rss[rss_sizes[0]]["peak_rss_mb"]
-    result = {"bare_records_per_s": bare, "pipeline_steady_records_per_s": steady,
-              "pipeline_over_bare": ratio, "rounds": rounds, "rss_runs": rss, "rss_sizes": rss_sizes,
-              "peak_rss_ratio": rss_ratio, "batch_size": batch, "beam_args": args.beam_args,
-              "kind": args.kind, "targets": {"pipeline_over_bare": 0.9, "peak_rss_ratio": 1.2}}
-    rows = [["bare Scorer", f"{bare:.0f}", ""],
-            [f"pipeline steady ({args.small}->{args.records})", f"{steady:.0f}",
-             f"{ratio:.2f}x bare (target >= 0.9)"],
-            [f"peak RSS {rss_sizes[0]} -> {rss_sizes[1]}",
-             f"{rss[rss_sizes[0]]['peak_rss_mb']:.0f} -> {rss[rss_sizes[1]]['peak_rss_mb']:.0f} MB",
-             f"{rss_ratio:.2f}x (target <= 1.2)"]]
-    print(table(rows, ["measure", f"{args.kind}, records/s (median of {args.rounds})", "vs target"]))
-    name = "throughput" + ("-features" if args.kind == "features" else "") + args.tag
-    print("written to", write_json(f"{name}.json", result))
+        for kind in args.kinds.split(","):
+            sizes = dict(SIZES[kind])
+            sizes.update({k: v for k, v in (("records", args.records), ("small", args.small)) if v})
+            if args.rss:
+                sizes["rss"] = tuple(int(v) for v in args.rss.split(","))
+            result["kinds"][kind] = measure(kind, Path(tmp), sizes, args.rounds, args.beam_args.split())
+    rows = [row for kind, m in result["kinds"].items() for row in summary(kind, m)]
+    first = next(iter(result["kinds"].values()))
+    rows.append(["", "fp32 / bf16 2048² matmul", f"{first['fp32_flops_per_s'] / 1e9:.0f} / "
+                 f"{first['bf16_flops_per_s'] / 1e9:.0f} GFLOP/s", "median of the rounds"])
+    print(table(rows, ["kind", "measure", f"value (median of {args.rounds})", "note"]))
+    print("written to", write_json(f"throughput{args.tag}.json", result))
     return 0
 
 

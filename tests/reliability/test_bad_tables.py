@@ -313,17 +313,19 @@ def test_a_carried_column_named_like_an_output_column_is_refused(features_regist
     assert not (tmp_path / "out").exists()
 
 
-def test_table_rows_read_in_blocks_are_those_read_one_by_one(tmp_path):
-    """The pipeline reads a table in checked blocks, training and reports row by row: the
-    same good rows and the same dead letters either way, at any batch boundary."""
+def test_table_rows_checked_in_blocks_are_those_decode_passes_one_by_one(tmp_path):
+    """The pipeline reads a table in blocks checked in numpy (``decode_rows``); training and
+    reports read it row by row and ``decode`` each: the same good rows and the same dead
+    letters either way, at any batch boundary."""
+    from vigil.pipeline.decode import DecodeSpec, decode
     from vigil.pipeline.readers import ReadSpec, read_file
-    from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, RecordBlock
+    from vigil.pipeline.records import DeadLetter, FileStats, RecordBlock, ScoringInput
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 3))
     x[[5, 255, 256, 599], [0, 1, 2, 0]] = [np.nan, np.inf, -np.inf, np.nan]
     ids = [f"r{i}".encode() for i in range(600)]
     ids[300], ids[301], ids[302] = b"", b"\xff\xfe", None
-    f1 = pa.array([str(v) for v in x[:, 1]], pa.string()).to_pylist()
+    f1 = [str(v) for v in x[:, 1]]
     f1[400] = "abc"
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({"id": pa.array(ids, pa.binary()), "f0": x[:, 0], "f1": f1, "f2": x[:, 2],
@@ -333,23 +335,23 @@ def test_table_rows_read_in_blocks_are_those_read_one_by_one(tmp_path):
 
     def read(blocks: bool):
         stats = FileStats(str(path))
-        items = list(read_file(str(path), spec, stats, blocks=blocks))
-        return stats, items
+        return stats, list(read_file(str(path), spec, stats, blocks=blocks))
 
     block_stats, block_items = read(True)
     row_stats, row_items = read(False)
     blocks = [i for i in block_items if isinstance(i, RecordBlock)]
     assert blocks and all(len(b) <= 256 for b in blocks)
-    assert not [i for i in row_items if isinstance(i, RecordBlock)]
-    records = [i for i in row_items if isinstance(i, RawRecord)]
+    decoded = [decode(i, DecodeSpec("features", (3,))) if not isinstance(i, DeadLetter) else i
+               for i in row_items]
+    records = [d for d in decoded if isinstance(d, ScoringInput)]
     assert [i for b in blocks for i in b.ids] == [r.id for r in records]
-    assert np.array_equal(np.concatenate([b.x for b in blocks]), np.stack([r.value for r in records]))
+    assert np.array_equal(np.concatenate([b.x for b in blocks]), np.stack([r.x for r in records]))
     assert [v for b in blocks for v in b.labels["label"]] == [r.labels["label"] for r in records]
-    dead = sorted((d.reason, d.id, d.id_hex) for d in block_items if isinstance(d, DeadLetter))
-    assert dead == sorted((d.reason, d.id, d.id_hex) for d in row_items if isinstance(d, DeadLetter))
-    assert dead == sorted([("non_finite_feature", f"r{i}", None) for i in (5, 255, 256, 599)]
-                          + [("missing_id", None, None), ("missing_id", None, None),
-                             ("non_utf8_id", None, "fffe"),
-                             ("non_numeric_feature", "r400", None)])
+    dead = sorted((d.reason, d.id, d.id_hex, d.message) for d in block_items if isinstance(d, DeadLetter))
+    assert dead == sorted((d.reason, d.id, d.id_hex, d.message) for d in decoded if isinstance(d, DeadLetter))
+    assert [(reason, rid, hexed) for reason, rid, hexed, _ in dead] == sorted(
+        [("non_finite_feature", f"r{i}", None) for i in (5, 255, 256, 599)]
+        + [("missing_id", None, None), ("missing_id", None, None), ("non_utf8_id", None, "fffe"),
+           ("non_numeric_feature", "r400", None)])
     assert block_stats.records == row_stats.records == 600 and block_stats.fully_read
     assert len(records) + len(dead) == 600

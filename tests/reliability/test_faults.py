@@ -188,7 +188,7 @@ def test_glob_matching_nothing_stops_before_the_pipeline(features_registry, tmp_
 
 def _fail_read(monkeypatch):
     import vigil.pipeline.transforms as transforms
-    monkeypatch.setattr(transforms, "read_file", lambda *a: (_ for _ in ()).throw(
+    monkeypatch.setattr(transforms, "read_file", lambda *a, **k: (_ for _ in ()).throw(
         OSError(5, "Input/output error", "/injected/read")))
 
 
@@ -215,11 +215,11 @@ def _fail_sink(monkeypatch):
 
 
 def _fail_inference(monkeypatch):
-    from vigil.pipeline.handler import VigilModelHandler
+    from vigil.pipeline.handler import BlockModelHandler
 
     def broken(self, batch, model, inference_args=None):
         raise RuntimeError("injected model fault")
-    monkeypatch.setattr(VigilModelHandler, "run_inference", broken)
+    monkeypatch.setattr(BlockModelHandler, "run_inference", broken)
 
 
 def _fail_dead_letter_sink(monkeypatch):
