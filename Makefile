@@ -34,7 +34,7 @@ bench-ceiling: $(STAMP)
 	$(BIN)/python tests/benchmarks/ceiling.py $(BENCH_ARGS)
 
 # Images and tables against the machine: roofline, pipeline / bare, fixed costs, report, RSS
-# (one JSON; about 20 minutes).
+# (one JSON; about 30 minutes).
 bench-throughput: $(STAMP)
 	$(BIN)/python tests/benchmarks/throughput.py $(BENCH_ARGS)
 
