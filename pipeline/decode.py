@@ -88,10 +88,8 @@ def decode_rows(ids: list, x: np.ndarray, source: str, labels: dict[str, list],
     if not good.any():
         return None, dead
     keep = np.flatnonzero(good)
-    every = len(keep) == len(ids)
-    return RecordBlock([ids[r] for r in keep] if not every else list(ids), x[keep] if not every else x,
-                       [source] * len(keep),
-                       {k: ([v[r] for r in keep] if not every else list(v)) for k, v in labels.items()}), dead
+    return RecordBlock([ids[r] for r in keep], x[keep], [source] * len(keep),
+                       {k: [v[r] for r in keep] for k, v in labels.items()}), dead
 
 
 def _too_large(nbytes: int, spec: DecodeSpec) -> str:
