@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench bench-accuracy bench-ceiling bench-throughput bench-training bench-fixed-costs bench-calibration bench-report bench-workers audit clean
+.PHONY: demo test lint bench bench-accuracy bench-ceiling bench-throughput bench-training bench-fixed-costs bench-calibration bench-pooling bench-selection bench-report bench-workers audit clean
 
 $(STAMP): setup.py pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -25,8 +25,20 @@ test: lint
 
 bench: bench-accuracy bench-ceiling bench-throughput bench-training bench-calibration
 
+# The four shared protocols (about 50 minutes); BENCH_ARGS="--protocol sklearn-unsup" runs the
+# held-out tables that ship with scikit-learn (about 6 minutes), "--dump DIR" keeps raw scores.
 bench-accuracy: $(STAMP)
 	$(BIN)/python tests/benchmarks/accuracy.py $(BENCH_ARGS)
+
+# Other rules for pooling the scores, recomputed from what --dump kept (seconds):
+# make bench-pooling BENCH_ARGS=DIR
+bench-pooling: $(STAMP)
+	$(BIN)/python tests/benchmarks/pooling.py $(BENCH_ARGS)
+
+# Whether normal rows and a perturbed copy of them pick the model that ranks real anomalies
+# better, the premise of a label-free pooling weight (about 10 minutes).
+bench-selection: $(STAMP)
+	$(BIN)/python tests/benchmarks/score_selection.py $(BENCH_ARGS)
 
 # What the table protocols allow at all: reference methods on vigil's splits (about a minute;
 # BENCH_ARGS=--vigil adds vigil's own calibration study and --calibration-input, about 24 minutes).
