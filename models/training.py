@@ -29,8 +29,10 @@ never saw it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -197,7 +199,37 @@ def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Train
     ``calibration_set``, decoded records known to be normal and their ids, supplies the
     thresholds and the gates instead of held-out training records.
     """
-    tf.config.experimental.enable_op_determinism()     # each member seeds itself
+    with _reproducible():
+        return _fit(x_raw, ids, model_config, cfg, preprocessing, calibration_set)
+
+
+@contextlib.contextmanager
+def _reproducible():
+    """Deterministic kernels while training; the caller's kernel setting and Python's and
+    NumPy's global generators back afterwards.
+
+    Each member seeds the global generators (``keras.utils.set_random_seed``) so that the
+    same data and seed give the same weights.  A notebook that fits a model keeps its own
+    random streams and kernels; TensorFlow's global seed stays the last member's, as
+    TensorFlow has no way to read the previous one back.
+    """
+    # TensorFlow exports enabling determinism, not reading or undoing it.
+    from tensorflow.python.framework import config as tf_config
+    was_deterministic = tf_config.is_op_determinism_enabled()
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        if not was_deterministic:
+            tf_config.disable_op_determinism()
+
+
+def _fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: TrainConfig,
+         preprocessing: Preprocessing,
+         calibration_set: tuple[np.ndarray, list[str]] | None) -> TrainResult:
     n = len(x_raw)
     cross_fit = model_config.cross_fit and calibration_set is None
     if cross_fit:

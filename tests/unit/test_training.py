@@ -91,6 +91,21 @@ def test_same_seed_same_model_and_scores_rank_normals_above_noise():
     assert a.metrics["finite"]
 
 
+def test_training_leaves_the_callers_random_streams_and_kernels_alone():
+    import random
+
+    from tensorflow.python.framework import config as tf_config
+    tf_config.disable_op_determinism()
+    np.random.seed(123)
+    random.seed(7)
+    expected = (np.random.random(3), random.random())
+    np.random.seed(123)
+    random.seed(7)
+    _fit(_blobs(200), epochs=1)
+    assert np.array_equal(np.random.random(3), expected[0]) and random.random() == expected[1]
+    assert not tf_config.is_op_determinism_enabled()
+
+
 def test_an_ensemble_scores_the_mean_of_its_members():
     from vigil.models.scoring import Scorer
     from vigil.schemas.tables import SCORE_NAMES
