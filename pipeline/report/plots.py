@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from vigil.schemas.tables import SCORE_NAMES, SCORE_ORIENTATION
 
@@ -47,6 +48,7 @@ def score_histograms(sample: dict[str, np.ndarray], thresholds: dict, path: str)
             lo, hi = _robust_range(values, t)
             outside = int(((values < lo) | (values > hi)).sum())
             ax.hist(np.clip(values, lo, hi), bins=60, range=(lo, hi), color="#4c72b0", log=True)
+            ax.yaxis.set_minor_locator(NullLocator())
             ax.set_xlim(lo, hi)
             if outside:
                 title += f"  ({outside} off the axis, at its edge)"
