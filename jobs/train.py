@@ -187,7 +187,7 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
     def report(directory: str) -> dict[str, str]:
         other = result.preprocessing.transform(x_other) if x_other is not None else None
         return report_file(directory, render(cfg.name, result, result.preprocessing.transform(
-            result.holdout[0]), other))
+            result.holdout), other))
 
     published = detector.save(
         cfg.registry, cfg.name, promote=cfg.promote, allow_unflaggable=cfg.allow_unflaggable,

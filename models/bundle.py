@@ -212,19 +212,19 @@ class Bundle:
         self.require_scorable()
         return Scorer(self.members, self.config, seed=int(self.manifest["training"].get("seed", 0)))
 
-    def score_raw(self, scorer: Scorer, raw: np.ndarray, ids: list[str]) -> dict[str, np.ndarray]:
+    def score_raw(self, scorer: Scorer, raw: np.ndarray) -> dict[str, np.ndarray]:
         """Decoded records -> the scorer's outputs, plus what the calibration needs with them."""
-        scores = scorer.score_array(self.preprocessing.transform(raw), ids)
+        scores = scorer.score_array(self.preprocessing.transform(raw))
         if self.calibration.needs_input_bits:
             scores[INPUT_BITS] = input_bits(raw)
         return scores
 
-    def score_columns(self, scorer: Scorer, raw: np.ndarray, ids: list[str], target_fpr: float) -> dict:
+    def score_columns(self, scorer: Scorer, raw: np.ndarray, target_fpr: float) -> dict:
         """Decoded records -> the scores table's values (arrays over the records): the four
         scores and their p-values, ``anomaly_score`` and its p-value, the threshold at
         ``target_fpr``, the flag, and the top contributions (``top_index``/``top_contribution``)."""
         cal = self.calibration
-        out = self.score_raw(scorer, raw, ids)
+        out = self.score_raw(scorer, raw)
         scores = {n: v.astype(np.float64) for n, v in out.items() if n in (*SCORE_NAMES, *cal.statistics)}
         result = {n: scores[n] for n in SCORE_NAMES}
         result.update(cal.pvalues(scores))
@@ -232,7 +232,7 @@ class Bundle:
         threshold = cal.threshold(target_fpr)
         result["anomaly_score"] = anomaly_score
         result["anomaly_pvalue"] = cal.anomaly_pvalue(anomaly_score)
-        result["threshold"] = np.full(len(ids), threshold)
+        result["threshold"] = np.full(len(raw), threshold)
         result["is_anomaly"] = anomaly_score > threshold
         result["top_index"] = out["top_index"]
         result["top_contribution"] = out["top_contribution"].astype(np.float64)

@@ -85,15 +85,14 @@ class Detector:
         cal_set = None
         if calibration is not None:
             cx, cids = calibration if isinstance(calibration, tuple) else (calibration, None)
-            cal_raw, cal_ids, _, _ = as_records(cx, cids, kind, columns if kind == "features" else None)
-            cal_set = (cal_raw, cal_ids)
+            cal_set, _, _, _ = as_records(cx, cids, kind, columns if kind == "features" else None)
         train_rows = train_split_size(len(x_raw), train, calibrate=cal_set is None)
         model_config = default_model_config(kind, shape, self.model_options, train_rows)
-        result = fit(x_raw, ids, model_config, train, pre, cal_set)
+        result = fit(x_raw, model_config, train, pre, cal_set)
         self.kind = kind
         self._fitted = {"result": result, "model_config": model_config, "train": train,
                         "columns": columns, "profile": data_profile(x_raw, kind, columns),
-                        "calibration_records": len(cal_set[1]) if cal_set else len(x_raw)}
+                        "calibration_records": len(cal_set) if cal_set is not None else len(x_raw)}
         manifest = {"version": "unsaved", "training": {"seed": train.seed}}
         self.bundle_ = Bundle("", "unsaved", manifest, model_config, result.preprocessing,
                               result.calibration, result.members)
@@ -123,7 +122,7 @@ class Detector:
         alpha = default_target_fpr(bundle.calibration) if target_fpr is None else float(target_fpr)
         if self._scorer is None:
             self._scorer = bundle.scorer()
-        out = bundle.score_columns(self._scorer, x_raw, ids, alpha)
+        out = bundle.score_columns(self._scorer, x_raw, alpha)
         frame = {"id": list(ids), "source": [MEMORY_SOURCE] * len(ids)}
         for name in SCORE_NAMES:
             frame[name] = out[name]

@@ -55,10 +55,10 @@ def flag_advice(calibration, alpha: float, normal_records: int) -> str | None:
 
 
 def gates(result: TrainResult, registry_root: str, name: str, policy: GatePolicy,
-          holdout: tuple[np.ndarray, list[str]], calibration_records: int) -> list[str]:
+          holdout: np.ndarray, calibration_records: int) -> list[str]:
     """Reasons not to promote; [] when every gate passes.
 
-    ``holdout`` is the raw held-out normal records (and ids) behind the validation
+    ``holdout`` is the raw held-out normal records behind the validation
     metrics; ``calibration_records`` how many normal records the calibration came from.
     """
     from scipy.stats import binom
@@ -84,8 +84,7 @@ def gates(result: TrainResult, registry_root: str, name: str, policy: GatePolicy
         if unscorable:      # its FPR measured here would be an artefact of this machine
             LOG.warning("not comparing with production %s: %s", current, unscorable)
         elif tuple(prod.config.input_shape) == tuple(result.preprocessing.input_shape):
-            x_raw, ids = holdout
-            scores = prod.score_raw(prod.scorer(), np.asarray(x_raw), ids)
+            scores = prod.score_raw(prod.scorer(), np.asarray(holdout))
             prod_val = validation_metrics(prod.calibration, scores)
             for alpha, fpr in val.get("fpr", {}).items():
                 prod_fpr = prod_val["fpr"].get(alpha, prod_val["fpr"].get(next(iter(prod_val["fpr"]))))

@@ -17,12 +17,15 @@ initial weights on the same split), each score is the mean of the members' score
 members disagree most where the data is thin, so the mean ranks more steadily than any
 one of them.
 
-The noise eps comes from a stateless RNG seeded by the record's id, so a record scores
-the same in any batch, order, worker or re-run.
+Every record is scored with the same noise eps (S, latent_dim), drawn once per Scorer from
+the model's seed: common random numbers.  A record's score is then a fixed function of the
+record, the same in any batch, order, worker or re-run; each score is still an unbiased
+Monte Carlo estimate, and the comparison between two records, which is what ranking and
+calibration use, carries no sampling noise of its own.  (Drawing per record, from a hash of
+its id, costs a loop of small RNG kernels per block: a quarter of a table's scoring time.)
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import NamedTuple, Sequence
 
@@ -53,24 +56,9 @@ def _not_scorer_retracing(record: logging.LogRecord) -> bool:
 BLOCK = {"features": 256, "image": 64}
 
 
-def record_seeds(ids: list[str], model_seed: int) -> np.ndarray:
-    """(n, 2) int64 stateless-RNG seeds: a 63-bit hash of each id, and the model's seed."""
-    out = np.empty((len(ids), 2), dtype=np.int64)
-    for i, rid in enumerate(ids):
-        digest = hashlib.blake2b(rid.encode("utf-8"), digest_size=8).digest()
-        out[i, 0] = int.from_bytes(digest, "little") >> 1
-    out[:, 1] = model_seed
-    return out
-
-
-def record_noise(seeds: tf.Tensor, n_samples: int, latent_dim: int) -> tf.Tensor:
-    """(B, n_samples, latent_dim) standard normals, each record's drawn from its own seed.
-
-    A loop over the records (``tf.map_fn``): ``tf.vectorized_map`` draws the same numbers
-    but its batched version of the op is slower on 256-row blocks (docs/benchmarks.md).
-    """
-    return tf.map_fn(lambda s: tf.random.stateless_normal([n_samples, latent_dim], seed=s), seeds,
-                     fn_output_signature=tf.float32)
+def common_noise(seed: int, n_samples: int, latent_dim: int) -> tf.Tensor:
+    """(1, n_samples, latent_dim) standard normals, the same for every record a model scores."""
+    return tf.random.stateless_normal([1, n_samples, latent_dim], seed=[int(seed), 0])
 
 
 class Member(NamedTuple):
@@ -83,10 +71,10 @@ class Member(NamedTuple):
 class Scorer:
     """Scores batches of preprocessed records with the members' VAEs and DAEs.
 
-    Call it with a float32 array shaped ``(batch,) + input_shape`` and the record ids;
-    it returns numpy arrays: the four scores (batch,), and ``top_index`` /
-    ``top_contribution`` (batch, top_k): the input dimensions (flat feature index or
-    pixel position) with the largest VAE negative log-likelihood.
+    Call it with a float32 array shaped ``(batch,) + input_shape``; it returns numpy
+    arrays: the four scores (batch,), and ``top_index`` / ``top_contribution`` (batch,
+    top_k): the input dimensions (flat feature index or pixel position) with the largest
+    VAE negative log-likelihood.
     """
 
     def __init__(self, members: Sequence[Member], config: ModelConfig, seed: int = 0,
@@ -103,16 +91,16 @@ class Scorer:
         # Attached where scoring starts (once per process), not when the module is imported.
         if _not_scorer_retracing not in tf.get_logger().filters:
             tf.get_logger().addFilter(_not_scorer_retracing)
+        self._eps = common_noise(self.seed, max(config.n_recon_samples, config.n_iwae_samples),
+                                 config.latent_dim)
         # A fixed signature: any batch size reuses one trace.
         self._score = tf.function(self._score_batch, input_signature=[
             tf.TensorSpec([None, *config.input_shape], tf.float32),
-            tf.TensorSpec([None, 2], tf.int64),
         ])
 
-    def _score_batch(self, x: tf.Tensor, seeds: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _score_batch(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
         cfg = self.config
-        eps = record_noise(seeds, max(cfg.n_recon_samples, cfg.n_iwae_samples), cfg.latent_dim)
-        per_member = [self._member_scores(m, x, eps) for m in self.members]
+        per_member = [self._member_scores(m, x, self._eps) for m in self.members]
         mean = {k: tf.add_n([p[k] for p in per_member]) / len(per_member) for k in per_member[0]}
         # Reduced in float64: a float32 mean's last bit depends on the row's memory position.
         contribution = tf.cast(mean.pop("contribution"), tf.float32)                # (B, D)
@@ -149,22 +137,18 @@ class Scorer:
             scores[DAE_SMOOTH_ERROR] = losses.smoothed_squared_error(x, dae_image, cfg.dae_error_sigma)
         return scores
 
-    def __call__(self, x: np.ndarray, ids: list[str]) -> dict[str, np.ndarray]:
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         x = np.asarray(x, dtype=np.float32)
         if x.shape[1:] != tuple(self.config.input_shape):
             raise ValueError(f"batch shape {x.shape[1:]} does not match the model's input "
                              f"{tuple(self.config.input_shape)}")
-        if len(ids) != len(x):
-            raise ValueError(f"{len(ids)} ids for {len(x)} records; each record needs its id")
-        seeds = record_seeds(ids, self.seed)
         parts = []
         for start in range(0, len(x), self.block):
-            xb, sb = x[start:start + self.block], seeds[start:start + self.block]
+            xb = x[start:start + self.block]
             n = len(xb)
             if n < self.block:
                 xb = np.concatenate([xb, np.zeros((self.block - n, *xb.shape[1:]), np.float32)])
-                sb = np.concatenate([sb, np.zeros((self.block - n, 2), np.int64)])
-            out = self._score(tf.constant(xb), tf.constant(sb))
+            out = self._score(tf.constant(xb))
             parts.append({k: v.numpy()[:n] for k, v in out.items()})
         if not parts:
             raise ValueError("empty batch")
@@ -178,9 +162,9 @@ class Scorer:
         mean = tf.sigmoid(out) if self.config.likelihood == "bernoulli" else out[0]
         return mean.numpy().reshape(np.shape(x))
 
-    def score_array(self, x: np.ndarray, ids: list[str], batch_size: int = 256) -> dict[str, np.ndarray]:
+    def score_array(self, x: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
         """Score any number of records in batches; returns concatenated arrays."""
-        parts = [self(x[i:i + batch_size], ids[i:i + batch_size])
+        parts = [self(x[i:i + batch_size])
                  for i in range(0, len(x), batch_size)]
         if not parts:
             return {}

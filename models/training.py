@@ -68,7 +68,7 @@ class TrainResult:
     split_sizes: dict
     validation_scores: dict = field(repr=False, default_factory=dict)
     # The held-out normal records behind metrics["validation"] (the promotion gates), raw.
-    holdout: tuple[np.ndarray, list[str]] = field(repr=False, default=(np.empty(0), []))
+    holdout: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
 
     # The first member stands for the ensemble in pictures (latent map, samples).
     @property
@@ -189,18 +189,17 @@ def _fit_member(part: dict[str, np.ndarray], model_config: ModelConfig, cfg: Tra
     return member, history
 
 
-def fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: TrainConfig,
-        preprocessing: Preprocessing,
-        calibration_set: tuple[np.ndarray, list[str]] | None = None) -> TrainResult:
+def fit(x_raw: np.ndarray, model_config: ModelConfig, cfg: TrainConfig,
+        preprocessing: Preprocessing, calibration_set: np.ndarray | None = None) -> TrainResult:
     """Train the VAE and the DAE on normal records and calibrate them.
 
     ``x_raw`` is decoded records (uint8 images or raw features), ``preprocessing`` the
     transform to model inputs (for features it is re-fitted here on the train split).
-    ``calibration_set``, decoded records known to be normal and their ids, supplies the
+    ``calibration_set``, decoded records known to be normal, supplies the
     thresholds and the gates instead of held-out training records.
     """
     with _reproducible():
-        return _fit(x_raw, ids, model_config, cfg, preprocessing, calibration_set)
+        return _fit(x_raw, model_config, cfg, preprocessing, calibration_set)
 
 
 @contextlib.contextmanager
@@ -227,9 +226,8 @@ def _reproducible():
             tf_config.disable_op_determinism()
 
 
-def _fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: TrainConfig,
-         preprocessing: Preprocessing,
-         calibration_set: tuple[np.ndarray, list[str]] | None) -> TrainResult:
+def _fit(x_raw: np.ndarray, model_config: ModelConfig, cfg: TrainConfig,
+         preprocessing: Preprocessing, calibration_set: np.ndarray | None) -> TrainResult:
     n = len(x_raw)
     cross_fit = model_config.cross_fit and calibration_set is None
     if cross_fit:
@@ -247,18 +245,18 @@ def _fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Trai
                                                    tail=model_config.feature_tail)
     x = preprocessing.transform(x_raw)
     part = {name: x[idx] for name, idx in splits.items()}
-    # Held-out normal records as (model inputs, raw records, ids), per split.
+    # Held-out normal records as (model inputs, raw records), per split.
     if calibration_set is None:
-        held = {name: (part[name], x_raw[splits[name]], [ids[i] for i in splits[name]])
+        held = {name: (part[name], x_raw[splits[name]])
                 for name in ("validation", "calibration_a", "calibration_b")}
         gate = "validation"
     else:
-        cx, cids = calibration_set
+        cx = calibration_set
         if tuple(cx.shape[1:]) != tuple(x_raw.shape[1:]):
             raise DataError(f"calibration records have shape {tuple(cx.shape[1:])}, "
                              f"training records {tuple(x_raw.shape[1:])}")
         cx_model = preprocessing.transform(cx)
-        held = {name: (cx_model[idx], cx[idx], [cids[i] for i in idx])
+        held = {name: (cx_model[idx], cx[idx])
                 for name, idx in split_calibration(len(cx), cfg).items()}
         gate = "holdout"
 
@@ -278,14 +276,14 @@ def _fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Trai
 
     if cross_fit:
         scores = _out_of_fold_scores(members, folds, {name: splits[name] for name in held},
-                                     x, ids, model_config, cfg.seed)
+                                     x, model_config, cfg.seed)
     else:
         scorer = Scorer(members, model_config, seed=cfg.seed)
-        scores = {name: scorer.score_array(inputs, row_ids) for name, (inputs, _, row_ids) in held.items()}
-    for name, (_, rows, _) in held.items():
+        scores = {name: scorer.score_array(inputs) for name, (inputs, _) in held.items()}
+    for name, (_, rows) in held.items():
         if model_config.adjust_complexity:
             scores[name][INPUT_BITS] = input_bits(rows)
-    if len(held["calibration_a"][2]) == 0 or len(held["calibration_b"][2]) == 0:
+    if len(held["calibration_a"][1]) == 0 or len(held["calibration_b"][1]) == 0:
         raise DataError(f"only {len(x_raw)} normal records: calibration splits are empty")
     calibration = Calibration.fit(scores["calibration_a"], scores["calibration_b"], cfg.target_fprs,
                                   combine=combined_statistics(model_config), rule=model_config.combine,
@@ -302,13 +300,13 @@ def _fit(x_raw: np.ndarray, ids: list[str], model_config: ModelConfig, cfg: Trai
     if cross_fit:
         sizes.update(train=int(len(trains[0])), folds=len(folds))
     if calibration_set is not None:
-        sizes.update({f"calibration_input_{k}": int(len(v[2])) for k, v in held.items()})
+        sizes.update({f"calibration_input_{k}": int(len(v[1])) for k, v in held.items()})
     return TrainResult(members, preprocessing, calibration, history, metrics,
-                       plan, sizes, scores[gate], held[gate][1:])
+                       plan, sizes, scores[gate], held[gate][1])
 
 
 def _out_of_fold_scores(members: list[Member], folds: list[np.ndarray],
-                        parts: dict[str, np.ndarray], x: np.ndarray, ids: list[str],
+                        parts: dict[str, np.ndarray], x: np.ndarray,
                         model_config: ModelConfig, seed: int) -> dict[str, dict[str, np.ndarray]]:
     """Scores of each part's rows (sorted indices into ``x``), by the member held from them.
 
@@ -321,7 +319,7 @@ def _out_of_fold_scores(members: list[Member], folds: list[np.ndarray],
         rows = np.concatenate([parts[name][i] for name, i in mine.items()])
         if not len(rows):
             continue
-        scored = Scorer([member], model_config, seed=seed).score_array(x[rows], [ids[i] for i in rows])
+        scored = Scorer([member], model_config, seed=seed).score_array(x[rows])
         start = 0
         for name, i in mine.items():
             for key, values in scored.items():

@@ -14,7 +14,6 @@ so no per-record Python runs between reading a table and writing its scores.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -45,9 +44,9 @@ class LoadedModel:
         """The feature columns a table model reads, in order (() for images)."""
         return tuple(self._bundle.preprocessing.feature_columns)
 
-    def score(self, raw: np.ndarray, ids: list[str], target_fpr: float) -> dict:
+    def score(self, raw: np.ndarray, target_fpr: float) -> dict:
         """Decoded records -> every output column of the scores table (arrays over the batch)."""
-        return self._bundle.score_columns(self._scorer, raw, ids, target_fpr)
+        return self._bundle.score_columns(self._scorer, raw, target_fpr)
 
 
 class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
@@ -83,8 +82,7 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
         """Score a batch; one ``PredictionResult`` per example, the model version as its id."""
         # One call per batch: behind Beam's model_copies proxy each method call crosses processes.
         columns = model.feature_columns()
-        ids, arrays = zip(*(_id_and_array(e, columns) for e in batch))
-        out = model.score(np.stack(arrays), list(ids), self.target_fpr)
+        out = model.score(np.stack([_array(e, columns) for e in batch]), self.target_fpr)
         version = model.version()
         for i, example in enumerate(batch):
             yield PredictionResult(example, {k: v[i] for k, v in out.items()}, version)
@@ -117,27 +115,19 @@ class BlockModelHandler(VigilModelHandler):
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
         """Score the batch's rows in one call; one result holding them all."""
         block = RecordBlock.concat(batch)
-        yield PredictionResult(block, model.score(block.x, block.ids, self.target_fpr), model.version())
+        yield PredictionResult(block, model.score(block.x, self.target_fpr), model.version())
 
     def get_num_bytes(self, batch: Sequence[RecordBlock]) -> int:
         """Bytes of the decoded arrays in a batch, for Beam's metrics."""
         return sum(b.x.nbytes for b in batch)
 
 
-def _id_and_array(example: Any, feature_columns: tuple[str, ...]) -> tuple[str, np.ndarray]:
-    """(id, decoded array) of a ScoringInput, or of a beam.Row from Beam's anomaly API.
-
-    A Row holds either ``x`` or the model's feature columns by name, and an optional
-    ``id``; without one, the record's content names it, so scores stay deterministic.
-    """
+def _array(example: Any, feature_columns: tuple[str, ...]) -> np.ndarray:
+    """The decoded array of a ScoringInput, or of a beam.Row from Beam's anomaly API
+    (which holds either ``x`` or the model's feature columns by name)."""
     if isinstance(example, ScoringInput):
-        return example.id, np.asarray(example.x)
+        return np.asarray(example.x)
     fields = example._asdict()
     if "x" in fields:
-        x = np.asarray(fields["x"])
-    else:
-        x = np.asarray([fields[c] for c in feature_columns], np.float64)
-    rid = fields.get("id")
-    if rid is None:
-        rid = "sha256:" + hashlib.sha256(np.ascontiguousarray(x, np.float64).tobytes()).hexdigest()
-    return str(rid), x
+        return np.asarray(fields["x"])
+    return np.asarray([fields[c] for c in feature_columns], np.float64)

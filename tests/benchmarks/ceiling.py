@@ -131,7 +131,7 @@ def iforest_fpr(x_train, x_test, y_test, y_train, split) -> dict[str, float]:
     return out
 
 
-def _vigil_fit(x: np.ndarray, ids: list[str], calibration_set=None):
+def _vigil_fit(x: np.ndarray, calibration_set=None):
     """vigil's default table models fitted as ``vigil train`` fits them; (result, config)."""
     from vigil.models.defaults import ModelOptions, default_model_config
     from vigil.models.preprocessing import Preprocessing
@@ -141,7 +141,7 @@ def _vigil_fit(x: np.ndarray, ids: list[str], calibration_set=None):
     train_cfg = TrainConfig(verbose=0, max_examples=0)
     rows = train_split_size(len(x), train_cfg, calibrate=calibration_set is None)
     config = default_model_config("features", (d,), ModelOptions(), rows)
-    trained = fit(x, ids, config, train_cfg,
+    trained = fit(x, config, train_cfg,
                   Preprocessing("features", (d,), tuple(f"f{j}" for j in range(d))),
                   calibration_set=calibration_set)
     return trained, config
@@ -155,7 +155,7 @@ def _scorer(trained, config):
 def _test_normal_scores(trained, config, x_test, y_test) -> dict[str, np.ndarray]:
     normal = x_test[y_test == 0]
     return _scorer(trained, config).score_array(
-        trained.preprocessing.transform(normal), [f"te-{i:06d}" for i in range(len(normal))])
+        trained.preprocessing.transform(normal))
 
 
 def vigil_fpr(x_train, x_test, y_test, y_train, split) -> dict[str, float | None]:
@@ -163,14 +163,13 @@ def vigil_fpr(x_train, x_test, y_test, y_train, split) -> dict[str, float | None
     second training as ``--calibration-input`` runs it (``curated``)."""
     from vigil.models.calibration import Calibration
     from vigil.models.training import combined_statistics
-    ids = [f"tr-{i:06d}" for i in range(len(x_train))]
-    trained, config = _vigil_fit(x_train, ids)
+    trained, config = _vigil_fit(x_train)
     x = trained.preprocessing.transform(x_train)
     test = _test_normal_scores(trained, config, x_test, y_test)
     # Scores depend only on the record and the models, so each split is scored once and
     # cleaned by masking its rows.
     scorer = _scorer(trained, config)
-    calib = {s: scorer.score_array(x[split[s]], [ids[i] for i in split[s]])
+    calib = {s: scorer.score_array(x[split[s]])
              for s in ("calibration_a", "calibration_b")}
     out = {}
     for name in ("contaminated", "clean"):
@@ -188,10 +187,8 @@ def vigil_curated_fpr(x_train, x_test, y_test, y_train, split) -> float | None:
     the normal rows of the calibration splits calibrate, every other train row trains."""
     held = np.r_[split["calibration_a"], split["calibration_b"]]
     curated, rest = held[y_train[held] == 0], np.setdiff1d(np.arange(len(x_train)), held)
-    ids = [f"tr-{i:06d}" for i in range(len(x_train))]
     try:
-        trained, config = _vigil_fit(x_train[rest], [ids[i] for i in rest],
-                                     calibration_set=(x_train[curated], [ids[i] for i in curated]))
+        trained, config = _vigil_fit(x_train[rest], calibration_set=x_train[curated])
     except ValueError:      # fewer curated rows than the target needs
         return None
     cal = trained.calibration

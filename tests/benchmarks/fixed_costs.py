@@ -50,11 +50,11 @@ def train(registry: str, name: str, x, epochs: int, prefix: str = "f") -> None:
     Detector(epochs=epochs, seed=0).fit(_frame(x, prefix)).save(registry, name)
 
 
-def scorer_rate(scorer, x, ids, seconds: float = 3.0) -> float:
-    scorer(x[:scorer.block], ids[:scorer.block])
+def scorer_rate(scorer, x, seconds: float = 3.0) -> float:
+    scorer(x[:scorer.block])
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        scorer(x, ids)
+        scorer(x)
         done += len(x)
     return done / (time.perf_counter() - started)
 
@@ -67,14 +67,13 @@ def bare(registry: str, x, rounds: int) -> dict:
     bundle = reg.load(registry, "cardio")
     default = bundle.scorer()
     xs = bundle.preprocessing.transform(np.concatenate([x] * max(1, 4096 // len(x) + 1))[:4096])
-    ids = [f"r{i}" for i in range(len(xs))]
     scorers = {b: Scorer(default.members, default.config, seed=default.seed, block=b) for b in BLOCKS}
     rates = {b: [] for b in BLOCKS}
     matmul = []
     for _ in range(rounds):
         matmul.append(matmul_rate("float32"))
         for b, scorer in scorers.items():
-            rates[b].append(scorer_rate(scorer, xs, ids))
+            rates[b].append(scorer_rate(scorer, xs))
     flops = {b: flops_per_record(s) for b, s in scorers.items()}
     mm = statistics.median(matmul)
     return {"default_block": default.block, "matmul_flops_per_s": mm, "members": len(default.members),

@@ -224,6 +224,6 @@ def test_images_are_flagged_by_the_dae_smoothed_error(images_registry, tmp_path)
     cal = bundle.calibration
     assert (cal.rule, cal.combine) == ("dae", (DAE_SMOOTH_ERROR,))
     ids = scores.column("id").to_pylist()                  # img-00012: the 13th image
-    raw = bundle.score_raw(bundle.scorer(), images[[int(i[4:]) for i in ids]][..., None], ids)
+    raw = bundle.score_raw(bundle.scorer(), images[[int(i[4:]) for i in ids]][..., None])
     expected = smooth_surprise(cal.scores[DAE_SMOOTH_ERROR], cal.adjusted(DAE_SMOOTH_ERROR, raw))
     np.testing.assert_allclose(scores.column("anomaly_score").to_numpy(), expected, rtol=1e-6)

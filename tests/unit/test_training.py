@@ -69,7 +69,7 @@ def _fit(x, members=1, **train):
     cfg = ModelConfig("features", (10,), latent_dim=2, hidden=(32, 16), n_recon_samples=8,
                       n_iwae_samples=16, members=members)
     pre = Preprocessing("features", (10,), tuple(f"f{i}" for i in range(10)))
-    return fit(x, [f"r{i}" for i in range(len(x))], cfg,
+    return fit(x, cfg,
                TrainConfig(epochs=train.pop("epochs", 8), verbose=0, **train), pre)
 
 
@@ -84,7 +84,7 @@ def test_same_seed_same_model_and_scores_rank_normals_above_noise():
     normal = a.preprocessing.transform(_blobs(300, seed=5))
     # Same marginal spread as the data, but off its 2-D manifold.
     noise = a.preprocessing.transform(x.mean(0) + x.std(0) * np.random.default_rng(6).normal(size=(300, 10)))
-    s = scorer(np.concatenate([normal, noise]), [f"t{i}" for i in range(600)])
+    s = scorer(np.concatenate([normal, noise]))
     truth = np.r_[np.zeros(300), np.ones(300)]
     assert roc_auc_score(truth, -s["vae_recon_logprob"]) > 0.95
     assert roc_auc_score(truth, s["dae_recon_error"]) > 0.95
@@ -119,9 +119,8 @@ def test_an_ensemble_scores_the_mean_of_its_members():
     cfg = ModelConfig("features", (10,), latent_dim=2, hidden=(32, 16), n_recon_samples=8,
                       n_iwae_samples=16, members=2)
     t = pair.preprocessing.transform(_blobs(50, seed=3))
-    ids = [f"t{i}" for i in range(len(t))]
-    both = Scorer(pair.members, cfg)(t, ids)
-    each = [Scorer([m], cfg)(t, ids) for m in pair.members]
+    both = Scorer(pair.members, cfg)(t)
+    each = [Scorer([m], cfg)(t) for m in pair.members]
     for name in SCORE_NAMES:
         np.testing.assert_allclose(both[name], (each[0][name] + each[1][name]) / 2, rtol=1e-5)
 
@@ -205,20 +204,19 @@ def test_cross_fitted_members_are_calibrated_on_the_rows_they_did_not_see():
     cfg = ModelConfig("features", (10,), latent_dim=2, hidden=(), n_recon_samples=8,
                       n_iwae_samples=16, members=3, cross_fit=True)
     pre = Preprocessing("features", (10,), tuple(f"f{i}" for i in range(10)))
-    ids = [f"r{i}" for i in range(len(x))]
-    result = fit(x, ids, cfg, TrainConfig(epochs=3, verbose=0), pre)
+    result = fit(x, cfg, TrainConfig(epochs=3, verbose=0), pre)
     assert result.split_sizes["folds"] == 3 and result.split_sizes["train"] == 80
     # Split A's calibration values are each row's score from the one member whose fold
     # held it, not the ensemble's.
     roles, folds = cross_fit_splits(len(x), TrainConfig(), 3)
     t = result.preprocessing.transform(x)
-    own = np.concatenate([Scorer([member], cfg)(t[rows], [ids[i] for i in rows])["vae_elbo"]
+    own = np.concatenate([Scorer([member], cfg)(t[rows])["vae_elbo"]
                           for member, fold in zip(result.members, folds)
                           for rows in [np.intersect1d(roles["calibration_a"], fold)]])
     np.testing.assert_allclose(result.calibration.scores["vae_elbo"],
                                np.sort(oriented("vae_elbo", own)), rtol=1e-6)
     rows = roles["calibration_a"]
-    everyone = Scorer(result.members, cfg)(t[rows], [ids[i] for i in rows])
+    everyone = Scorer(result.members, cfg)(t[rows])
     assert not np.allclose(np.sort(oriented("vae_elbo", everyone["vae_elbo"])),
                            result.calibration.scores["vae_elbo"])
     with pytest.raises(ValueError, match="cross_fit=True with members=1"):
