@@ -95,8 +95,7 @@ def flops_per_record(scorer) -> float:
     import tensorflow as tf
     from tensorflow.python.profiler import model_analyzer, option_builder
     graph = tf.function(scorer._score_batch).get_concrete_function(   # noqa: SLF001
-        tf.TensorSpec([scorer.block, *scorer.config.input_shape], tf.float32),
-        tf.TensorSpec([scorer.block, 2], tf.int64)).graph
+        tf.TensorSpec([scorer.block, *scorer.config.input_shape], tf.float32)).graph
     options = option_builder.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     return model_analyzer.profile(graph, options=options).total_float_ops / scorer.block
