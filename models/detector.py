@@ -69,9 +69,10 @@ class Detector:
             calibration=None) -> "Detector":
         """Train both models on normal records ``X`` and calibrate them.
 
-        ``calibration``: records known to be normal (an array or DataFrame like ``X``, or
-        ``(X, ids)``); they set the thresholds while ``X`` only trains.  Without it,
-        held-out parts of ``X`` do.
+        ``ids`` (one per record, as ``score`` takes them) are checked, not used: a model
+        and its scores depend on the records alone.  ``calibration``: records known to be
+        normal (an array or DataFrame like ``X``, or ``(X, ids)``); they set the
+        thresholds while ``X`` only trains.  Without it, held-out parts of ``X`` do.
         """
         x_raw, ids, kind, columns = as_records(X, ids, self.kind)
         shape = tuple(x_raw.shape[1:])
