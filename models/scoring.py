@@ -57,8 +57,16 @@ BLOCK = {"features": 256, "image": 64}
 
 
 def common_noise(seed: int, n_samples: int, latent_dim: int) -> tf.Tensor:
-    """(1, n_samples, latent_dim) standard normals, the same for every record a model scores."""
-    return tf.random.stateless_normal([1, n_samples, latent_dim], seed=[int(seed), 0])
+    """(1, n_samples, latent_dim) standard normals, the same for every record a model scores.
+
+    Drawn in antithetic pairs (eps, -eps), interleaved so that every even prefix (the L
+    samples of the reconstruction probability, the K of the IWAE) is balanced: a shared
+    draw whose mean is not zero would shift each record's estimate along its own gradient,
+    a bias that differs between records; a balanced one has no such first-order term.
+    """
+    half = tf.random.stateless_normal([(n_samples + 1) // 2, latent_dim], seed=[int(seed), 0])
+    pairs = tf.reshape(tf.stack([half, -half], axis=1), [-1, latent_dim])
+    return pairs[None, :n_samples]
 
 
 class Member(NamedTuple):

@@ -128,6 +128,16 @@ def test_every_record_is_scored_with_the_models_own_noise(features_registry):
     np.testing.assert_array_equal(other["dae_recon_error"], twice["dae_recon_error"][:3])
 
 
+def test_shared_noise_is_balanced_in_every_even_prefix():
+    """The L samples of recon_logprob and the K of log_px each average to exactly zero."""
+    from vigil.models.scoring import common_noise
+    eps = common_noise(7, 64, 32).numpy()[0]
+    for n in (2, 16, 64):
+        np.testing.assert_allclose(eps[:n].sum(axis=0), 0.0, atol=1e-6)
+    assert len(np.unique(eps[::2], axis=0)) == 32       # 32 distinct pairs, not one repeated
+    np.testing.assert_array_equal(common_noise(7, 5, 3).numpy()[0], common_noise(7, 6, 3).numpy()[0, :5])
+
+
 def test_many_scorers_in_one_process_raise_no_retracing_warning(features_registry):
     """Each Scorer traces once; TensorFlow's retracing alarm about that is dropped, others pass."""
     import logging
