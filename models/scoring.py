@@ -21,8 +21,7 @@ Every record is scored with the same noise eps (S, latent_dim), drawn once per S
 the model's seed: common random numbers.  A record's score is then a fixed function of the
 record, the same in any batch, order, worker or re-run; each score is still an unbiased
 Monte Carlo estimate, and the comparison between two records, which is what ranking and
-calibration use, carries no sampling noise of its own.  (Drawing per record, from a hash of
-its id, costs a loop of small RNG kernels per block: a quarter of a table's scoring time.)
+calibration use, carries no sampling noise of its own (docs/design.md).
 """
 from __future__ import annotations
 
@@ -170,10 +169,6 @@ class Scorer:
         mean = tf.sigmoid(out) if self.config.likelihood == "bernoulli" else out[0]
         return mean.numpy().reshape(np.shape(x))
 
-    def score_array(self, x: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-        """Score any number of records in batches; returns concatenated arrays."""
-        parts = [self(x[i:i + batch_size])
-                 for i in range(0, len(x), batch_size)]
-        if not parts:
-            return {}
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    def score_array(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Score any number of records (block by block); {} for none."""
+        return self(x) if len(x) else {}
