@@ -207,10 +207,11 @@ class Bundle:
         if mismatch:
             raise BundleError(f"{self.label}: {mismatch}")
 
-    def scorer(self) -> Scorer:
+    def scorer(self, precision: str = "float32") -> Scorer:
         """A compiled ``Scorer`` for this version's members (refused if its calibration cannot apply here)."""
         self.require_scorable()
-        return Scorer(self.members, self.config, seed=int(self.manifest["training"].get("seed", 0)))
+        return Scorer(self.members, self.config, seed=int(self.manifest["training"].get("seed", 0)),
+                      precision=precision)
 
     def score_raw(self, scorer: Scorer, raw: np.ndarray) -> dict[str, np.ndarray]:
         """Decoded records -> the scorer's outputs, plus what the calibration needs with them."""

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 
 LIKELIHOODS = ("gaussian", "bernoulli")
+# Compute precisions of the VAE decoder when scoring (vigil.models.precision).
+PRECISIONS = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):

@@ -6,8 +6,8 @@ same default networks (``vigil.models.defaults``), the same training and calibra
 (``vigil.models.publishing``), and scores with exactly the columns and meaning of the
 scores table a run writes.
 
-TensorFlow settings are the caller's: for scores bit-identical to ``vigil score``'s, set
-``TF_ENABLE_ONEDNN_OPTS=0`` before TensorFlow is first imported (the command line does).
+TensorFlow settings are the caller's: scores are bit-identical to ``vigil score``'s on the
+same machine unless ``TF_ENABLE_ONEDNN_OPTS=0`` was set before TensorFlow loaded.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 from vigil.models import registry
 from vigil.models.bundle import Bundle
 from vigil.models.calibration import default_target_fpr
-from vigil.models.config import IMAGE_MAX_EXAMPLES, ConfigError, DataError, TrainConfig
+from vigil.models.config import IMAGE_MAX_EXAMPLES, PRECISIONS, ConfigError, DataError, TrainConfig
 from vigil.models.defaults import ModelOptions, default_model_config
 from vigil.models.preprocessing import Preprocessing
 from vigil.models.publishing import GatePolicy, Published, build_manifest, gates, publish_version
@@ -107,12 +107,16 @@ class Detector:
 
     # -- scoring -------------------------------------------------------------------
 
-    def score(self, X, ids: Sequence[str] | None = None, *, target_fpr: float | None = None):
+    def score(self, X, ids: Sequence[str] | None = None, *, target_fpr: float | None = None,
+              precision: str = "float32"):
         """One row per record, with the scores table's columns (``vigil.schemas.tables``).
 
         ``source`` is "memory" and ``run_id`` empty: the records come from no file and
-        no run.  ``target_fpr`` defaults to the rate the model was calibrated for.
+        no run.  ``target_fpr`` defaults to the rate the model was calibrated for;
+        ``precision`` is ``vigil score --precision``'s (the VAE decoder's compute precision).
         """
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
         import pandas as pd
         bundle = self._require_model()
         columns = list(bundle.preprocessing.feature_columns) if bundle.config.kind == "features" else None
@@ -121,8 +125,8 @@ class Detector:
             raise DataError(f"X has records of shape {tuple(x_raw.shape[1:])}; the model takes "
                              f"{tuple(bundle.config.input_shape)}")
         alpha = default_target_fpr(bundle.calibration) if target_fpr is None else float(target_fpr)
-        if self._scorer is None:
-            self._scorer = bundle.scorer()
+        if self._scorer is None or self._scorer.precision != precision:
+            self._scorer = bundle.scorer(precision)
         out = bundle.score_columns(self._scorer, x_raw, alpha)
         frame = {"id": list(ids), "source": [MEMORY_SOURCE] * len(ids)}
         for name in SCORE_NAMES:

@@ -1,19 +1,23 @@
 """The TensorFlow settings vigil's scores depend on, applied by entry points, never by an import.
 
-TensorFlow's oneDNN kernels make a record's float result depend on its position in a
-batch, and a run's scores must not depend on how its records were batched (a re-run, the
-multi-process runner and a notebook's ``Detector.score`` give the same bits), so vigil asks
-for the Eigen kernels.  TensorFlow reads the setting once, when it is first imported, so it
-is applied by what runs before that: ``vigil``'s console script, the test suite, and on
-Beam workers ``vigil.pipeline.worker_boot`` (a ``--beam_plugins`` module).  A setting the
-environment already has is kept: ``TF_ENABLE_ONEDNN_OPTS=1`` trades that property for speed.
+A run's scores must not depend on how its records were batched or on the machine's thread
+count: a re-run, the multi-process runner and a notebook's ``Detector.score`` give the same
+bits.  ``Scorer`` runs every call on a block of fixed size, which takes the batch out of
+the kernels' choices; of TensorFlow's two CPU kernel sets, oneDNN's then give a record
+the same bits at any position in its block and with any number of threads, while Eigen's
+convolutions change a record's last bits with the thread count (docs/design.md), so vigil
+asks for oneDNN (TensorFlow's own default on x86 Linux, and what bfloat16 scoring needs).
+TensorFlow reads the setting once, when it is first imported, so it is applied by what
+runs before that: ``vigil``'s console script, the test suite, and on Beam workers
+``vigil.pipeline.worker_boot`` (a ``--beam_plugins`` module).  A setting the environment
+already has is kept.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import MutableMapping
 
-SCORING_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+SCORING_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1"}
 
 
 def apply_scoring_env(environ: MutableMapping[str, str] = os.environ) -> None:

@@ -32,9 +32,9 @@ class LoadedModel:
     handler needs from the model is a method.
     """
 
-    def __init__(self, bundle: Bundle):
+    def __init__(self, bundle: Bundle, precision: str = "float32"):
         self._bundle = bundle
-        self._scorer: Scorer = bundle.scorer()
+        self._scorer: Scorer = bundle.scorer(precision)
 
     def version(self) -> str:
         """The model version's number."""
@@ -62,20 +62,22 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
         batches smaller than a block waste the padding: pass one block as the minimum.
       model_copies: load this many copies of the model per machine, shared by its worker
         processes, instead of one per process (Beam's ``model_copies``; None: per process).
+      precision: the compute precision of the VAE's decoder (``vigil.models.scoring.Scorer``).
     """
 
     def __init__(self, bundle_dir: str, label: str, target_fpr: float = 0.01, *,
                  min_batch_size: int = min(BLOCK.values()), max_batch_size: int = 256,
-                 model_copies: Optional[int] = None, **batching):
+                 model_copies: Optional[int] = None, precision: str = "float32", **batching):
         super().__init__(min_batch_size=min(min_batch_size, max_batch_size),
                          max_batch_size=max_batch_size, model_copies=model_copies, **batching)
         self.bundle_dir = bundle_dir
         self.label = label
         self.target_fpr = target_fpr
+        self.precision = precision
 
     def load_model(self) -> LoadedModel:
         """Load and verify the bundle, and compile its scorer (once per worker process or shared copy)."""
-        return LoadedModel(load_bundle(self.bundle_dir, self.label))
+        return LoadedModel(load_bundle(self.bundle_dir, self.label), self.precision)
 
     def run_inference(self, batch: Sequence[Any], model: LoadedModel,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:

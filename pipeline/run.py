@@ -153,7 +153,7 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
     cfg = plan.config
     handler = BlockModelHandler(plan.bundle.path, plan.bundle.label, cfg.target_fpr,
                                 min_batch_size=BLOCK[plan.bundle.config.kind], max_batch_size=cfg.batch_size,
-                                model_copies=cfg.model_copies or None)
+                                model_copies=cfg.model_copies or None, precision=cfg.precision)
     schema = scores_schema(plan.label_fields, {"vigil.thresholds": json.dumps(plan.thresholds),
                                                "vigil.model_version": plan.version,
                                                "vigil.run_id": plan.run_id})

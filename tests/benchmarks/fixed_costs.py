@@ -98,7 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--wide", type=int, default=2000, help="features of the wide table")
     ap.add_argument("--tag", default="", help="suffix of the results file")
     args = ap.parse_args(argv)
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    from vigil.models.runtime import apply_scoring_env
+    apply_scoring_env(os.environ)          # before TensorFlow loads, as the vigil command does
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
     data = np.load(CARDIO)

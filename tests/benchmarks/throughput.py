@@ -37,7 +37,8 @@ from common import flops_per_record, matmul_rate, table, write_json  # noqa: E40
 
 CARDIO = Path(__file__).resolve().parents[1] / "fixtures" / "adbench-6_cardio.npz"
 # Default sizes per kind: a table row scores ~20x faster than an image.
-SIZES = {"image": {"records": 20_000, "small": 2_000, "rss": (20_000, 100_000)},
+# bfloat16's agreement with float32 is measured on images the model did not train on.
+SIZES = {"image": {"records": 20_000, "small": 2_000, "rss": (20_000, 100_000), "agreement_from": 2_000},
          "features": {"records": 100_000, "small": 10_000, "rss": (100_000, 1_000_000)}}
 
 
@@ -119,7 +120,7 @@ from vigil.pipeline.config import ScoreConfig
 from vigil.pipeline.options import pipeline_options
 from vigil.pipeline.run import plan_run, score
 cfg = ScoreConfig(inputs=({glob!r},), registry={reg!r}, name="tp", output={out!r}, run_id="tp",
-                  overwrite=True, batch_size={batch})
+                  overwrite=True, batch_size={batch}, precision={precision!r})
 t = time.time()
 plan = plan_run(cfg)
 result = score(plan, pipeline_options(cfg, {beam_args!r}))
@@ -137,15 +138,33 @@ print(json.dumps({{"seconds": seconds, "scored": result.manifest["counts"]["scor
 
 
 def pipeline_run(glob: str, registry: str, out: str, batch: int, beam_args: list[str],
-                 report: bool = False) -> dict:
+                 report: bool = False, precision: str = "float32") -> dict:
     """One ``vigil score`` run in a fresh process: seconds, records scored, peak RSS (and the
     report's seconds)."""
-    code = CHILD.format(glob=glob, reg=registry, out=out, batch=batch, beam_args=beam_args, report=report)
+    code = CHILD.format(glob=glob, reg=registry, out=out, batch=batch, beam_args=beam_args, report=report,
+                        precision=precision)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def agreement(full, low, x) -> dict:
+    """How far ``low``'s scores are from ``full``'s on ``x``: per score, Spearman's rank
+    correlation, the largest and median relative difference, and whether the bits are equal."""
+    import numpy as np
+    from scipy.stats import spearmanr
+    a, b = full(x), low(x)
+    out = {}
+    for name in a:
+        if name in ("top_index", "top_contribution"):
+            continue
+        rel = np.abs(b[name] - a[name]) / np.maximum(np.abs(a[name]), 1e-12)
+        out[name] = {"spearman": float(spearmanr(a[name], b[name])[0]), "max_rel": float(rel.max()),
+                     "median_rel": float(np.median(rel)), "identical": bool(np.array_equal(a[name], b[name]))}
+    out["top_index_equal_share"] = float(np.mean(a["top_index"] == b["top_index"]))
+    return out
 
 
 def measure(kind: str, tmp: Path, sizes: dict, rounds: int, beam_args: list[str]) -> dict:
@@ -156,16 +175,19 @@ def measure(kind: str, tmp: Path, sizes: dict, rounds: int, beam_args: list[str]
     registry = train(tmp / kind, kind)
     bundle = reg.load(registry, "tp")
     scorer = bundle.scorer()
+    # bfloat16 is for the convolutional decoder; tables' dense nets gain nothing from it.
+    low = bundle.scorer("bfloat16") if kind == "image" else None
     x = preprocessed(bundle, kind)
     shards = make_table_shards if kind == "features" else make_image_shards
     n_small, n_large = sizes["small"], sizes["records"]
     globs = {n: shards(tmp / kind / f"in-{n}", n) for n in sorted({n_small, n_large, *sizes["rss"]})}
 
-    def run(n: int, report: bool = False) -> dict:
-        out = pipeline_run(globs[n], registry, str(tmp / kind / f"out-{n}"), batch, beam_args, report)
+    def run(n: int, report: bool = False, precision: str = "float32") -> dict:
+        out = pipeline_run(globs[n], registry, str(tmp / kind / f"out-{n}"), batch, beam_args, report,
+                           precision)
         assert out["scored"] == n
-        print(f"{kind}: {n} records in {out['seconds']:.1f} s, peak RSS {out['peak_rss_mb']:.0f} MB",
-              flush=True)
+        print(f"{kind} ({precision}): {n} records in {out['seconds']:.1f} s, "
+              f"peak RSS {out['peak_rss_mb']:.0f} MB", flush=True)
         return out
 
     per_round = []
@@ -178,6 +200,14 @@ def measure(kind: str, tmp: Path, sizes: dict, rounds: int, beam_args: list[str]
                           "steady": steady, "pipeline_over_bare": steady / bare,
                           "fixed_seconds": small["seconds"] - n_small / steady,
                           "report_seconds": large["report_seconds"]})
+        if low is not None:
+            low_bare = bare_rate(low, x, min(n_large, 20 * batch), batch)
+            low_small, low_large = run(n_small, precision="bfloat16"), run(n_large, precision="bfloat16")
+            low_steady = (n_large - n_small) / (low_large["seconds"] - low_small["seconds"])
+            per_round[-1].update({"bfloat16_bare": low_bare, "bfloat16_steady": low_steady,
+                                  "bfloat16_pipeline_over_bare": low_steady / low_bare})
+    # The model's FLOPs: the float32 function's (bfloat16's sub-pixel convolutions compute the
+    # same function with more multiplications by zero, which a roofline should not credit).
     flops = flops_per_record(scorer)
     median = {k: statistics.median(r[k] for r in per_round if r[k] is not None) for k in per_round[0]}
     rss = {n: run(n)["peak_rss_mb"] for n in sizes["rss"]}
@@ -185,6 +215,9 @@ def measure(kind: str, tmp: Path, sizes: dict, rounds: int, beam_args: list[str]
             "roofline_fp32": median["bare"] * flops / median["fp32_flops_per_s"],
             "roofline_bf16": median["bare"] * flops / median["bf16_flops_per_s"],
             "report_records": n_large, "peak_rss_mb": rss,
+            **({"bfloat16_roofline_fp32": median["bfloat16_bare"] * flops / median["fp32_flops_per_s"],
+                "bfloat16_agreement": agreement(scorer, low, x[sizes["agreement_from"]:])}
+               if low is not None else {}),
             "peak_rss_ratio": rss[sizes["rss"][1]] / rss[sizes["rss"][0]], "sizes": sizes,
             "rounds": per_round}
 
@@ -197,11 +230,29 @@ def summary(kind: str, m: dict) -> list[list[str]]:
          f"{m['roofline_fp32']:.3f} of fp32 matmul, {m['roofline_bf16']:.3f} of bf16"],
         [kind, f"pipeline steady ({m['sizes']['small']} -> {m['sizes']['records']})",
          f"{m['steady']:.0f} records/s", f"{m['pipeline_over_bare']:.2f} x bare (goal >= 0.9)"],
+        *(low_rows(kind, m) if "bfloat16_bare" in m else []),
         [kind, "fixed cost of a run", f"{m['fixed_seconds']:.1f} s", "start-up and drain"],
         [kind, f"report of {m['report_records']} records", f"{m['report_seconds']:.1f} s", ""],
         [kind, f"peak RSS {small} -> {large}",
          f"{m['peak_rss_mb'][small]:.0f} -> {m['peak_rss_mb'][large]:.0f} MB",
          f"x {m['peak_rss_ratio']:.2f} (goal <= 1.2)"],
+    ]
+
+
+def low_rows(kind: str, m: dict) -> list[list[str]]:
+    agree = m["bfloat16_agreement"]
+    vae = ("vae_recon_logprob", "vae_elbo", "vae_log_px")
+    return [
+        [kind, "bare Scorer, --precision bfloat16", f"{m['bfloat16_bare']:.0f} records/s",
+         f"{m['bfloat16_roofline_fp32']:.3f} of fp32 matmul (goal >= 1.0)"],
+        [kind, "pipeline steady, bfloat16", f"{m['bfloat16_steady']:.0f} records/s",
+         f"{m['bfloat16_pipeline_over_bare']:.2f} x bare"],
+        [kind, "bfloat16 vs float32, VAE scores", "Spearman >= "
+         f"{min(agree[n]['spearman'] for n in vae):.6f}",
+         f"max rel. diff {max(agree[n]['max_rel'] for n in vae):.1e}, median "
+         f"{max(agree[n]['median_rel'] for n in vae):.1e}"],
+        [kind, "bfloat16 vs float32, DAE scores", "identical" if all(
+            v["identical"] for n, v in agree.items() if n.startswith("dae_")) else "differ", ""],
     ]
 
 

@@ -58,7 +58,7 @@ def _api(script: str, tmp_path: Path) -> tuple[pd.DataFrame, dict]:
     repo = Path(__file__).resolve().parents[2]
     res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "reg"), str(out), str(info)],
                          cwd=repo, capture_output=True, text=True, timeout=600,
-                         env={"PATH": "/usr/bin:/bin", "TF_ENABLE_ONEDNN_OPTS": "0", "HOME": str(tmp_path)})
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert res.returncode == 0, res.stderr[-3000:]
     return pd.read_parquet(out), json.loads(info.read_text())
 

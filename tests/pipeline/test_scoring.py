@@ -227,3 +227,25 @@ def test_images_are_flagged_by_the_dae_smoothed_error(images_registry, tmp_path)
     raw = bundle.score_raw(bundle.scorer(), images[[int(i[4:]) for i in ids]][..., None])
     expected = smooth_surprise(cal.scores[DAE_SMOOTH_ERROR], cal.adjusted(DAE_SMOOTH_ERROR, raw))
     np.testing.assert_allclose(scores.column("anomaly_score").to_numpy(), expected, rtol=1e-6)
+
+
+def test_images_scored_in_bfloat16_keep_the_anomaly_flags_and_ranks(images_registry, tmp_path):
+    """--precision bfloat16 lowers only the VAE's decoder: the DAE's scores, and so images'
+    anomaly_score and flags, keep float32's bits; the VAE's scores keep their order."""
+    from scipy.stats import spearmanr
+    images, labels = helpers.mnist(60, offset=1140)
+    helpers.image_shards(tmp_path / "in", images, labels, shards=1)
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        res = _score(images_registry, [str(tmp_path / "in" / "*.tfrecord")], tmp_path / precision,
+                     "--precision", precision, "--no-report")
+        assert res.exit_code == 0, res.output
+        scores, _, manifest = helpers.read_run(str(tmp_path / precision / "run1"))
+        assert manifest["options"]["precision"] == precision
+        runs[precision] = scores.sort_by("id").to_pandas()
+    full, low = runs["float32"], runs["bfloat16"]
+    for name in ("dae_recon_error", "anomaly_score", "anomaly_pvalue", "is_anomaly"):
+        np.testing.assert_array_equal(full[name], low[name], err_msg=name)
+    for name in ("vae_recon_logprob", "vae_elbo", "vae_log_px"):
+        assert spearmanr(full[name], low[name])[0] > 0.999, name
+        np.testing.assert_allclose(low[name], full[name], rtol=1e-2, err_msg=name)

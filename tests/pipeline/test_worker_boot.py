@@ -42,4 +42,4 @@ def test_a_worker_started_by_beam_applies_vigils_tensorflow_settings_before_tens
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["env"] == SCORING_ENV and not got["tf_before"]
-    assert got["onednn"] is False                  # TensorFlow loaded with the Eigen kernels
+    assert got["onednn"] is True                   # TensorFlow loaded with oneDNN's kernels

@@ -1,0 +1,61 @@
+"""The networks re-expressed for lower-precision scoring compute the models' own function."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+from tf_keras import layers
+
+from vigil.models import networks
+from vigil.models.defaults import ModelOptions, default_model_config
+from vigil.models.precision import lowered, subpixel_kernel
+
+
+def _perturbed(model: keras.Model) -> keras.Model:
+    """Non-zero biases and weights off their initial scale, so that every term shows."""
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([w + rng.normal(scale=0.05, size=w.shape).astype(np.float32)
+                               for w in layer.get_weights()])
+    return model
+
+
+# MNIST's shape, a crop on both axes with three channels, an odd size cropped by three.
+CASES = [((28, 28, 1), "bernoulli"), ((30, 26, 3), "gaussian"), ((9, 9, 1), "bernoulli"),
+         ((21,), "gaussian")]
+
+
+@pytest.mark.parametrize("shape,likelihood", CASES)
+@pytest.mark.parametrize("build", [networks.build_decoder, networks.build_dae, networks.build_encoder])
+def test_lowered_networks_compute_the_models_function(shape, likelihood, build):
+    kind = "image" if len(shape) == 3 else "features"
+    cfg = default_model_config(kind, shape, ModelOptions(likelihood=likelihood), 1000)
+    keras.utils.set_random_seed(0)
+    model = _perturbed(build(cfg))
+    x = np.random.default_rng(0).normal(size=(16, *model.input_shape[1:])).astype(np.float32)
+    want = [t.numpy() for t in tf.nest.flatten(model(x))]
+    for dtype, rtol in ((tf.float32, 1e-5), (tf.bfloat16, 3e-2)):
+        got = [t.numpy() for t in tf.nest.flatten(tf.function(lowered(model, dtype))(x))]
+        assert [g.shape for g in got] == [w.shape for w in want]
+        assert all(g.dtype == np.float32 for g in got)
+        for g, w in zip(got, want):
+            # Relative to the output's scale: bfloat16 keeps 8 bits of mantissa.
+            assert np.abs(g - w).max() <= rtol * np.abs(w).max(), (dtype.name, model.name)
+
+
+def test_subpixel_kernel_is_the_transposed_convolution():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 5, 4, 3)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, 6, 3)).astype(np.float32)
+    want = tf.nn.conv2d_transpose(x, kernel, [2, 10, 8, 6], 2, "SAME")
+    sub = tf.nn.conv2d(tf.pad(x, [[0, 0], [1, 0], [1, 0], [0, 0]]), subpixel_kernel(kernel), 1, "VALID")
+    np.testing.assert_allclose(tf.nn.depth_to_space(sub, 2), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_it_cannot_express_is_refused_by_name():
+    x = keras.Input((8,))
+    model = keras.Model(x, layers.Dense(4)(layers.Dropout(0.1, name="drop")(x)))
+    with pytest.raises(ValueError, match="drop: a Dropout layer cannot be scored in bfloat16"):
+        lowered(model, tf.bfloat16)
