@@ -76,13 +76,13 @@ def vigil_rates(x, config, batch: int, epochs: int) -> dict:
     import tf_keras as keras
 
     from vigil.models.dae import DAE, TrimAfter
-    from vigil.models.training import _dataset
+    from vigil.models.training import STEPS_PER_EXECUTION, _dataset
     from vigil.models.vae import VAE, KLWarmup
     keras.utils.set_random_seed(0)
     out = {}
     for name, model, callback in (("vae", VAE(config), KLWarmup()),
                                   ("dae", DAE(config), TrimAfter(config.kl_warmup_epochs))):
-        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=STEPS_PER_EXECUTION)
         out[name] = examples_per_s(lambda clock, m=model, c=callback: m.fit(
             _dataset(x, batch, 0, True), epochs=epochs, callbacks=[c, clock], verbose=0), len(x))
     return out
