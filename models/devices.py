@@ -72,3 +72,27 @@ class precision_policy:
 
     def __exit__(self, *exc):
         keras.mixed_precision.set_global_policy(self.saved)
+
+
+# CPU flags (Linux's /proc/cpuinfo names) of instructions that do bfloat16 arithmetic.
+BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool | None:
+    """Whether this CPU has bfloat16 instructions (``BFLOAT16_FLAGS``); None when unknown.
+
+    Without them TensorFlow runs bfloat16 convolutions through slow fallbacks, so
+    ``--precision bfloat16`` would score slower than float32.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[-1].split()}
+    if not flags:
+        return None
+    return any(flag in flags for flag in BFLOAT16_FLAGS)
+

@@ -34,7 +34,10 @@ import tf_keras as keras
 
 from vigil.models import losses
 from vigil.models.config import DAE_SMOOTH_ERROR, PRECISIONS, ModelConfig
+from vigil.models.devices import BFLOAT16_FLAGS, cpu_has_bfloat16, visible_gpus
 from vigil.models.precision import lowered
+
+LOG = logging.getLogger("vigil.score")
 
 
 def _not_scorer_retracing(record: logging.LogRecord) -> bool:
@@ -98,6 +101,9 @@ class Scorer:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.members = [Member(*m) for m in members]
         self.precision = precision
+        if precision == "bfloat16" and not visible_gpus() and cpu_has_bfloat16() is False:
+            LOG.warning("--precision bfloat16 on a CPU without bfloat16 instructions (%s): "
+                        "expect it to score slower than float32", " or ".join(BFLOAT16_FLAGS))
         # The decoder runs once per posterior sample, so it is what a lower precision speeds
         # up; the encoder, the DAE (images' anomaly_score) and the score math stay float32.
         self._decoders = [(lambda z, d=m.decoder: d(z, training=False)) if precision == "float32"

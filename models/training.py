@@ -177,8 +177,9 @@ def _fit_member(part: dict[str, np.ndarray], model_config: ModelConfig, cfg: Tra
     keras.utils.set_random_seed(cfg.seed + index)
     with strategy.scope(), precision_policy(plan.precision):
         vae, dae = VAE(model_config), DAE(model_config)
-        vae.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), steps_per_execution=STEPS_PER_EXECUTION)
-        dae.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), steps_per_execution=STEPS_PER_EXECUTION)
+        for model in (vae, dae):
+            model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                          steps_per_execution=STEPS_PER_EXECUTION)
     warmup = model_config.kl_warmup_epochs
     who = f"member {index + 1}/{model_config.members}"
     history = {

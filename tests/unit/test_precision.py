@@ -59,3 +59,23 @@ def test_a_layer_it_cannot_express_is_refused_by_name():
     model = keras.Model(x, layers.Dense(4)(layers.Dropout(0.1, name="drop")(x)))
     with pytest.raises(ValueError, match="drop: a Dropout layer cannot be scored in bfloat16"):
         lowered(model, tf.bfloat16)
+
+
+def test_bfloat16_instructions_are_read_from_the_cpu_flags():
+    from vigil.models.devices import cpu_has_bfloat16
+    assert cpu_has_bfloat16("processor : 0\nflags : fpu sse avx512f avx512_bf16 amx_tile\n") is True
+    assert cpu_has_bfloat16("processor : 0\nflags : fpu sse avx2 fma\n") is False
+    assert cpu_has_bfloat16("Features : fp asimd\n") is None         # no x86 flags line: unknown
+
+
+def test_a_scorer_in_bfloat16_warns_where_the_cpu_would_make_it_slower(monkeypatch, caplog):
+    from vigil.models import scoring
+    cfg = default_model_config("features", (6,), ModelOptions(members=1), 1000)
+    member = scoring.Member(networks.build_encoder(cfg), networks.build_decoder(cfg), networks.build_dae(cfg))
+    monkeypatch.setattr(scoring, "visible_gpus", lambda: [])
+    for has_bf16, warned in ((True, False), (None, False), (False, True)):
+        caplog.clear()
+        monkeypatch.setattr(scoring, "cpu_has_bfloat16", lambda v=has_bf16: v)
+        with caplog.at_level("WARNING", logger="vigil.score"):
+            scoring.Scorer([member], cfg, precision="bfloat16")
+        assert any("slower than float32" in r.getMessage() for r in caplog.records) is warned
