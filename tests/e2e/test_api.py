@@ -46,10 +46,20 @@ from tests import helpers
 images, labels = helpers.mnist(360)
 keep = labels != 7
 det = Detector(epochs=2).fit(images[keep][:300])
-scores = Detector.load(sys.argv[1], "digits", det.save(sys.argv[1], "digits").version).score(
-    images[300:340], ids=[f"img-{i:05d}" for i in range(40)])
+loaded = Detector.load(sys.argv[1], "digits", det.save(sys.argv[1], "digits").version)
+ids = [f"img-{i:05d}" for i in range(40)]
+scores = loaded.score(images[300:340], ids=ids)
 scores.to_parquet(sys.argv[2])
-json.dump({"beam": sorted(m for m in sys.modules if m.startswith("apache_beam"))}, open(sys.argv[3], "w"))
+low = loaded.score(images[300:340], ids=ids, precision="bfloat16")
+try:
+    loaded.score(images[300:340], precision="float16")
+    refused = ""
+except ValueError as exc:
+    refused = str(exc)
+json.dump({"beam": sorted(m for m in sys.modules if m.startswith("apache_beam")), "refused": refused,
+           "same_anomaly_score": bool((low["anomaly_score"] == scores["anomaly_score"]).all()),
+           "elbo_rank": float(low["vae_elbo"].rank().corr(scores["vae_elbo"].rank()))},
+          open(sys.argv[3], "w"))
 """
 
 
@@ -108,6 +118,9 @@ def test_a_table_fits_scores_saves_and_loads_like_the_cli(tmp_path):
 def test_images_fit_score_save_and_load_without_beam(tmp_path):
     api, info = _api(API_IMAGES, tmp_path)
     assert info["beam"] == [], info["beam"]
+    # bfloat16 lowers the VAE's decoder only: anomaly_score (the DAE's) keeps its bits.
+    assert info["same_anomaly_score"] and info["elbo_rank"] > 0.999
+    assert info["refused"] == "precision='float16': expected one of float32, bfloat16"
     assert len(api) == 40 and api["top_features"].map(lambda t: t[0]["position"] is not None).all()
     images, labels = helpers.mnist(360)
     helpers.image_shards(tmp_path / "new", images[300:340], labels[300:340], shards=2)
