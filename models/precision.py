@@ -104,11 +104,13 @@ def _op(layer: layers.Layer, dtype: tf.DType) -> Callable[[_Value], _Value]:
     if (isinstance(layer, layers.Conv2D) and not isinstance(layer, layers.Conv2DTranspose)
             and layer.padding == "same" and tuple(layer.dilation_rate) == (1, 1)):
         kernel, bias = weights
-        head = (tf.constant(subpixel_head_kernel(layer.get_weights()[0]), dtype), tf.tile(bias, [4]))
         strides = tuple(layer.strides)
+        # A 3x3 stride-1 conv (the output head) can read a sub-pixel map as it is.
+        head = (tf.constant(subpixel_head_kernel(layer.get_weights()[0]), dtype), tf.tile(bias, [4])) \
+            if strides == (1, 1) and tuple(layer.kernel_size) == (3, 3) else None
 
         def conv(v: _Value) -> _Value:
-            if v.subpixel and strides == (1, 1) and tuple(layer.kernel_size) == (3, 3):
+            if v.subpixel and head is not None:
                 out = tf.nn.bias_add(tf.nn.conv2d(v.tensor, head[0], 1, "SAME"), head[1])
                 return _Value(act(tf.nn.depth_to_space(out, 2)))
             return _Value(act(tf.nn.bias_add(tf.nn.conv2d(v.pixels(), kernel, strides, "SAME"), bias)))

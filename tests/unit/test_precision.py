@@ -79,3 +79,16 @@ def test_a_scorer_in_bfloat16_warns_where_the_cpu_would_make_it_slower(monkeypat
         with caplog.at_level("WARNING", logger="vigil.score"):
             scoring.Scorer([member], cfg, precision="bfloat16")
         assert any("slower than float32" in r.getMessage() for r in caplog.records) is warned
+
+
+def test_other_convolutions_after_a_transposed_one_are_computed_on_pixels():
+    """A 1x1 or strided conv reads the sub-pixel map only after it is shuffled back."""
+    keras.utils.set_random_seed(4)
+    z = keras.Input((4, 4, 3))
+    h = layers.Conv2DTranspose(5, 3, strides=2, padding="same", activation="relu")(z)
+    h = layers.Conv2D(6, 1, padding="same", activation="relu")(h)
+    h = layers.Conv2DTranspose(4, 3, strides=2, padding="same")(h)
+    out = layers.Conv2D(2, 3, strides=2, padding="same")(h)
+    model = _perturbed(keras.Model(z, out))
+    x = np.random.default_rng(5).normal(size=(3, 4, 4, 3)).astype(np.float32)
+    np.testing.assert_allclose(lowered(model, tf.float32)(x), model(x), rtol=1e-5, atol=1e-5)
