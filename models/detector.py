@@ -19,7 +19,7 @@ import numpy as np
 from vigil.models import registry
 from vigil.models.bundle import Bundle
 from vigil.models.calibration import default_target_fpr
-from vigil.models.config import IMAGE_MAX_EXAMPLES, PRECISIONS, ConfigError, DataError, TrainConfig
+from vigil.models.config import IMAGE_MAX_EXAMPLES, ConfigError, DataError, TrainConfig
 from vigil.models.defaults import ModelOptions, default_model_config
 from vigil.models.preprocessing import Preprocessing
 from vigil.models.publishing import GatePolicy, Published, build_manifest, gates, publish_version
@@ -115,8 +115,6 @@ class Detector:
         no run.  ``target_fpr`` defaults to the rate the model was calibrated for;
         ``precision`` is ``vigil score --precision``'s (the VAE decoder's compute precision).
         """
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
         import pandas as pd
         bundle = self._require_model()
         columns = list(bundle.preprocessing.feature_columns) if bundle.config.kind == "features" else None

@@ -33,7 +33,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from vigil.models import losses
-from vigil.models.config import DAE_SMOOTH_ERROR, PRECISIONS, ModelConfig
+from vigil.models.config import DAE_SMOOTH_ERROR, PRECISIONS, ConfigError, ModelConfig
 from vigil.models.devices import BFLOAT16_FLAGS, cpu_has_bfloat16, visible_gpus
 from vigil.models.precision import lowered
 
@@ -98,7 +98,7 @@ class Scorer:
         if not members:
             raise ValueError("a Scorer needs at least one member")
         if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+            raise ConfigError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
         self.members = [Member(*m) for m in members]
         self.precision = precision
         if precision == "bfloat16" and not visible_gpus() and cpu_has_bfloat16() is False:
