@@ -32,6 +32,9 @@ FORMATS = ("tfrecord-image", "tfrecord-features", "image", "parquet", "csv")
 UNKNOWN_FORMAT = "unknown"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfrec")
+# Serialized records per read of a TFRecord file: enough to share out the cost of a read,
+# few enough that a chunk of large images stays small beside a batch of decoded ones.
+TFRECORD_CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -92,17 +95,26 @@ def printable(path: str) -> str:
         return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def read_file(uri: str, spec: ReadSpec, stats: FileStats,
-              blocks: bool = False) -> Iterator[RawRecord | RecordBlock | DeadLetter]:
+def read_file(uri: str, spec: ReadSpec, stats: FileStats, blocks: bool = False
+              ) -> Iterator[RawRecord | list[RawRecord] | RecordBlock | DeadLetter]:
     """Yield the records of one file; never raises for bad data.
 
     ``uri`` is opened; records and dead letters name ``stats.uri`` as their source (the
     same path, printable).  With ``blocks`` a table's rows (Parquet, CSV) come as
     ``RecordBlock``s of up to ``spec.batch_rows`` rows, already checked by ``decode``'s
-    rules (``decode_rows``, a batch at a time); without, one ``RawRecord`` each, as they
-    are in the file (a report describes missing values; ``decode`` checks each record).
+    rules (``decode_rows``, a batch at a time), and other records (a TFRecord file's
+    images) as lists of up to ``spec.batch_rows`` ``RawRecord``s, so that the pipeline
+    moves one element per list; without, one ``RawRecord`` each, as they are in the file
+    (a report describes missing values; ``decode`` checks each record).
     """
+    raws: list[RawRecord] = []
     for item in _read_items(uri, spec, stats):
+        if blocks and isinstance(item, RawRecord):
+            raws.append(item)
+            if len(raws) == spec.batch_rows:
+                yield raws
+                raws = []
+            continue
         if not isinstance(item, pa.RecordBatch):
             yield item
             continue
@@ -111,6 +123,8 @@ def read_file(uri: str, spec: ReadSpec, stats: FileStats,
         for row in (r for part in slices for r in _table_items(part, stats.uri, spec, blocks)):
             stats.records += len(row) if isinstance(row, RecordBlock) else 1
             yield row
+    if raws:
+        yield raws
 
 
 def _read_items(uri: str, spec: ReadSpec,
@@ -244,9 +258,23 @@ def _tfrecord_dataset(uri: str):
     return dataset.with_options(options)
 
 
-def _read_tfrecord(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord]:
+def _tfrecord_raw(uri: str) -> Iterator[bytes]:
+    """A TFRecord file's serialized records; ``_Truncated`` after the last good one.
+
+    Read ``TFRECORD_CHUNK`` at a time: each step of a tf.data iterator is an eager call
+    that costs more than parsing the record it returns.  An error loses its chunk, so the
+    chunk is read again one record at a time up to the exact record that fails.
+    """
     import tensorflow as tf
-    iterator = _tfrecord_dataset(uri).as_numpy_iterator()
+    done = 0
+    try:
+        for chunk in _tfrecord_dataset(uri).batch(TFRECORD_CHUNK).as_numpy_iterator():
+            yield from chunk
+            done += len(chunk)
+        return
+    except tf.errors.OpError:
+        pass
+    iterator = _tfrecord_dataset(uri).skip(done).as_numpy_iterator()
     while True:
         try:
             raw = next(iterator)
@@ -254,6 +282,12 @@ def _read_tfrecord(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord]
             return
         except tf.errors.DataLossError as exc:
             raise _Truncated(_first_line(exc)) from exc
+        yield raw
+
+
+def _read_tfrecord(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord]:
+    import tensorflow as tf
+    for raw in _tfrecord_raw(uri):
         try:
             feats = tf.train.Example.FromString(raw).features.feature
         except Exception as exc:  # noqa: BLE001 - a bad proto is corruption of this file

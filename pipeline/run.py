@@ -146,7 +146,7 @@ def _target_fpr(config: ScoreConfig, bundle: Bundle, version: str) -> float:
 def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
     """Wire read -> decode -> RunInference -> Arrow tables -> Parquet, with every dead letter kept.
 
-    Records travel in blocks (``RecordBlock``): a table's rows as read, an image alone
+    Records travel in blocks (``RecordBlock``): a table's rows as read, a file's images
     after decoding; ``RunInference`` batches them by rows and each scored batch becomes
     one Arrow table, so per-record Python is spent only where a format needs it.
     """

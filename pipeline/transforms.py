@@ -67,7 +67,8 @@ class ReadFiles(beam.DoFn):
                      self._done, of, self._read, self._bad)
 
     def process(self, element):
-        """Read one file: its records (tables: in blocks), its dead letters, then its stats."""
+        """Read one file: its records (in lists, or a table's in blocks), its dead letters,
+        then its stats."""
         token, fmt, root_token = element
         uri, root = _from_token(token), _from_token(root_token)
         spec = ReadSpec(fmt, self.spec.id_column, self.spec.feature_columns,
@@ -87,22 +88,26 @@ class ReadFiles(beam.DoFn):
 
 
 class Decode(beam.DoFn):
-    """Raw record -> a block of one decoded record, or a dead letter; a block (a table's
-    rows, decoded as they were read) passes as it is."""
+    """Raw records -> one block of the decoded ones, and a dead letter for each of the
+    rest; a block (a table's rows, decoded as they were read) passes as it is."""
 
     def __init__(self, spec: DecodeSpec):
         self.spec = spec
 
-    def process(self, record: RawRecord | RecordBlock):
-        """Decode one raw record into a block of one, or a dead letter."""
-        if isinstance(record, RecordBlock):
-            yield record
+    def process(self, element: RawRecord | list[RawRecord] | RecordBlock):
+        """Decode a raw record, or a file's list of them, into a block."""
+        if isinstance(element, RecordBlock):
+            yield element
             return
-        out = decode(record, self.spec)
-        if isinstance(out, DeadLetter):
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, out)
-        else:
-            yield RecordBlock.of(out)
+        decoded = []
+        for record in element if isinstance(element, list) else [element]:
+            out = decode(record, self.spec)
+            if isinstance(out, DeadLetter):
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, out)
+            else:
+                decoded.append(RecordBlock.of(out))
+        if decoded:
+            yield RecordBlock.concat(decoded)
 
 
 def carried_column(values: list, field: pa.Field) -> pa.Array:

@@ -355,3 +355,29 @@ def test_table_rows_checked_in_blocks_are_those_decode_passes_one_by_one(tmp_pat
            ("non_numeric_feature", "r400", None)])
     assert block_stats.records == row_stats.records == 600 and block_stats.fully_read
     assert len(records) + len(dead) == 600
+
+
+@pytest.mark.parametrize("cut_into", [3, 70, 99])
+def test_a_tfrecord_cut_past_its_first_reads_keeps_every_record_before_the_cut(tmp_path, cut_into):
+    """TFRecord files are read several records at a time; a damaged record loses its
+    whole read, which is then read again record by record: the records before the cut
+    are all kept, in lists of at most ``batch_rows`` when the pipeline reads in blocks."""
+    from vigil.pipeline.readers import TFRECORD_CHUNK, ReadSpec, read_file
+    from vigil.pipeline.records import DeadLetter, FileStats, RawRecord
+    assert cut_into > TFRECORD_CHUNK or cut_into < TFRECORD_CHUNK
+    x = np.random.default_rng(0).normal(size=(100, 3))
+    path = str(_features_tfrecord(tmp_path / "cut.tfrecord", x, "c"))
+    data = (tmp_path / "cut.tfrecord").read_bytes()
+    (tmp_path / "cut.tfrecord").write_bytes(data[:_record_offset(data, cut_into) + 5])
+    spec = ReadSpec("tfrecord-features", batch_rows=16)
+    for blocks in (False, True):
+        stats = FileStats(path)
+        items = list(read_file(path, spec, stats, blocks=blocks))
+        lists = [i for i in items if isinstance(i, list)]
+        records = [r for i in items for r in (i if isinstance(i, list) else [i]) if isinstance(r, RawRecord)]
+        assert [r.id for r in records] == [f"c-{i}" for i in range(cut_into)]
+        assert np.allclose([r.value for r in records], x[:cut_into])
+        assert bool(lists) == blocks and all(1 <= len(part) <= 16 for part in lists)
+        [dead] = [i for i in items if isinstance(i, DeadLetter)]
+        assert (dead.reason, stats.records, stats.fully_read) == ("truncated_file", cut_into, False)
+        assert dead.message.startswith(f"read {cut_into} records, then: ")
