@@ -36,9 +36,9 @@ class RecordBlock:
     """Decoded records as columns: what the pipeline scores and writes.
 
     A table's records are read straight into blocks (one per Arrow batch, checked in
-    numpy); an image record becomes a block of one when it is decoded.  Beam batches
-    blocks by their number of rows, so per-record Python work is paid only where the
-    format needs it (decoding an image), never on the way to and from the model.
+    numpy); a file's images are read in lists and decoded into one block per list.  Beam
+    batches blocks by their number of rows, so per-record Python work is paid only where
+    the format needs it (decoding an image), never on the way to and from the model.
     """
     ids: list[str]
     x: np.ndarray                 # (rows, *input_shape), ready for the bundle's transform
