@@ -48,7 +48,8 @@ from vigil.pipeline.options import pipeline_options  # noqa: E402
 from vigil.pipeline.run import plan_run, score  # noqa: E402
 from vigil.schemas.tables import SCORE_NAMES, SCORE_ORIENTATION  # noqa: E402
 
-GOALS = {"mnist-oneclass": 0.97, "mnist-anc": 0.85, "adbench-unsup": 0.90, "mvtec-resnet18": 0.82}
+# Issue 29's goals for the mean AUROC of anomaly_score.
+GOALS = {"mnist-oneclass": 0.985, "mnist-anc": 0.90, "adbench-unsup": 0.92, "mvtec-resnet18": 0.85}
 # Held-out tables (tests/benchmarks/bundled.py): run on request, with no goal.
 HELD_OUT = (bundled.PROTOCOL,)
 COLUMNS = (*SCORE_NAMES, "anomaly_score")
