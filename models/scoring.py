@@ -119,10 +119,13 @@ class Scorer:
             tf.get_logger().addFilter(_not_scorer_retracing)
         self._eps = common_noise(self.seed, max(config.n_recon_samples, config.n_iwae_samples),
                                  config.latent_dim)
-        # A fixed signature: any batch size reuses one trace.
+        # A fixed signature: any batch size reuses one trace.  Every branch and loop in the
+        # scoring code is over Python values (members, settings), so AutoGraph, which
+        # rewrites the source of the function and of every layer it calls, has nothing to
+        # convert and would only double the first call's time (the same graph either way).
         self._score = tf.function(self._score_batch, input_signature=[
             tf.TensorSpec([None, *config.input_shape], tf.float32),
-        ])
+        ], autograph=False)
 
     def _score_batch(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
         cfg = self.config
