@@ -13,12 +13,14 @@ a ``BundleError`` whose message is one line naming the version, the file and the
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import re
 import tempfile
+import weakref
 import zipfile
 from dataclasses import dataclass
 
@@ -240,8 +242,19 @@ class Bundle:
         return result
 
 
+# Versions this process holds loaded, by folder.  An in-process run's worker asks for the
+# version its launcher has just verified and loaded, and Keras's deserialisation is most
+# of a load; the files are still checked against the manifest every time.  Weak values:
+# a bundle nothing holds any more is forgotten.
+_HELD: weakref.WeakValueDictionary[str, Bundle] = weakref.WeakValueDictionary()
+
+
 def load_bundle(directory: str, label: str | None = None) -> Bundle:
-    """Verify and load a model version; raises ``BundleError`` with one line on any fault."""
+    """Verify and load a model version; raises ``BundleError`` with one line on any fault.
+
+    A version this process already holds loaded, with the same manifest and files, is
+    shared rather than deserialised again.
+    """
     label = label or directory
     manifest = read_manifest(directory, label)
     try:
@@ -251,6 +264,9 @@ def load_bundle(directory: str, label: str | None = None) -> Bundle:
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{label}/{MANIFEST}: bad model description ({exc})") from exc
     verify_files(directory, manifest, label, config.members)
+    held = _HELD.get(directory)
+    if held is not None and held.manifest == manifest:
+        return held if held.label == label else dataclasses.replace(held, label=label)
     members = []
     for index in range(config.members):
         names = member_files(index)
@@ -261,4 +277,6 @@ def load_bundle(directory: str, label: str | None = None) -> Bundle:
                 raise BundleError(f"{label}/{name}: input shape {got} differs from the "
                                   f"manifest's {tuple(config.input_shape)}")
         members.append(member)
-    return Bundle(directory, label, manifest, config, preprocessing, calibration, members)
+    bundle = Bundle(directory, label, manifest, config, preprocessing, calibration, members)
+    _HELD[directory] = bundle
+    return bundle

@@ -63,6 +63,21 @@ def test_concurrent_publishers_get_distinct_versions(features_registry, tmp_path
         load_bundle(registry.version_dir(reg, "cardio", v))
 
 
+def test_a_version_held_loaded_is_shared_and_still_checked(features_registry, tmp_path):
+    """The launcher of an in-process run and its worker load the same version: the second
+    load shares the first's networks, but a file damaged in between is still refused."""
+    reg = _copy_registry(features_registry["registry"], tmp_path)
+    d = registry.version_dir(reg, "cardio", "0001")
+    first = load_bundle(d, "cardio/0001")
+    again = load_bundle(d, "cardio/0001")
+    renamed = load_bundle(d, "prod")
+    assert again is first and renamed.members is first.members and renamed.label == "prod"
+    with open(Path(d) / "dae.keras", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        load_bundle(d, "cardio/0001")
+
+
 @pytest.mark.parametrize("damage, message", [
     ("no_marker", "incomplete version"),
     ("checksum", "sha256 mismatch"),
