@@ -274,15 +274,10 @@ def _tfrecord_raw(uri: str) -> Iterator[bytes]:
         return
     except tf.errors.OpError:
         pass
-    iterator = _tfrecord_dataset(uri).skip(done).as_numpy_iterator()
-    while True:
-        try:
-            raw = next(iterator)
-        except StopIteration:
-            return
-        except tf.errors.DataLossError as exc:
-            raise _Truncated(_first_line(exc)) from exc
-        yield raw
+    try:
+        yield from _tfrecord_dataset(uri).skip(done).as_numpy_iterator()
+    except tf.errors.DataLossError as exc:
+        raise _Truncated(_first_line(exc)) from exc
 
 
 def _read_tfrecord(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecord]:
@@ -390,15 +385,10 @@ def _read_parquet(uri: str, source: str, spec: ReadSpec) -> Iterator[pa.RecordBa
         parquet = pq.ParquetFile(f)
         columns = [spec.id_column, *spec.feature_columns,
                    *[c for c in spec.carry_columns if c in parquet.schema_arrow.names]]
-        batches = parquet.iter_batches(batch_size=spec.batch_rows, columns=columns)
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except (pa.ArrowException, OSError) as exc:
-                raise _Truncated(_first_line(exc)) from exc
-            yield batch
+        try:
+            yield from parquet.iter_batches(batch_size=spec.batch_rows, columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise _Truncated(_first_line(exc)) from exc
 
 
 def _read_csv(uri: str, source: str, spec: ReadSpec) -> Iterator[pa.RecordBatch]:
@@ -406,11 +396,7 @@ def _read_csv(uri: str, source: str, spec: ReadSpec) -> Iterator[pa.RecordBatch]
         reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22),
                                 convert_options=pacsv.ConvertOptions(
                                     column_types={spec.id_column: pa.string()}))
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                return
-            except pa.ArrowException as exc:
-                raise _Truncated(_first_line(exc)) from exc
-            yield batch
+        try:
+            yield from reader
+        except pa.ArrowException as exc:
+            raise _Truncated(_first_line(exc)) from exc
