@@ -12,6 +12,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests import helpers
@@ -189,3 +191,21 @@ def test_clean_stale_matches_names_exactly(tmp_path):
     commit.clean_stale(str(tmp_path), "a")
     assert sorted(os.listdir(tmp_path)) == [".staging-a-0123abcd-x", ".staging-a-b-0123abcd", "a",
                                             "a-b.replaced-0123abcd"]
+
+
+def test_counting_a_published_run_leaves_no_thread_to_abort_the_exit(tmp_path):
+    """The anomaly count is read last, just before `vigil score` exits: a reader thread still
+    holding the file's buffers then killed the process at exit (SIGABRT, exit 134) after a
+    complete run, in about one bare count of four. Eight processes count and exit."""
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    flags = [i % 7 == 0 for i in range(5000)]
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(5000)], "is_anomaly": flags}),
+                   scores / "part-00000-of-00001.parquet", row_group_size=100)
+    code = f"from vigil.pipeline import commit; print(commit.count_true({str(scores)!r}, 'is_anomaly'))"
+    for _ in range(4):
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=300)
+            assert (proc.returncode, stdout.strip()) == (0, str(sum(flags))), stderr[-2000:]
