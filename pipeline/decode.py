@@ -28,6 +28,7 @@ class DecodeSpec:
     input_shape: tuple[int, ...]
     max_pixels: int = 50_000_000
     max_record_bytes: int = 64 << 20
+    feature_names: tuple[str, ...] = ()     # tables: a dead letter names the bad value's column
 
 
 def decode(record: RawRecord, spec: DecodeSpec) -> ScoringInput | DeadLetter:
@@ -55,7 +56,7 @@ def _decode_features(record: RawRecord, spec: DecodeSpec) -> ScoringInput | Dead
         return record_dead_letter(record, "decode", "wrong_shape",
                                   f"{x.size} features, the model expects {spec.input_shape[0]}")
     if not np.all(np.isfinite(x)):
-        return record_dead_letter(record, "decode", "non_finite_feature", _non_finite(x))
+        return record_dead_letter(record, "decode", "non_finite_feature", _non_finite(x, spec))
     return ScoringInput(record.id, x, record.source, record.labels)
 
 
@@ -84,7 +85,7 @@ def decode_rows(ids: list, x: np.ndarray, source: str, labels: dict[str, list],
         elif nbytes > spec.max_record_bytes:
             dead.append(record_dead_letter(named, "decode", "record_too_large", _too_large(nbytes, spec)))
         else:
-            dead.append(record_dead_letter(named, "decode", "non_finite_feature", _non_finite(x[r])))
+            dead.append(record_dead_letter(named, "decode", "non_finite_feature", _non_finite(x[r], spec)))
     if not good.any():
         return None, dead
     keep = np.flatnonzero(good)
@@ -96,9 +97,10 @@ def _too_large(nbytes: int, spec: DecodeSpec) -> str:
     return f"{nbytes} bytes is over the cap of {spec.max_record_bytes}"
 
 
-def _non_finite(x: np.ndarray) -> str:
+def _non_finite(x: np.ndarray, spec: DecodeSpec) -> str:
     j = int(np.argmin(np.isfinite(x)))
-    return f"feature {j} is {x[j]}"
+    name = f" ('{spec.feature_names[j]}')" if j < len(spec.feature_names) else ""
+    return f"feature {j}{name} is {x[j]}"
 
 
 def _decode_image(record: RawRecord, spec: DecodeSpec) -> ScoringInput | DeadLetter:

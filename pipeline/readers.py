@@ -374,7 +374,8 @@ def _table_items(batch: pa.RecordBatch, source: str, spec: ReadSpec,
                             rid if isinstance(rid, bytes) else None, x.shape[1] * x.itemsize)
         return
     block, dead = decode_rows(ids, x, source, labels,
-                              DecodeSpec("features", (x.shape[1],), max_record_bytes=spec.max_record_bytes))
+                              DecodeSpec("features", (x.shape[1],), max_record_bytes=spec.max_record_bytes,
+                                         feature_names=spec.feature_columns))
     yield from dead
     if block is not None:
         yield block

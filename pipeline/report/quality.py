@@ -113,13 +113,15 @@ def validate(frames: dict[str, pd.DataFrame], specs: dict[str, list[dict]], docs
 
 
 def _failing_rows(result, row_name: str, column: str) -> str:
-    """The rows (features) a check failed on: how many, and the first few by name with their values."""
+    """The rows (features, files) a check failed on: how many, and the first few by name, with
+    their values where those are numbers."""
     r = result.result or {}
     count = r.get("unexpected_count") or 0
     if not count:
-        return f"every {row_name} within bounds"
+        return f"every {row_name} passed"
     failing = (r.get("partial_unexpected_index_list") or [])[:NAMES_SHOWN]
-    shown = ", ".join(f"{row[row_name]} ({float(row[column]):.3g})" for row in failing)
+    shown = ", ".join(str(row[row_name]) if isinstance(row[column], (bool, np.bool_))
+                      else f"{row[row_name]} ({float(row[column]):.3g})" for row in failing)
     more = f" and {count - len(failing)} more" if count > len(failing) else ""
     return f"{count} {row_name}{'s' if count > 1 else ''}: {shown}{more}"
 
@@ -134,8 +136,9 @@ def frames_for_run(scores: pd.DataFrame, manifest: dict, duplicates: int,
             "duplicate_ids": duplicates,
             "anomaly_rate": counts["anomalies"] / counts["scored"] if counts["scored"] else 0.0,
             "bad_fraction": counts["dead_lettered"] / counts["read"] if counts["read"] else 0.0}]),
-        "files": pd.DataFrame([{"uri": i["uri"], "fully_read": bool(i["fully_read"])}
-                               for i in manifest["inputs"]] or [{"uri": "", "fully_read": True}]),
+        "files": pd.DataFrame([{"file": i["uri"], "fully_read": bool(i["fully_read"])}
+                               for i in manifest["inputs"]] or [{"file": "", "fully_read": True}]
+                              ).set_index("file"),
     }
     if inputs is not None:
         frames["inputs"] = inputs

@@ -51,8 +51,9 @@ def test_known_defects_fail_exactly_the_expected_checks(defective_run):
         ("summary", "expect_column_values_to_be_between", "anomaly_rate"),
         ("files", "expect_column_values_to_be_in_set", "fully_read"),
     }
-    observed = {c["column"]: c["observed"] for c in _checks(run) if c["frame"] == "inputs"}
+    observed = {c["column"]: c["observed"] for c in _checks(run) if c["frame"] in ("inputs", "files")}
     assert observed["missing_share"] == "1 feature: f3 (0.0909)"   # 30 of 330 rows
+    assert observed["fully_read"] == f"1 file: {run.parent.parent / 'in' / 'part-9.parquet'}"
     assert observed["outside_range_share"].startswith("1 feature: f0 (")
     assert "CRITICAL" in output and (run / "report" / "data_docs" / "index.html").exists()
     page = (run / "report" / "index.html").read_text()

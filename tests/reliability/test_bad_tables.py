@@ -110,10 +110,12 @@ def _check(run):
     helpers.check_invariant(run["run"], run["inputs"], refused=run["refused"])
 
 
-def test_nan_and_infinite_features_are_dead_lettered(bad_run):
-    for rid in ("nan", "pinf", "ninf"):
+def test_nan_and_infinite_features_are_dead_lettered(bad_run, features_registry):
+    cols = features_registry["columns"]
+    for rid, j, value in (("nan", 3, "nan"), ("pinf", 4, "inf"), ("ninf", 5, "-inf")):
         [d] = _dead(bad_run, "values.parquet", rid)
         assert d["reason"] == "non_finite_feature" and d["stage"] == "decode"
+        assert d["message"] == f"feature {j} ('{cols[j]}') is {value}", d
     _check(bad_run)
 
 
