@@ -19,6 +19,7 @@ allowed, however its paths are spelled.  Remote URLs (gs://, s3://) are not conf
 """
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from dataclasses import dataclass, field
@@ -105,8 +106,12 @@ def _fill(value, date: str):
 
 def load_spec(path: str, date: str) -> JobSpec:
     """Read, validate and fill in a spec for one date (YYYY-MM-DD)."""
-    if not re.match(r"^\d{4}-\d{2}-\d{2}$", date):
-        raise SpecError(f"--date {date!r}: expected YYYY-MM-DD")
+    try:
+        if not re.match(r"^\d{4}-\d{2}-\d{2}$", date):
+            raise ValueError(date)
+        datetime.date.fromisoformat(date)
+    except ValueError as exc:
+        raise SpecError(f"--date {date!r}: expected a calendar date YYYY-MM-DD") from exc
     try:
         if os.path.getsize(path) > MAX_BYTES:
             raise SpecError(f"{path}: larger than {MAX_BYTES} bytes; not a job spec")

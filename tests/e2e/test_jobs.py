@@ -46,8 +46,9 @@ def test_unknown_spec_key_is_named(features_registry, tmp_path):
         "{target_fpr: 0.05}", "{target_fpr: 0.05, traget: 1}"))
     res = CliRunner().invoke(cli, ["run", str(spec), "--date", "2026-11-24"])
     assert res.exit_code == 2 and "options.traget" in res.output
-    res = CliRunner().invoke(cli, ["run", str(spec), "--date", "24/11/2026"])
-    assert res.exit_code == 2 and "YYYY-MM-DD" in res.output
+    for date in ("24/11/2026", "2026-13-01", "2026-02-30"):
+        res = CliRunner().invoke(cli, ["run", str(spec), "--date", date])
+        assert res.exit_code == 2 and f"--date '{date}': expected a calendar date YYYY-MM-DD" in res.output
 
 
 def test_spec_refuses_python_tags(tmp_path):
