@@ -53,18 +53,24 @@ def _gates(summary: dict) -> str:
 
 
 @models.command("ls")
-@_registry_options
+@click.option("--registry", required=True, help="Model registry root (local path or gs://).")
+@click.option("--name", default=None, help="Model name (default: list the registry's models).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
 @click.pass_context
 def models_ls(ctx, registry, name, as_json):
-    """List versions: stage, date, input, training rows, targets, gates.
+    """List versions: stage, date, input, training rows, targets, gates; without --name,
+    the registry's models with their production version.
 
     \b
     Example:
+      vigil models ls --registry ./models
       vigil models ls --registry ./models --name digits
     """
     def go():
         from vigil.models import registry as reg
+        if name is None:
+            _list_models(registry, as_json)
+            return
         pointer = reg.read_pointer(registry, name)
         versions = reg.list_versions(registry, name, complete_only=False)
         if not versions:
@@ -83,10 +89,30 @@ def models_ls(ctx, registry, name, as_json):
             table.append((r["version"], r["stage"], r["created_at"][:16].replace("T", " "),
                           f"{r['kind']} {'x'.join(map(str, r['shape']))}", str(r["training_rows"]),
                           targets, _gates(r)))
-        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-        for row in table:
-            click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        _echo_table(table)
     run_guarded(ctx, go)
+
+
+def _echo_table(table: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _list_models(registry: str, as_json: bool) -> None:
+    from vigil.models import registry as reg
+    names = reg.list_models(registry)
+    if not names:
+        raise Failure(f"no models in {registry}; 'vigil train --registry {registry} --name NAME' "
+                      "publishes one")
+    rows = [{"name": n, "production": reg.production_version(registry, n),
+             "versions": len(reg.list_versions(registry, n))} for n in names]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    table = [("NAME", "PRODUCTION", "VERSIONS")] + [
+        (r["name"], r["production"] or "-", str(r["versions"])) for r in rows]
+    _echo_table(table)
 
 
 @models.command("show")

@@ -74,6 +74,15 @@ def list_versions(registry: str, name: str, complete_only: bool = True) -> list[
     return found
 
 
+def list_models(registry: str) -> list[str]:
+    """Names of the models in a registry (folders holding ``versions/``), sorted."""
+    if not tf.io.gfile.isdir(registry):
+        return []
+    names = (n.rstrip("/") for n in tf.io.gfile.listdir(registry))
+    return sorted(n for n in names if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", n)
+                  and tf.io.gfile.isdir(f"{registry.rstrip('/')}/{n}/versions"))
+
+
 def read_pointer(registry: str, name: str) -> dict | None:
     """The production pointer, checked; None if there is none.  A malformed one fails."""
     path = f"{_model_dir(registry, name)}/production"

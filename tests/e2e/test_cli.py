@@ -71,6 +71,11 @@ def test_models_commands(features_registry, tmp_path):
     shutil.copytree(features_registry["registry"], root)
     (root / "cardio" / "versions" / "0002").mkdir()           # a publish that never finished
     reg = ["--registry", str(root), "--name", "cardio"]
+    res = CliRunner().invoke(cli, ["models", "ls", "--registry", str(root)])     # every model
+    assert res.exit_code == 0, res.output
+    assert res.output.split() == ["NAME", "PRODUCTION", "VERSIONS", "cardio", "0001", "1"]
+    res = CliRunner().invoke(cli, ["models", "ls", "--registry", str(tmp_path)])
+    assert res.exit_code == 1 and res.output.startswith(f"vigil: error: no models in {tmp_path};")
     res = CliRunner().invoke(cli, ["models", "ls", *reg])
     assert res.exit_code == 0, res.output
     header, newest, first = res.output.strip().splitlines()
