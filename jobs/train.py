@@ -85,10 +85,18 @@ def load_training_data(cfg: TrainJobConfig):
         # "label" is metadata by convention (scoring carries it through by default); a
         # label used as a feature would leak the answer into the model.
         skip = {cfg.id_column, cfg.label_column, *METADATA_COLUMNS}
-        columns = [f.name for f in schema if f.name not in skip and
-                   (str(f.type).startswith(("int", "uint", "float", "double", "bool")))]
+        numeric = ("int", "uint", "float", "double", "bool")
+        columns = [f.name for f in schema if f.name not in skip and str(f.type).startswith(numeric)]
         LOG.info("feature columns (%d): %s", len(columns), ", ".join(columns[:20])
                  + (" ..." if len(columns) > 20 else ""))
+        # A numeric column with one stray text value ("?", "n/a") reads as text: say so
+        # rather than train without it.
+        left_out = [f"{f.name} ({f.type})" for f in schema
+                    if f.name not in skip and not str(f.type).startswith(numeric)]
+        if left_out:
+            LOG.warning("not numeric, so not used as features: %s%s; to use a column, name it "
+                        "in --feature-columns (rows whose value is not a number are then skipped)",
+                        ", ".join(left_out[:20]), " ..." if len(left_out) > 20 else "")
     check_columns(files, cfg.id_column, columns, cfg.label_column)
     carry = (cfg.label_column,) if cfg.label_column else ()
     shape, others = None, []

@@ -187,3 +187,28 @@ def test_reading_progress_names_files_records_and_losses(features_registry, tmp_
     step.setup()
     list(step.process((path_token(good), "parquet", path_token(str(tmp_path / "in")))))
     assert caplog.records[-1].getMessage() == "read 1 of 4 files: 30 records, 0 of them lost to damaged files"
+
+
+def test_a_numeric_column_with_a_stray_text_value_is_named_not_silently_dropped(features_registry,
+                                                                                 tmp_path, caplog):
+    """One '?' makes a CSV column text: training says which column it left out and how to keep it."""
+    x = features_registry["x"][features_registry["y"] == 0][:300]
+    cols = features_registry["columns"]
+    (tmp_path / "train").mkdir()
+    lines = ["id," + ",".join(cols)] + [f"r{i}," + ",".join(f"{v:.6g}" for v in row)
+                                        for i, row in enumerate(x)]
+    lines[8] = lines[8].split(",", 1)[0] + ",?," + lines[8].split(",", 2)[2]        # f0 of row r7
+    (tmp_path / "train" / "t.csv").write_text("\n".join(lines) + "\n")
+    common = ["train", "--input", str(tmp_path / "train" / "*.csv"), "--registry", str(tmp_path / "reg"),
+              "--epochs", "2", "--members", "1", "--target-fpr", "0.05"]
+    caplog.set_level("INFO", logger="vigil.train")
+    res = CliRunner().invoke(cli, [*common, "--name", "auto"])
+    assert res.exit_code == 0, res.output
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "not numeric, so not used as features: f0 (string); to use a column, name it in " \
+           "--feature-columns" in warned[0]
+    res = CliRunner().invoke(cli, [*common, "--name", "named", "--feature-columns", ",".join(cols)])
+    assert res.exit_code == 0, res.output
+    assert "skipped 1 unusable training records" in [r.getMessage() for r in caplog.records]
+    manifest = _strict(tmp_path / "reg" / "named" / "versions" / "0001" / "manifest.json")
+    assert manifest["preprocessing"]["feature_columns"] == cols
