@@ -30,6 +30,7 @@ from vigil.models.bundle import (
 )
 
 VERSION_RE = re.compile(r"^\d{4,}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class RegistryError(Exception):
@@ -37,7 +38,7 @@ class RegistryError(Exception):
 
 
 def _model_dir(registry: str, name: str) -> str:
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
+    if not NAME_RE.match(name):
         raise RegistryError(f"model name {name!r} must be letters, digits, '_', '.', '-'")
     return f"{registry.rstrip('/')}/{name}"
 
@@ -79,7 +80,7 @@ def list_models(registry: str) -> list[str]:
     if not tf.io.gfile.isdir(registry):
         return []
     names = (n.rstrip("/") for n in tf.io.gfile.listdir(registry))
-    return sorted(n for n in names if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", n)
+    return sorted(n for n in names if NAME_RE.match(n)
                   and tf.io.gfile.isdir(f"{registry.rstrip('/')}/{n}/versions"))
 
 
