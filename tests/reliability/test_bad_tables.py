@@ -343,7 +343,8 @@ def test_table_rows_checked_in_blocks_are_those_decode_passes_one_by_one(tmp_pat
     row_stats, row_items = read(False)
     blocks = [i for i in block_items if isinstance(i, RecordBlock)]
     assert blocks and all(len(b) <= 256 for b in blocks)
-    decoded = [decode(i, DecodeSpec("features", (3,))) if not isinstance(i, DeadLetter) else i
+    decoded = [decode(i, DecodeSpec("features", (3,), feature_names=spec.feature_columns))
+               if not isinstance(i, DeadLetter) else i
                for i in row_items]
     records = [d for d in decoded if isinstance(d, ScoringInput)]
     assert [i for b in blocks for i in b.ids] == [r.id for r in records]
