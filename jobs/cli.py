@@ -10,11 +10,13 @@ import atexit
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 
 import click
 
+from vigil.jobs.errors import EXIT_TERMINATED, Terminated
 from vigil.models.runtime import apply_scoring_env
 from vigil.schemas import __version__
 
@@ -93,6 +95,10 @@ def _filter_native_stderr() -> None:
     atexit.register(restore)
 
 
+def _terminate(signum: int, frame) -> None:
+    raise Terminated(f"stopped by {signal.Signals(signum).name}")
+
+
 def main() -> None:
     """The ``vigil`` console script: TensorFlow's settings, native log filtering, then click."""
     # Before TF loads: no C++ start-up chatter, and the kernels that keep a record's scores
@@ -101,8 +107,15 @@ def main() -> None:
     apply_scoring_env()
     if "--verbose" not in sys.argv[1:]:
         _filter_native_stderr()
+    # A scheduler stops a job with SIGTERM (a timeout, a pod shutting down), and the next run
+    # may start on another host, which cannot take over a lock left behind: stop like on any
+    # other failure, staging folder and lock removed.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(prog_name="vigil")
+    except Terminated as exc:       # before a command's body took over (imports, options)
+        click.echo(f"vigil: error: {exc}", err=True)
+        sys.exit(EXIT_TERMINATED)
     except BrokenPipeError:
         # The reader of our stdout went away (`vigil models ls | head -1`); say nothing more.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -5,7 +5,7 @@ import click
 
 from vigil.jobs.command_kit import BEAM_PASSTHROUGH, SectionedCommand, config_option, options_from
 from vigil.jobs.demo import TARGET_FPR as DEMO_TARGET_FPR
-from vigil.jobs.errors import EXIT_DQ_FAILED, EXIT_GATE_FAILED, Failure, run_guarded
+from vigil.jobs.errors import EXIT_DQ_FAILED, EXIT_GATE_FAILED, Failure, Terminated, run_guarded
 from vigil.jobs.train_config import TRAIN_CONFIG_KEYS, TrainJobConfig
 from vigil.models.config import TrainConfig
 from vigil.pipeline.config import ScoreConfig
@@ -148,6 +148,10 @@ def _score_and_report(cfg, beam_args, report: bool = True, fail_on_dq: bool = Fa
         from vigil.pipeline.commit import storage_failure
         try:
             _report(result.run_dir, fail_on_dq, bundle=plan.bundle)
+        except Terminated as exc:
+            exc.args = (f"{exc}; run {result.run_dir} is published, its report is not: "
+                        f"'vigil report {result.run_dir}' builds it",)
+            raise
         except Exception as exc:  # noqa: BLE001 - a storage error here must not read as "nothing published"
             failure = storage_failure(exc, where=f"{result.run_dir}/report")
             if failure is None:

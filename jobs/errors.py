@@ -17,6 +17,7 @@ EXIT_USAGE = 2          # bad option or value, glob matching nothing, missing co
 EXIT_BAD_RECORDS = 3    # dead letters over --max-bad-fraction, or uncounted files; nothing published
 EXIT_DQ_FAILED = 4      # a critical data-quality check failed (--fail-on-dq)
 EXIT_GATE_FAILED = 5    # the model trained but a promotion gate failed
+EXIT_TERMINATED = 143   # stopped by SIGTERM (a scheduler's timeout or shutdown), cleaned up first
 
 
 class Failure(Exception):
@@ -27,6 +28,25 @@ class Failure(Exception):
         self.code = code
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (``vigil.jobs.cli``): raised where the process stands, so that every
+    cleanup on the way out runs (a run's staging folder and lock are removed).  Not an
+    ``Exception``, like ``KeyboardInterrupt``: a handler that dead-letters a record's error
+    must not take it for one."""
+
+
+def _terminated(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is, or was caused by, ``Terminated`` (Beam re-raises a step's error as
+    another type, chained)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Terminated):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def exit_code(exc: BaseException) -> int | None:
     """The exit code of one of vigil's error types; None for anything else."""
     from vigil.jobs.specs import SpecError
@@ -35,6 +55,8 @@ def exit_code(exc: BaseException) -> int | None:
     from vigil.models.registry import RegistryError
     from vigil.pipeline.commit import BadRecordsError, RunError
     from vigil.pipeline.preflight import InputError
+    if _terminated(exc):
+        return EXIT_TERMINATED
     if isinstance(exc, Failure):
         return exc.code
     if isinstance(exc, BadRecordsError):
@@ -53,6 +75,8 @@ def run_guarded(ctx: click.Context, fn):
         return fn()
     except (BrokenPipeError, click.ClickException, click.exceptions.Exit, click.Abort):
         raise           # a closed stdout (`| head`), or click's own usage errors and exits
+    except Terminated as exc:
+        fail(ctx, str(exc), EXIT_TERMINATED)
     except Exception as exc:  # noqa: BLE001 - mapped below; anything unknown is re-raised as a bug
         code = exit_code(exc)
         if code is not None:

@@ -236,6 +236,13 @@ def score(plan: RunPlan, options: PipelineOptions) -> RunResult:
             f"run {plan.run_id} failed: {type(exc).__name__}: {_first_line(exc)}"
         left = f"; {commit.discard(plan.staging)}" if started else ""
         raise commit.RunError(f"{what}; {_published_state(final)}{left}") from exc
+    except BaseException as exc:
+        # Ctrl-C, or SIGTERM (vigil.jobs.cli raises it where the process stands): remove what
+        # this run wrote, then stop as asked, saying what is published.
+        left = f"; {commit.discard(plan.staging)}" if started else ""
+        if exc.args:
+            exc.args = (f"{exc}; {_published_state(final)}{left}",)
+        raise
     return RunResult(final, manifest)
 
 
@@ -322,21 +329,29 @@ def _run_watched(p: beam.Pipeline, started_dir: str, timeout: float) -> None:
         except BaseException as exc:  # noqa: BLE001 - re-raised in the launching thread
             box["error"] = exc
 
+    def cancel():
+        if "result" in box:
+            with contextlib.suppress(Exception):
+                box["result"].cancel()
+
     thread = threading.Thread(target=run, name="vigil-job", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
-    while thread.is_alive() and not _any_worker_started(started_dir):
-        if time.monotonic() > deadline:
-            if "result" in box:
-                with contextlib.suppress(Exception):
-                    box["result"].cancel()
-            raise WorkersNotStarted(
-                f"no worker of the job started within {timeout:g} s (--worker-start-timeout); "
-                f"the job was cancelled. Its workers could not start or reach the job: check "
-                f"that their environment has vigil and its dependencies (--setup_file setup.py, "
-                f"or a container image) and that the runner can start workers")
-        thread.join(1.0)
-    thread.join()
+    try:
+        while thread.is_alive() and not _any_worker_started(started_dir):
+            if time.monotonic() > deadline:
+                cancel()
+                raise WorkersNotStarted(
+                    f"no worker of the job started within {timeout:g} s (--worker-start-timeout); "
+                    f"the job was cancelled. Its workers could not start or reach the job: check "
+                    f"that their environment has vigil and its dependencies (--setup_file "
+                    f"setup.py, or a container image) and that the runner can start workers")
+            thread.join(1.0)
+        while thread.is_alive():
+            thread.join(1.0)
+    except BaseException:
+        cancel()      # Ctrl-C or SIGTERM: the job must not write on into a removed staging folder
+        raise
     if "error" in box:
         raise box["error"]
 

@@ -117,3 +117,30 @@ def test_a_worker_that_dies_mid_run_ends_it_in_one_line(features_registry, tmp_p
     assert "a worker process died or lost its connection to the job" in lines[0]
     assert "nothing was published" in lines[0] and "staging folder was removed" in lines[0]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_sigterm_stops_the_launcher_in_one_line_and_frees_the_run_id(features_registry, tmp_path):
+    """The launcher is stopped (a scheduler's timeout) while workers score: exit 143, one
+    line, the job asked to cancel and the lock removed, so the next run (perhaps on another
+    host) can start.  Beam's own job service does not stop a cancelled job (its ``cancel``
+    only sets the state), so what its workers still write is not checked here."""
+
+    x, y = features_registry["x"], features_registry["y"]
+    helpers.table_shards(tmp_path / "in", np.tile(x, (12, 1)), np.tile(y, 12), shards=8)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with servers.portable_runner(logs) as (_, flags):
+        run = subprocess.Popen([*_score_command(features_registry), *flags], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 180
+        while run.poll() is None and time.monotonic() < deadline:
+            if list((tmp_path / "out").glob(".staging-r1-*/_workers/*")):   # a worker is reading
+                run.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.2)
+        _, err = run.communicate(timeout=180)
+        assert run.returncode == 143, err
+        assert not (tmp_path / "out" / ".lock-r1").exists()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vigil: error: stopped by SIGTERM"), err
+    assert "nothing was published" in lines[0] and "staging folder was removed" in lines[0]

@@ -6,6 +6,7 @@ as CI has, and skip without it.  Each run that goes ahead ends with the run inva
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -209,3 +210,18 @@ def test_counting_a_published_run_leaves_no_thread_to_abort_the_exit(tmp_path):
         for proc in procs:
             stdout, stderr = proc.communicate(timeout=300)
             assert (proc.returncode, stdout.strip()) == (0, str(sum(flags))), stderr[-2000:]
+
+
+def test_sigterm_while_a_run_writes_removes_its_staging_folder_and_lock(features_registry, shards,
+                                                                        tmp_path):
+    """A scheduler's timeout stops a run with SIGTERM, and the next run may start on another
+    host, which cannot take a lock over: the stopped run leaves nothing behind."""
+    root, _ = shards
+    out = tmp_path / "out"
+    proc = _writing(features_registry, root, out, "night")
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stdout + stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("vigil: error: stopped by SIGTERM") and "nothing was published" in last, stderr
+    assert list(out.iterdir()) == []
