@@ -16,6 +16,7 @@ import threading
 
 import click
 
+from vigil.jobs.command_kit import check_environment
 from vigil.jobs.errors import EXIT_TERMINATED, Terminated
 from vigil.models.runtime import apply_scoring_env
 from vigil.schemas import __version__
@@ -38,6 +39,7 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool):
       vigil demo                      # both, on data that ships with scikit-learn
     """
     ctx.obj = {"verbose": verbose}
+    check_environment(ctx, os.environ)
     # Beam and GX log a worker's or a page's error as a traceback before it reaches vigil,
     # which then says it in one line; Beam's portable runner logs a failed job's messages
     # on the root logger, and dask sets its own loggers' levels when it is imported.

@@ -1,6 +1,9 @@
-"""Pieces the commands share: ``--config`` files and option help grouped under headings."""
+"""Pieces the commands share: ``--config`` files, ``VIGIL_*`` variables checked, and option
+help grouped under headings."""
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from dataclasses import MISSING, fields
 
 import click
@@ -35,6 +38,30 @@ def _load_config(ctx: click.Context, param, path):
 config_option = click.option("--config", type=click.Path(dir_okay=False), is_eager=True,
                              expose_value=False, callback=_load_config,
                              help="YAML file of option values (command line wins).")
+
+
+def _env_names(command: click.Command, prefix: str) -> set[str]:
+    """The variables click reads for a command's options: PREFIX_<OPTION>, and a group's
+    subcommands' under PREFIX_<SUBCOMMAND>_."""
+    names = {f"{prefix}_{p.name.upper()}" for p in command.params if isinstance(p, click.Option) and p.name}
+    for name, sub in getattr(command, "commands", {}).items():
+        names |= _env_names(sub, f"{prefix}_{name.upper().replace('-', '_')}")
+    return names
+
+
+def check_environment(ctx: click.Context, environ: Mapping[str, str]) -> None:
+    """Refuse a ``VIGIL_<COMMAND>_*`` variable that names no option of the command about to
+    run: click would ignore it, and a run would go ahead with the default it meant to change."""
+    name = ctx.invoked_subcommand
+    command = ctx.command.get_command(ctx, name) if name and isinstance(ctx.command, click.Group) else None
+    if command is None or not ctx.auto_envvar_prefix:
+        return
+    prefix = f"{ctx.auto_envvar_prefix}_{name.upper().replace('-', '_')}"
+    known = _env_names(command, prefix)
+    for var in sorted(v for v in environ if v.startswith(prefix + "_") and v not in known):
+        close = difflib.get_close_matches(var, sorted(known), 1)
+        raise click.UsageError(f"environment variable {var} names no option of 'vigil {name}'"
+                               + (f"; did you mean {close[0]}?" if close else ""))
 
 
 class SectionedCommand(click.Command):

@@ -104,6 +104,27 @@ def test_a_mistyped_score_option_is_a_usage_error_with_a_suggestion(features_reg
     assert not (tmp_path / "out").exists()
 
 
+def test_a_mistyped_option_variable_is_a_usage_error_with_a_suggestion(features_registry, tmp_path):
+    """click reads VIGIL_<COMMAND>_<OPTION> and ignores any other name: a typo in a cron job's
+    environment would run with the default it meant to change."""
+    data = str(features_registry["train_paths"][0])
+    args = ["score", "--input", data, "--registry", features_registry["registry"], "--name", "cardio",
+            "--output", str(tmp_path / "out"), "--no-report"]
+    res = CliRunner().invoke(cli, args, env={"VIGIL_SCORE_TARGT_FPR": "0.05"})
+    assert res.exit_code == 2, res.output
+    assert "environment variable VIGIL_SCORE_TARGT_FPR names no option of 'vigil score'; " \
+           "did you mean VIGIL_SCORE_TARGET_FPR?" in res.output
+    assert not (tmp_path / "out").exists()
+    res = CliRunner().invoke(cli, ["models", "ls", "--registry", features_registry["registry"]],
+                             env={"VIGIL_MODELS_LS_NAM": "cardio"})
+    assert res.exit_code == 2 and "did you mean VIGIL_MODELS_LS_NAME?" in res.output
+    ok = CliRunner().invoke(cli, [*args, "--run-id", "env"],
+                            env={"VIGIL_SCORE_TARGET_FPR": "0.05", "VIGIL_TRAIN_EPOCS": "1"})
+    assert ok.exit_code == 0, ok.output          # another command's variables are its own business
+    manifest = json.loads((tmp_path / "out" / "env" / "manifest.json").read_text())
+    assert manifest["options"]["target_fpr"] == 0.05
+
+
 def test_beam_options_still_pass_through_and_specs_are_checked_too(features_registry, tmp_path):
     data = str(features_registry["train_paths"][0])
     ok = CliRunner().invoke(cli, ["score", "--input", data, "--registry", features_registry["registry"],
