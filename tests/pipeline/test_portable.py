@@ -91,25 +91,37 @@ def test_workers_that_cannot_start_end_the_run_in_bounded_time(features_registry
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
 
 
-def test_a_worker_that_dies_mid_run_ends_it_in_one_line(features_registry, tmp_path):
-    """The pool's SDK worker is killed while it scores: exit 1, the cause named, nothing left."""
-
-    x, y = features_registry["x"], features_registry["y"]
+def _stop_while_a_worker_reads(reg: dict, tmp_path: Path, stop) -> tuple[subprocess.Popen, str, object]:
+    """Score 22,000 rows on a fresh job service and worker pool; once a worker reads, call
+    ``stop(pool_procs, run)`` (until it returns something true).  Returns the finished run,
+    its stderr and what ``stop`` returned."""
+    x, y = reg["x"], reg["y"]
     helpers.table_shards(tmp_path / "in", np.tile(x, (12, 1)), np.tile(y, 12), shards=8)
     logs = tmp_path / "logs"
     logs.mkdir()
     with servers.portable_runner(logs) as (procs, flags):
-        run = subprocess.Popen([*_score_command(features_registry), *flags], cwd=tmp_path,
+        run = subprocess.Popen([*_score_command(reg), *flags], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        killed = []
+        stopped = None
         deadline = time.monotonic() + 180
-        while run.poll() is None and not killed and time.monotonic() < deadline:
+        while run.poll() is None and not stopped and time.monotonic() < deadline:
             if list((tmp_path / "out").glob(".staging-r1-*/_workers/*")):   # a worker is reading
-                for pid in servers.children(procs["pool"].pid):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
+                stopped = stop(procs, run)
             time.sleep(0.2)
         _, err = run.communicate(timeout=180)
+    return run, err, stopped
+
+
+def test_a_worker_that_dies_mid_run_ends_it_in_one_line(features_registry, tmp_path):
+    """The pool's SDK worker is killed while it scores: exit 1, the cause named, nothing left."""
+
+    def kill_workers(procs, run):
+        killed = servers.children(procs["pool"].pid)
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        return killed
+
+    run, err, killed = _stop_while_a_worker_reads(features_registry, tmp_path, kill_workers)
     assert killed, "the run ended before a worker could be killed"
     assert run.returncode == 1, err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -125,22 +137,13 @@ def test_sigterm_stops_the_launcher_in_one_line_and_frees_the_run_id(features_re
     host) can start.  Beam's own job service does not stop a cancelled job (its ``cancel``
     only sets the state), so what its workers still write is not checked here."""
 
-    x, y = features_registry["x"], features_registry["y"]
-    helpers.table_shards(tmp_path / "in", np.tile(x, (12, 1)), np.tile(y, 12), shards=8)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    with servers.portable_runner(logs) as (_, flags):
-        run = subprocess.Popen([*_score_command(features_registry), *flags], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 180
-        while run.poll() is None and time.monotonic() < deadline:
-            if list((tmp_path / "out").glob(".staging-r1-*/_workers/*")):   # a worker is reading
-                run.send_signal(signal.SIGTERM)
-                break
-            time.sleep(0.2)
-        _, err = run.communicate(timeout=180)
-        assert run.returncode == 143, err
-        assert not (tmp_path / "out" / ".lock-r1").exists()
+    def terminate(procs, run):
+        run.send_signal(signal.SIGTERM)
+        return True
+
+    run, err, _ = _stop_while_a_worker_reads(features_registry, tmp_path, terminate)
+    assert run.returncode == 143, err
+    assert not (tmp_path / "out" / ".lock-r1").exists()
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("vigil: error: stopped by SIGTERM"), err
     assert "nothing was published" in lines[0] and "staging folder was removed" in lines[0]
