@@ -313,7 +313,8 @@ def _run_and_check(plan: RunPlan, options: PipelineOptions) -> dict:
 
 
 def _run_watched(p: beam.Pipeline, started_dir: str, timeout: float) -> None:
-    """Run a job on workers elsewhere; cancel it if none has started after ``timeout`` s.
+    """Run a job on workers elsewhere; cancel it if none has started after ``timeout`` s, or
+    if the launcher is stopped (Ctrl-C, SIGTERM).
 
     Workers that cannot start (vigil or a dependency missing from their environment, a
     pool that is not there) leave most runners waiting for them, for minutes, before a
@@ -329,28 +330,25 @@ def _run_watched(p: beam.Pipeline, started_dir: str, timeout: float) -> None:
         except BaseException as exc:  # noqa: BLE001 - re-raised in the launching thread
             box["error"] = exc
 
-    def cancel():
-        if "result" in box:
-            with contextlib.suppress(Exception):
-                box["result"].cancel()
-
     thread = threading.Thread(target=run, name="vigil-job", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
     try:
         while thread.is_alive() and not _any_worker_started(started_dir):
             if time.monotonic() > deadline:
-                cancel()
                 raise WorkersNotStarted(
                     f"no worker of the job started within {timeout:g} s (--worker-start-timeout); "
                     f"the job was cancelled. Its workers could not start or reach the job: check "
                     f"that their environment has vigil and its dependencies (--setup_file "
                     f"setup.py, or a container image) and that the runner can start workers")
             thread.join(1.0)
-        while thread.is_alive():
-            thread.join(1.0)
+        thread.join()
     except BaseException:
-        cancel()      # Ctrl-C or SIGTERM: the job must not write on into a removed staging folder
+        # Whatever stops the launcher (no worker started in time, Ctrl-C, SIGTERM): a job left
+        # running would write on into a staging folder that is about to be removed.
+        if "result" in box:
+            with contextlib.suppress(Exception):
+                box["result"].cancel()
         raise
     if "error" in box:
         raise box["error"]
