@@ -9,6 +9,7 @@ input only trains.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,9 +18,10 @@ from vigil.jobs.train_config import TrainJobConfig
 from vigil.models import registry
 from vigil.models.training import TrainResult
 from vigil.pipeline.decode import DecodeSpec, decode
+from vigil.pipeline.formats import UNKNOWN_FORMAT
 from vigil.pipeline.preflight import InputError, check_columns, match_inputs, resolve_formats, table_schema
-from vigil.pipeline.readers import UNKNOWN_FORMAT, ReadSpec, printable, read_file
-from vigil.pipeline.records import FileStats, RawRecord, ScoringInput
+from vigil.pipeline.readers import ReadSpec, printable, read_file
+from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, ScoringInput
 
 LOG = logging.getLogger("vigil.train")
 METADATA_COLUMNS = ("label",)      # never picked as features unless named in --feature-columns
@@ -53,19 +55,38 @@ def _input_files(inputs: tuple[str, ...], cfg: TrainJobConfig, what: str):
 
 
 def _records(files, cfg: TrainJobConfig, columns: list[str], carry: tuple[str, ...]):
-    """Every record of the files, in order; an unreadable one as None."""
+    """Every record of the files, in order (RawRecord); what could not be read as its DeadLetter."""
     for f in files:
         spec = ReadSpec(f.format, cfg.id_column, tuple(columns), carry, f.root)
-        for item in read_file(f.uri, spec, FileStats(printable(f.uri))):
-            yield item if isinstance(item, RawRecord) else None
+        yield from read_file(f.uri, spec, FileStats(printable(f.uri)))
 
 
-def _collect(decoded, limit: int) -> tuple[list[np.ndarray], list[str], int]:
-    """(arrays, ids, unusable count) of decoded records, up to ``limit`` usable ones."""
-    arrays, ids, skipped = [], [], 0
+@dataclass
+class Skipped:
+    """Records training could not use: how many for each reason, and the first one."""
+    reasons: Counter = field(default_factory=Counter)
+    first: DeadLetter | None = None
+
+    def add(self, dead: DeadLetter) -> None:
+        """Count one unusable record."""
+        self.reasons[dead.reason] += 1
+        self.first = self.first or dead
+
+    def summary(self, what: str) -> str:
+        """"skipped 2 unusable training records (2 non_finite_feature; first: id 7 in f.csv: ...)"."""
+        n = sum(self.reasons.values())
+        counts = ", ".join(f"{k} {r}" for r, k in self.reasons.most_common())
+        where = f"id {self.first.id} in {self.first.source}" if self.first.id else self.first.source
+        return (f"skipped {n} unusable {what} record{'s' if n != 1 else ''} ({counts}; first: "
+                f"{where}: {self.first.message})")
+
+
+def _collect(decoded, limit: int) -> tuple[list[np.ndarray], list[str], Skipped]:
+    """(arrays, ids, what was skipped) of decoded records, up to ``limit`` usable ones."""
+    arrays, ids, skipped = [], [], Skipped()
     for out in decoded:
-        if not isinstance(out, ScoringInput):
-            skipped += 1
+        if isinstance(out, DeadLetter):
+            skipped.add(out)
             continue
         arrays.append(out.x)
         ids.append(out.id)
@@ -104,11 +125,11 @@ def load_training_data(cfg: TrainJobConfig):
     def normal_records():
         nonlocal shape
         for item in _records(files, cfg, columns, carry):
-            if item is None:
-                yield None
+            if isinstance(item, DeadLetter):
+                yield item
             elif _keep(item, cfg):
                 shape = shape or _input_shape(item, kind, cfg)
-                yield decode(item, DecodeSpec(kind, shape))
+                yield decode(item, DecodeSpec(kind, shape, feature_names=tuple(columns)))
             elif len(others) < 500 and shape is not None:   # for the report's latent map
                 other = decode(item, DecodeSpec(kind, shape))
                 if isinstance(other, ScoringInput):
@@ -119,8 +140,8 @@ def load_training_data(cfg: TrainJobConfig):
         raise InputError("no usable normal records in the training input"
                          + (f" (label column '{cfg.label_column}' in {list(cfg.normal_values)})"
                             if cfg.label_column else ""))
-    if skipped:
-        LOG.warning("skipped %d unusable training records", skipped)
+    if skipped.first:
+        LOG.warning("%s", skipped.summary("training"))
     if kind == "features" and not columns:
         columns = [f"f{i}" for i in range(shape[0])]
     return np.stack(arrays), ids, kind, columns, (np.stack(others) if others else None)
@@ -138,11 +159,12 @@ def load_calibration_data(cfg: TrainJobConfig, kind: str, shape: tuple[int, ...]
         raise InputError(f"--calibration-input holds {cal_kind} records, the training input "
                          f"{kind} records; they must be the same kind")
     check_columns(files, cfg.id_column, columns)
-    decoded = (decode(item, DecodeSpec(kind, shape)) if item is not None else None
+    spec = DecodeSpec(kind, shape, feature_names=tuple(columns))
+    decoded = (decode(item, spec) if isinstance(item, RawRecord) else item
                for item in _records(files, cfg, columns, ()))
     arrays, ids, skipped = _collect(decoded, cfg.max_records)
-    if skipped:
-        LOG.warning("skipped %d unusable calibration records", skipped)
+    if skipped.first:
+        LOG.warning("%s", skipped.summary("calibration"))
     if not arrays:
         raise InputError("no usable records in the calibration input")
     return np.stack(arrays), ids

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from vigil.pipeline.readers import UNKNOWN_FORMAT, format_of, printable, tfrecord_kind
+from vigil.pipeline.formats import UNKNOWN_FORMAT, csv_stream, format_of
+from vigil.pipeline.readers import printable, tfrecord_kind
 from vigil.schemas.tables import scores_schema
 
 
@@ -121,6 +122,10 @@ def resolve_formats(files, override: str, kind: str | None) -> list[InputFile]:
             fmt = tfrecord_kind(uri) or ("tfrecord-image" if kind == "image" else "tfrecord-features")
         out.append(InputFile(uri, size, fmt or UNKNOWN_FORMAT, root))
     if out and all(f.format == UNKNOWN_FORMAT for f in out):
+        if out[0].uri.lower().endswith(".gz"):
+            raise InputError(f"{out[0].uri}: only CSV and TFRecord files are read gzipped "
+                             "(.csv.gz, .tfrecord.gz); decompress it first (Parquet compresses its "
+                             "own columns)")
         raise InputError(f"{out[0].uri}: cannot tell the format from the name; pass --format "
                          "(tfrecord-image, tfrecord-features, image, parquet, csv)")
     if kind is not None:
@@ -140,7 +145,7 @@ def table_schema(f: InputFile) -> pa.Schema | None:
         with FileSystems.open(f.uri, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
             if f.format == "parquet":
                 return pq.ParquetFile(fh).schema_arrow
-            return pacsv.open_csv(fh).schema
+            return pacsv.open_csv(csv_stream(fh, f.uri)).schema
     except Exception:  # noqa: BLE001 - an unreadable file is a dead letter, not a stop
         return None
 

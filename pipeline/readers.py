@@ -24,14 +24,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from vigil.pipeline.decode import DecodeSpec, decode_rows
+from vigil.pipeline.formats import EXTENSIONS_HINT, FORMATS, UNKNOWN_FORMAT, csv_stream
 from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, RecordBlock
 
-FORMATS = ("tfrecord-image", "tfrecord-features", "image", "parquet", "csv")
-# A file matched beside readable ones whose name says no format (a README in an image
-# folder): it is not guessed at, and becomes an ``unknown_format`` dead letter.
-UNKNOWN_FORMAT = "unknown"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfrec")
 # Serialized records per read of a TFRecord file: enough to share out the cost of a read,
 # few enough that a chunk of large images stays small beside a batch of decoded ones.
 TFRECORD_CHUNK = 32
@@ -51,20 +46,6 @@ class ReadSpec:
     def __post_init__(self):
         if self.format not in (*FORMATS, UNKNOWN_FORMAT):
             raise ValueError(f"format={self.format!r}; expected one of {FORMATS}")
-
-
-def format_of(uri: str) -> str | None:
-    """Format from the file name: parquet, csv, image, or 'tfrecord' (kind still open)."""
-    name = uri.lower().removesuffix(".gz")
-    if name.endswith(".parquet"):
-        return "parquet"
-    if name.endswith(".csv"):
-        return "csv"
-    if name.endswith(IMAGE_EXTENSIONS):
-        return "image"
-    if name.endswith(TFRECORD_EXTENSIONS):
-        return "tfrecord"
-    return None
 
 
 def tfrecord_kind(uri: str) -> str | None:
@@ -146,7 +127,7 @@ def _read_items(uri: str, spec: ReadSpec,
             return
         if spec.format == UNKNOWN_FORMAT:
             yield from _file_failure(stats, "unknown_format", "the file name says no format "
-                                     "(.png .jpg .jpeg .tfrecord .parquet .csv); not read")
+                                     f"({EXTENSIONS_HINT}); not read")
             return
         stats.held = _records_held(uri, spec.format)
         for item in readers[spec.format](uri, stats.uri, spec):
@@ -393,8 +374,8 @@ def _read_parquet(uri: str, source: str, spec: ReadSpec) -> Iterator[pa.RecordBa
 
 
 def _read_csv(uri: str, source: str, spec: ReadSpec) -> Iterator[pa.RecordBatch]:
-    with FileSystems.open(uri) as f:
-        reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22),
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        reader = pacsv.open_csv(csv_stream(f, uri), read_options=pacsv.ReadOptions(block_size=1 << 22),
                                 convert_options=pacsv.ConvertOptions(
                                     column_types={spec.id_column: pa.string()}))
         try:

@@ -155,10 +155,10 @@ def input_keys(paths: list[str], root: str | None = None, refused: tuple[str, ..
     import tensorflow as tf
     keys: Counter = Counter()
     for p in paths:
-        if p in refused or os.path.getsize(p) == 0:
+        if p in refused or os.path.getsize(p) == 0 or p.endswith(".parquet.gz"):
             keys[(p, None)] += 1
             continue
-        if p.endswith(".parquet") or p.endswith(".csv"):
+        if p.endswith((".parquet", ".csv", ".csv.gz")):
             try:
                 if p.endswith(".parquet"):
                     ids = pq.read_table(p, columns=["id"]).column("id").to_pylist()

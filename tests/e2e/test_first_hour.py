@@ -230,6 +230,8 @@ def test_a_numeric_column_with_a_stray_text_value_is_named_not_silently_dropped(
            "--feature-columns" in warned[0]
     res = CliRunner().invoke(cli, [*common, "--name", "named", "--feature-columns", ",".join(cols)])
     assert res.exit_code == 0, res.output
-    assert "skipped 1 unusable training records" in [r.getMessage() for r in caplog.records]
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert skipped == [f"skipped 1 unusable training record (1 non_numeric_feature; first: id r7 in "
+                       f"{tmp_path / 'train' / 't.csv'}: column 'f0' holds a value that is not a number)"]
     manifest = _strict(tmp_path / "reg" / "named" / "versions" / "0001" / "manifest.json")
     assert manifest["preprocessing"]["feature_columns"] == cols

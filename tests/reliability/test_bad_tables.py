@@ -8,6 +8,7 @@ records before a corruption point are kept and scored, and the file gets one
 """
 from __future__ import annotations
 
+import gzip
 import os
 import struct
 
@@ -85,14 +86,20 @@ def bad_run(features_registry, tmp_path_factory):
     with open(d / "rows.csv", "w") as f:
         f.write(",".join(["id", *cols]) + "\n")
         for i in range(5):
-            f.write(",".join([f"csv-{i}", *map(repr, x[230 + i])]) + "\n")
+            f.write(",".join([f"csv-{i}", *(repr(float(v)) for v in x[230 + i])]) + "\n")
+    # The same rows gzipped, and a gzipped Parquet file (Parquet is not read gzipped).
+    with gzip.open(d / "rows.csv.gz", "wt") as f:
+        f.write((d / "rows.csv").read_text().replace("csv-", "gz-"))
+    with gzip.open(d / "table.parquet.gz", "wb") as f:
+        f.write((d / "dup.parquet").read_bytes())
     # A symlink that leads out of the input folder.
     outside = tmp / "outside.parquet"
     pq.write_table(pq.read_table(files[1]).slice(0, 3), outside)
     os.symlink(outside, d / "escape.parquet")
     out = tmp / "out"
-    res = helpers.score_cli(features_registry, [f"{d}/*.parquet", f"{d}/*.tfrecord", f"{d}/*.csv"],
-                            out, "--max-bad-fraction", "0.8", "--allow-uncounted-files")
+    globs = [f"{d}/*.parquet", f"{d}/*.tfrecord", f"{d}/*.csv", f"{d}/*.gz"]
+    res = helpers.score_cli(features_registry, globs, out, "--max-bad-fraction", "0.8",
+                            "--allow-uncounted-files")
     assert res.exit_code == 0, res.output + repr(res.exception)
     inputs = sorted(str(p) for p in d.iterdir())
     scores, dead, manifest = helpers.read_run(f"{out}/run1")
@@ -201,6 +208,40 @@ def test_damaged_files_are_named_and_the_rest_scored(bad_run, name, reason, kept
     assert len(scored_here) == kept
     assert len(d["message"]) < 400
     _check(bad_run)
+
+
+def test_a_gzipped_csv_scores_as_the_plain_one_and_gzipped_parquet_is_named(bad_run):
+    scores = bad_run["scores"].to_pandas().set_index("id")
+    for i in range(5):
+        plain, gzipped = scores.loc[f"csv-{i}"], scores.loc[f"gz-{i}"]
+        assert gzipped["source"].endswith("/rows.csv.gz")
+        assert plain["anomaly_score"] == gzipped["anomaly_score"]
+    [d] = _dead(bad_run, "table.parquet.gz")
+    assert d["reason"] == "unknown_format" and ".csv.gz" in d["message"]
+    _check(bad_run)
+
+
+def test_gzipped_csv_is_checked_before_the_run_and_trains(features_registry, tmp_path):
+    x = features_registry["x"][:60]
+    cols = features_registry["columns"]
+    lines = ["id," + ",".join(cols)] + [f"r{i}," + ",".join(repr(float(v)) for v in row)
+                                        for i, row in enumerate(x)]
+    with gzip.open(tmp_path / "rows.csv.gz", "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    with gzip.open(tmp_path / "renamed.csv.gz", "wt") as f:
+        f.write("\n".join([lines[0].replace(",f7,", ",f7_renamed,"), *lines[1:]]) + "\n")
+    res = helpers.score_cli(features_registry, [str(tmp_path / "renamed.csv.gz")], tmp_path / "out")
+    assert res.exit_code == 2 and not (tmp_path / "out").exists()
+    assert f"{tmp_path}/renamed.csv.gz: missing column 'f7'" in res.output
+    from vigil.jobs.train import TrainJobConfig, load_training_data
+    cfg = TrainJobConfig((str(tmp_path / "rows.csv.gz"),), str(tmp_path / "reg"), "t")
+    arrays, ids, kind, columns, _ = load_training_data(cfg)
+    assert (kind, columns, len(ids)) == ("features", cols, 60)
+    np.testing.assert_allclose(arrays, x)
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "t.parquet.gz").write_bytes(gzip.compress(b"PAR1"))
+    res = helpers.score_cli(features_registry, [str(tmp_path / "only" / "*.gz")], tmp_path / "out")
+    assert res.exit_code == 2 and "only CSV and TFRecord files are read gzipped" in res.output
 
 
 def test_symlink_out_of_the_input_folder_is_not_read(bad_run):
