@@ -112,7 +112,8 @@ class Detector:
         """One row per record, with the scores table's columns (``vigil.schemas.tables``).
 
         ``source`` is "memory" and ``run_id`` empty: the records come from no file and
-        no run.  ``target_fpr`` defaults to the rate the model was calibrated for;
+        no run.  A DataFrame's scores keep its index, so they align with its rows
+        (``X.join(det.score(X))``).  ``target_fpr`` defaults to the rate the model was calibrated for;
         ``precision`` is ``vigil score --precision``'s (the VAE decoder's compute precision).
         """
         import pandas as pd
@@ -138,7 +139,7 @@ class Detector:
                      model_version=[bundle.version] * len(ids), run_id=[""] * len(ids),
                      top_features=top_features(out["top_index"], out["top_contribution"], names,
                                                shape).to_pylist())
-        return pd.DataFrame(frame)
+        return pd.DataFrame(frame, index=X.index if _is_frame(X) else None)
 
     def predict(self, X, ids: Sequence[str] | None = None, *, target_fpr: float | None = None) -> np.ndarray:
         """``is_anomaly`` of each record, as a boolean array."""
@@ -192,6 +193,11 @@ class Detector:
         return self.bundle_
 
 
+def _is_frame(X) -> bool:
+    """A pandas DataFrame (pandas is not imported to ask)."""
+    return hasattr(X, "columns") and hasattr(X, "to_numpy")
+
+
 def as_records(X, ids: Sequence[str] | None, kind: str | None,
                columns: list[str] | None = None) -> tuple[np.ndarray, list[str], str, list[str]]:
     """(decoded records, ids, kind, feature columns) of an array or DataFrame, validated.
@@ -201,7 +207,7 @@ def as_records(X, ids: Sequence[str] | None, kind: str | None,
     value.
     """
     frame_index = None
-    if hasattr(X, "columns") and hasattr(X, "to_numpy"):          # a pandas DataFrame
+    if _is_frame(X):
         if kind == "image":
             raise DataError("a DataFrame holds a table; images are uint8 arrays (N, H, W[, C])")
         missing = [c for c in (columns or []) if c not in X.columns]

@@ -29,6 +29,7 @@ train = pd.DataFrame(x[y == 0][:600], columns=cols, index=[f"row-{i:05d}" for i 
 new = pd.DataFrame(x[-200:], columns=cols, index=[f"new-{i:05d}" for i in range(200)])
 det = Detector(epochs=3).fit(train, target_fpr=0.01)
 before = det.score(new)
+assert before.index.equals(new.index) and list(before["id"]) == list(new.index)   # aligned with X
 saved = det.save(sys.argv[1], "api")
 loaded = Detector.load(sys.argv[1], "api")
 after = loaded.score(new)
@@ -49,6 +50,7 @@ det = Detector(epochs=2).fit(images[keep][:300])
 loaded = Detector.load(sys.argv[1], "digits", det.save(sys.argv[1], "digits").version)
 ids = [f"img-{i:05d}" for i in range(40)]
 scores = loaded.score(images[300:340], ids=ids)
+assert list(scores.index) == list(range(40))
 scores.to_parquet(sys.argv[2])
 low = loaded.score(images[300:340], ids=ids, precision="bfloat16")
 try:
