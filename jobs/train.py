@@ -19,7 +19,14 @@ from vigil.models import registry
 from vigil.models.training import TrainResult
 from vigil.pipeline.decode import DecodeSpec, decode
 from vigil.pipeline.formats import UNKNOWN_FORMAT
-from vigil.pipeline.preflight import InputError, check_columns, match_inputs, resolve_formats, table_schema
+from vigil.pipeline.preflight import (
+    InputError,
+    check_columns,
+    check_folder,
+    match_inputs,
+    resolve_formats,
+    table_schema,
+)
 from vigil.pipeline.readers import ReadSpec, printable, read_file
 from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, ScoringInput
 
@@ -189,6 +196,7 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
     from vigil.pipeline.report.training_report import render
 
     # A registry that cannot be reached fails now, not after the training it would hold.
+    check_folder(cfg.registry, "--registry")
     registry.production_version(cfg.registry, cfg.name)
     x_raw, ids, kind, columns, x_other = load_training_data(cfg)
     shape = tuple(x_raw.shape[1:])

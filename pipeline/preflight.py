@@ -150,6 +150,20 @@ def table_schema(f: InputFile) -> pa.Schema | None:
         return None
 
 
+def check_folder(path: str, option: str) -> None:
+    """A local folder vigil writes into (``--output``, ``--registry``) must be a folder or be
+    creatable as one: a file in its place, or in place of a parent, would otherwise fail
+    the command when it writes, after all the scoring or training."""
+    if "://" in path:
+        return
+    here = os.path.abspath(path)
+    while not os.path.lexists(here) and os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        where = "" if here == os.path.abspath(path) else f" ({here} is a file)"
+        raise InputError(f"{option} {path}: not a folder{where}")
+
+
 def columns_hint(missing: str, names: list[str], shown: int = 8) -> str:
     """The columns a file has, the closest to ``missing`` first: what a typo needs to see."""
     import difflib

@@ -36,6 +36,7 @@ from vigil.pipeline.preflight import (
     InputFile,
     carried_fields,
     check_columns,
+    check_folder,
     match_inputs,
     resolve_formats,
     skipped_matches,
@@ -96,6 +97,7 @@ def plan_run(config: ScoreConfig) -> RunPlan:
     run_id = config.run_id or default_run_id()
     if "/" in run_id or run_id.startswith("."):
         raise InputError(f"--run-id {run_id!r}: must not contain '/' or start with '.'")
+    check_folder(config.output, "--output")
     final = commit.run_dir(config.output, run_id)
     if commit.is_published(final) and not config.overwrite:
         raise InputError(f"run {final} already exists; pass --overwrite to replace it")

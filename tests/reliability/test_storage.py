@@ -55,14 +55,34 @@ def _one_error_line(res) -> str:
     return lines[-1]
 
 
-def test_output_under_a_regular_file(features_registry, shards, tmp_path):
+@pytest.mark.parametrize("under", ["runs", ""], ids=["under-a-file", "a-file"])
+def test_output_that_is_or_is_under_a_regular_file_stops_before_scoring(features_registry, shards,
+                                                                        tmp_path, under):
     root, _ = shards
     (tmp_path / "plain").write_text("not a folder")
-    out = tmp_path / "plain" / "runs"
+    out = tmp_path / "plain" / under if under else tmp_path / "plain"
     res = helpers.score_cli(features_registry, [f"{root}/*.parquet"], out)
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     line = _one_error_line(res)
-    assert str(out) in line and "Not a directory (ENOTDIR)" in line and "nothing was published" in line
+    assert line.startswith(f"vigil: error: --output {out}: not a folder")
+    assert line.endswith(f"({tmp_path / 'plain'} is a file)" if under else "not a folder")
+    assert (tmp_path / "plain").read_text() == "not a folder"
+
+
+def test_a_registry_under_a_regular_file_stops_training_before_it_trains(tmp_path, caplog):
+    from click.testing import CliRunner
+
+    from vigil.jobs.cli import cli
+    x, _ = helpers.cardio()
+    helpers.table_shards(tmp_path / "train", x[:200], shards=1)
+    (tmp_path / "plain").write_text("not a folder")
+    caplog.set_level("INFO", logger="vigil.train")
+    res = CliRunner().invoke(cli, ["train", "--input", str(tmp_path / "train" / "*.parquet"),
+                                   "--registry", str(tmp_path / "plain" / "reg"), "--name", "m"])
+    assert res.exit_code == 2
+    assert _one_error_line(res) == (f"vigil: error: --registry {tmp_path / 'plain' / 'reg'}: not a "
+                                    f"folder ({tmp_path / 'plain'} is a file)")
+    assert not any("training on" in r.getMessage() for r in caplog.records)
 
 
 MULTI_PROCESS = ("--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
