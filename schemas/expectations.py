@@ -69,7 +69,7 @@ def inputs_suite(profile: dict, input_shape: list[int]) -> list[dict]:
     """
     if profile.get("kind") == "image":
         return [_e("ExpectColumnValuesToBeInSet", False,
-                   "images have the shape the model was trained on (others are resized)",
+                   "images have the shape the model was trained on (others are resized or converted)",
                    column="shape", value_set=["x".join(map(str, input_shape))], mostly=0.95)]
     return [_e("ExpectColumnValuesToBeBetween", True,
                f"at most {NON_FINITE_TOLERANCE:.0%} missing or non-finite values per feature",

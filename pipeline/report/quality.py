@@ -48,6 +48,10 @@ class QualityReport:
 
 def _observed(result) -> str:
     r = result.result or {}
+    examples = [v["value"] for v in r.get("partial_unexpected_counts") or []][:4]
+    if examples and r.get("unexpected_percent") is not None:     # values that failed: show a few
+        shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in examples)
+        return f"{r['unexpected_percent']:.3g}% unexpected, such as {shown}"
     for key in ("observed_value", "unexpected_percent", "unexpected_count"):
         if key in r and r[key] is not None:
             value = r[key]

@@ -101,6 +101,30 @@ def test_a_wide_table_is_two_checks_that_name_their_features(tmp_path):
     assert (tmp_path / "docs" / "index.html").exists()
 
 
+def test_images_of_another_shape_are_named_by_their_shape(tmp_path):
+    """RGBA images given to a grayscale model: the shape check shows the shapes it did not expect."""
+    import io
+
+    from PIL import Image
+
+    from vigil.pipeline.records import RawRecord
+    from vigil.pipeline.report import quality
+    from vigil.schemas import expectations
+
+    def png(mode: str, size: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new(mode, (size, size)).save(buffer, format="PNG")
+        return buffer.getvalue()
+    images = [png("L", 16)] * 6 + [png("RGBA", 16)] * 3 + [png("L", 8)]
+    frame = quality.input_frame([RawRecord(str(i), "mem", b) for i, b in enumerate(images)], "image",
+                                [], {})
+    report = quality.validate({"inputs": frame},
+                              {"inputs": expectations.inputs_suite({"kind": "image"}, [16, 16, 1])},
+                              str(tmp_path / "docs"))
+    [check] = report.checks
+    assert not check.success and check.observed == "40% unexpected, such as 16x16x4, 8x8x1"
+
+
 def test_training_report_is_in_the_bundle(features_registry):
     from vigil.models import registry
     d = Path(registry.version_dir(features_registry["registry"], "cardio", "0001"))
