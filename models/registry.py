@@ -7,14 +7,17 @@
 Publishing writes the model files into a private staging folder, claims the next free
 number by renaming the folder (a rename onto an existing version fails, so two
 publishers never collide), writes the manifest and finally the ``COMPLETE`` marker that
-holds the manifest's sha256.  Readers only see versions with that marker.  The pointer
-is replaced by writing a temporary file and renaming it over the old one.
+holds the manifest's sha256.  Readers only see versions with that marker.  A publish
+that stops (an error, Ctrl-C, SIGTERM) removes what it wrote; staging folders of a
+process that was killed outright are removed by a later publish once they are a day
+old.  The pointer is replaced by writing a temporary file and renaming it over the old one.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import re
+import time
 import uuid
 
 import tensorflow as tf
@@ -30,6 +33,9 @@ from vigil.models.bundle import (
 )
 
 VERSION_RE = re.compile(r"^\d{4,}$")
+STAGING_PREFIX = ".staging-"
+# No publish writes for a day: a staging folder this old belongs to a process that died.
+STALE_STAGING_SECONDS = 24 * 3600
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -119,7 +125,8 @@ def publish(registry: str, name: str, write_files, manifest: dict) -> str:
     """
     root = f"{_model_dir(registry, name)}/versions"
     tf.io.gfile.makedirs(root)
-    staging = f"{root}/.staging-{uuid.uuid4().hex}"
+    remove_stale_staging(root)
+    staging = f"{root}/{STAGING_PREFIX}{uuid.uuid4().hex}"
     try:
         files = write_files(staging)
     except BaseException:
@@ -140,11 +147,33 @@ def publish(registry: str, name: str, write_files, manifest: dict) -> str:
     directory = f"{root}/{version}"
     manifest = dict(manifest, name=name, version=version, files=files,
                     created_at=_dt.datetime.now(_dt.timezone.utc).isoformat())
-    with tf.io.gfile.GFile(f"{directory}/{MANIFEST}", "w") as f:
-        json.dump(manifest, f, indent=1, allow_nan=False)
-    with tf.io.gfile.GFile(f"{directory}/{COMPLETE}", "w") as f:
-        f.write(sha256_of(f"{directory}/{MANIFEST}") + "\n")
+    try:
+        with tf.io.gfile.GFile(f"{directory}/{MANIFEST}", "w") as f:
+            json.dump(manifest, f, indent=1, allow_nan=False)
+        with tf.io.gfile.GFile(f"{directory}/{COMPLETE}", "w") as f:
+            f.write(sha256_of(f"{directory}/{MANIFEST}") + "\n")
+    except BaseException:
+        # Never complete, never read: the number is free again.
+        tf.io.gfile.rmtree(directory)
+        raise
     return version
+
+
+def remove_stale_staging(root: str, max_age: float = STALE_STAGING_SECONDS) -> list[str]:
+    """Remove the staging folders in ``root`` (a model's ``versions/``) older than ``max_age``
+    seconds, left by publishers that were killed; return their paths."""
+    removed, now = [], time.time()
+    for entry in tf.io.gfile.listdir(root):
+        if not entry.startswith(STAGING_PREFIX):
+            continue
+        path = f"{root}/{entry.rstrip('/')}"
+        try:
+            if now - tf.io.gfile.stat(path).mtime_nsec / 1e9 > max_age:
+                tf.io.gfile.rmtree(path)
+                removed.append(path)
+        except (tf.errors.OpError, OSError):
+            continue        # gone already (another publisher swept it), or no stat on this store
+    return removed
 
 
 def promote(registry: str, name: str, version: str) -> dict:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -61,6 +63,48 @@ def test_concurrent_publishers_get_distinct_versions(features_registry, tmp_path
     assert sorted(got) == ["0002", "0003", "0004", "0005"]
     for v in got:
         load_bundle(registry.version_dir(reg, "cardio", v))
+
+
+def _republish(reg: str):
+    """publish(...) arguments that publish version 0001's files again."""
+    d1 = registry.version_dir(reg, "cardio", "0001")
+    manifest = json.loads(Path(d1, "manifest.json").read_text())
+
+    def copy_files(directory):
+        Path(directory).mkdir(parents=True)
+        for name in manifest["files"]:
+            shutil.copy(Path(d1, name), Path(directory, name))
+        return manifest["files"]
+    return copy_files, {k: v for k, v in manifest.items() if k not in ("version", "files")}
+
+
+def test_a_publish_stopped_after_claiming_its_number_leaves_nothing(features_registry, tmp_path,
+                                                                    monkeypatch):
+    reg = _copy_registry(features_registry["registry"], tmp_path)
+    versions = Path(reg, "cardio", "versions")
+    before = sorted(p.name for p in versions.iterdir())
+
+    def stop(path):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(registry, "sha256_of", stop)         # between the manifest and COMPLETE
+    with pytest.raises(KeyboardInterrupt):
+        registry.publish(reg, "cardio", *_republish(reg))
+    assert sorted(p.name for p in versions.iterdir()) == before
+    monkeypatch.undo()
+    assert registry.publish(reg, "cardio", *_republish(reg)) == "0002"
+
+
+def test_a_publish_removes_staging_folders_a_killed_publisher_left(features_registry, tmp_path):
+    reg = _copy_registry(features_registry["registry"], tmp_path)
+    versions = Path(reg, "cardio", "versions")
+    old, recent = versions / ".staging-killed", versions / ".staging-busy"
+    for folder in (old, recent):
+        folder.mkdir()
+        (folder / "vae_encoder.keras").write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    assert registry.publish(reg, "cardio", *_republish(reg)) == "0002"
+    assert not old.exists() and recent.exists()       # another publisher may still be writing it
 
 
 def test_a_version_held_loaded_is_shared_and_still_checked(features_registry, tmp_path):
