@@ -21,10 +21,9 @@ def _copy_registry(src: str, dst: Path) -> str:
     return str(dst / "reg")
 
 
-def test_publish_promote_rollback(features_registry, tmp_path):
-    reg = _copy_registry(features_registry["registry"], tmp_path)
-    v1 = registry.production_version(reg, "cardio")
-    d1 = registry.version_dir(reg, "cardio", v1)
+def _republish(reg: str):
+    """publish(...) arguments that publish version 0001's files again."""
+    d1 = registry.version_dir(reg, "cardio", "0001")
     manifest = json.loads(Path(d1, "manifest.json").read_text())
 
     def copy_files(directory):
@@ -32,8 +31,13 @@ def test_publish_promote_rollback(features_registry, tmp_path):
         for name in manifest["files"]:
             shutil.copy(Path(d1, name), Path(directory, name))
         return manifest["files"]
-    v2 = registry.publish(reg, "cardio", copy_files, {k: v for k, v in manifest.items()
-                                                     if k not in ("version", "files")})
+    return copy_files, {k: v for k, v in manifest.items() if k not in ("version", "files")}
+
+
+def test_publish_promote_rollback(features_registry, tmp_path):
+    reg = _copy_registry(features_registry["registry"], tmp_path)
+    assert registry.production_version(reg, "cardio") == "0001"
+    v2 = registry.publish(reg, "cardio", *_republish(reg))
     assert v2 == "0002" and registry.list_versions(reg, "cardio") == ["0001", "0002"]
     registry.promote(reg, "cardio", v2)
     assert registry.production_version(reg, "cardio") == "0002"
@@ -46,36 +50,14 @@ def test_publish_promote_rollback(features_registry, tmp_path):
 
 def test_concurrent_publishers_get_distinct_versions(features_registry, tmp_path):
     reg = _copy_registry(features_registry["registry"], tmp_path)
-    d1 = registry.version_dir(reg, "cardio", "0001")
-    manifest = json.loads(Path(d1, "manifest.json").read_text())
-    base = {k: v for k, v in manifest.items() if k not in ("version", "files")}
-
-    def copy_files(directory):
-        Path(directory).mkdir(parents=True)
-        for name in manifest["files"]:
-            shutil.copy(Path(d1, name), Path(directory, name))
-        return manifest["files"]
     got = []
-    threads = [threading.Thread(target=lambda: got.append(registry.publish(reg, "cardio", copy_files, base)))
+    threads = [threading.Thread(target=lambda: got.append(registry.publish(reg, "cardio", *_republish(reg))))
                for _ in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert sorted(got) == ["0002", "0003", "0004", "0005"]
     for v in got:
         load_bundle(registry.version_dir(reg, "cardio", v))
-
-
-def _republish(reg: str):
-    """publish(...) arguments that publish version 0001's files again."""
-    d1 = registry.version_dir(reg, "cardio", "0001")
-    manifest = json.loads(Path(d1, "manifest.json").read_text())
-
-    def copy_files(directory):
-        Path(directory).mkdir(parents=True)
-        for name in manifest["files"]:
-            shutil.copy(Path(d1, name), Path(directory, name))
-        return manifest["files"]
-    return copy_files, {k: v for k, v in manifest.items() if k not in ("version", "files")}
 
 
 def test_a_publish_stopped_after_claiming_its_number_leaves_nothing(features_registry, tmp_path,
