@@ -22,17 +22,19 @@ def evaluate(run_dir: str, label_column: str, normal_values: tuple[str, ...] = (
     if table is None or table.num_rows == 0:
         raise DataError(f"{run_dir}: the run has no scored rows to evaluate")
     if label_column not in table.schema.names:
-        raise DataError(f"{run_dir}: no column '{label_column}' in the scores "
-                         f"(columns: {', '.join(table.schema.names[-3:])} ...)")
+        raise DataError(f"{run_dir}: no column '{label_column}' in the scores"
+                        + _column_hint(label_column, table))
     labels = table.column(label_column).to_pylist()
     keep = np.array([v is not None for v in labels])
+    if not keep.any():
+        raise DataError(f"{run_dir}: column '{label_column}' holds no labels (every row is null)")
     if normal_values:
         y = np.array([str(v) not in normal_values for v in labels], dtype=int)
     else:
         y = np.array([str(v).lower() in ("1", "true") for v in labels], dtype=int)
     y = y[keep]
     if len(set(y)) < 2:
-        raise DataError(f"{run_dir}: labels hold only one class; AUROC needs both")
+        raise DataError(f"{run_dir}: {_one_class(y[0], labels, normal_values)}; AUROC needs both")
     thresholds = manifest["thresholds"]
     out = {"run": run_dir, "rows": int(keep.sum()), "anomalies": int(y.sum()),
            "target_fpr": thresholds.get("target_fpr"),
@@ -51,6 +53,28 @@ def evaluate(run_dir: str, label_column: str, normal_values: tuple[str, ...] = (
     with tf.io.gfile.GFile(f"{run_dir.rstrip('/')}/evaluation.json", "w") as f:
         json.dump(out, f, indent=1, allow_nan=False)
     return out
+
+
+def _column_hint(missing: str, table) -> str:
+    """The closest column, and the columns the run carried (where labels would be)."""
+    import difflib
+
+    from vigil.schemas.tables import scores_schema
+    carried = [n for n in table.schema.names if n not in scores_schema().names]
+    close = difflib.get_close_matches(missing, table.schema.names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return hint + (f" (carried columns: {', '.join(carried)})" if carried else
+                   " (the run carried no columns: score with --carry-column)")
+
+
+def _one_class(cls: int, labels: list, normal_values: tuple[str, ...]) -> str:
+    """Why every labelled row fell in one class, with the label values seen."""
+    from collections import Counter
+    seen = Counter(str(v) for v in labels if v is not None).most_common(5)
+    values = ", ".join(f"{v} ({n})" for v, n in seen)
+    rule = f"--normal-values {','.join(normal_values)}" if normal_values else \
+        "no --normal-values (anomalous: 1 or true)"
+    return f"every labelled row is {'an anomaly' if cls else 'normal'} under {rule}; labels seen: {values}"
 
 
 def format_table(result: dict) -> str:

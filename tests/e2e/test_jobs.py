@@ -73,6 +73,16 @@ def test_evaluate_a_labelled_run(features_registry, tmp_path):
     result = json.loads((tmp_path / "runs" / "r" / "evaluation.json").read_text())
     assert result["anomalies"] == int((y[900:] == 1).sum())
     assert result["scores"]["anomaly_score"]["auroc"] > 0.8
+    n0, n1 = int((y[900:] == 0).sum()), int((y[900:] == 1).sum())
+    wrong = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "runs" / "r"),
+                                     "--label-column", "label", "--normal-values", "normal"])
+    assert wrong.exit_code == 1
+    assert wrong.output.strip().endswith(f"every labelled row is an anomaly under --normal-values normal; "
+                                         f"labels seen: 0 ({n0}), 1 ({n1}); AUROC needs both")
+    typo = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "runs" / "r"), "--label-column", "lable",
+                                    "--normal-values", "0"])
+    assert typo.exit_code == 1 and typo.output.strip().endswith(
+        "no column 'lable' in the scores; did you mean 'label'? (carried columns: label)")
 
 
 def test_unpublished_run_is_refused(tmp_path):
