@@ -62,14 +62,41 @@ def _not_a_file(path: str) -> str | None:
     return next((what for test, what in kinds if test(mode)), "not a regular file")
 
 
+# Spark, Hadoop, Hive and Arrow datasets keep metadata beside their data (_SUCCESS,
+# _metadata, .crc checksums, _temporary/ of a job still writing), and their readers skip
+# names that start with these.  So does a wildcard here; a pattern that spells the prefix
+# itself ('_extra/*.parquet', '.hidden.csv') reads them.
+HIDDEN_PREFIXES = (".", "_")
+
+
+def _hidden(path: str, pattern: str) -> str | None:
+    """Why a file a wildcard matched is metadata, not data (None if it is data)."""
+    root = glob_root(pattern)
+    asked = [c for c in pattern[len(root):].split("/") if c]
+    if any(c.startswith(HIDDEN_PREFIXES) for c in asked) or not path.startswith(root):
+        return None
+    parts = [c for c in path[len(root):].split("/") if c]
+    hidden = next((c for c in parts if c.startswith(HIDDEN_PREFIXES)), None)
+    if hidden is None:
+        return None
+    return (f"a metadata file (its name starts with '{hidden[0]}')" if hidden == parts[-1] else
+            f"in a metadata folder ({hidden})")
+
+
 def skipped_matches(patterns: list[str] | tuple[str, ...]) -> list[dict]:
-    """Local paths a glob matches that are not regular files: never opened, each listed.
+    """What a glob matches that is not read, each listed with why: metadata files that
+    data tools leave beside data (``_hidden``), and local paths that are not regular
+    files, which are never opened.
 
     Beam's own match leaves out directories and dangling links and keeps pipes and
     sockets; this lists them all, with what each is.
     """
     out = {}
     for pattern in patterns:
+        for m in _matched(pattern):
+            what = _hidden(m.path, pattern)
+            if what is not None:
+                out.setdefault(m.path, {"uri": printable(m.path), "skipped": what})
         if "://" in pattern:
             continue
         for path in glob.glob(pattern, recursive="**" in pattern):
@@ -77,6 +104,14 @@ def skipped_matches(patterns: list[str] | tuple[str, ...]) -> list[dict]:
             if what is not None:
                 out.setdefault(path, {"uri": printable(path), "skipped": what})
     return [out[p] for p in sorted(out)]
+
+
+def _matched(pattern: str) -> list:
+    """Beam's match of one glob (file metadata); InputError if it cannot be listed."""
+    try:
+        return FileSystems.match([pattern])[0].metadata_list
+    except Exception as exc:  # noqa: BLE001 - Beam raises BeamIOError for bad paths
+        raise InputError(f"--input {pattern}: cannot be listed ({exc})") from exc
 
 
 def match_inputs(patterns: list[str] | tuple[str, ...], max_files: int) -> list[tuple[str, int, str]]:
@@ -88,15 +123,11 @@ def match_inputs(patterns: list[str] | tuple[str, ...], max_files: int) -> list[
         if "://" not in pattern and os.path.isdir(pattern):
             raise InputError(f"--input {pattern} is a folder; give a glob of its files, e.g. "
                              f"'{pattern.rstrip('/')}/*.parquet' or '{pattern.rstrip('/')}/*.png'")
-        try:
-            metadata = FileSystems.match([pattern])[0].metadata_list
-        except Exception as exc:  # noqa: BLE001 - Beam raises BeamIOError for bad paths
-            raise InputError(f"--input {pattern}: cannot be listed ({exc})") from exc
-        files = [m for m in metadata if not m.path.endswith("/")
-                 and ("://" in m.path or _not_a_file(m.path) is None)]
+        files = [m for m in _matched(pattern) if not m.path.endswith("/")
+                 and ("://" in m.path or _not_a_file(m.path) is None) and _hidden(m.path, pattern) is None]
         if not files:
             others = skipped_matches([pattern])
-            what = f" (only {len(others)} that are not regular files, e.g. {others[0]['uri']}: " \
+            what = f" to read (only {len(others)} that are not read, e.g. {others[0]['uri']}: " \
                    f"{others[0]['skipped']})" if others else ""
             raise InputError(f"--input {pattern}: matches no files{what}; check the path and quote "
                              "the glob so the shell does not expand it")

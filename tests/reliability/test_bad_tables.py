@@ -322,6 +322,36 @@ def test_matches_that_are_not_files_are_listed_and_never_opened(features_registr
     json.dumps(manifest, allow_nan=False)
 
 
+def test_metadata_files_of_a_spark_output_folder_are_listed_not_read(features_registry, tmp_path):
+    """A job's output folder holds _SUCCESS, .crc checksums and, while it writes, _temporary/:
+    a wildcard reads the data beside them and lists them as not read, as Spark's and Arrow's
+    own readers skip them; a pattern that names the prefix reads such files."""
+    x, y = features_registry["x"], features_registry["y"]
+    d = tmp_path / "spark"
+    (good,) = helpers.table_shards(d, x[:40], y[:40], shards=1)
+    (d / "_SUCCESS").write_bytes(b"")
+    (d / ".part-0.parquet.crc").write_bytes(b"crc")
+    (d / "_temporary" / "0").mkdir(parents=True)
+    (d / "_temporary" / "0" / "part-9.parquet").write_bytes(open(good, "rb").read())
+    res = helpers.score_cli(features_registry, [f"{d}/*"], tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    scores, dead, manifest = helpers.read_run(str(tmp_path / "out" / "run1"))
+    assert [i["uri"] for i in manifest["inputs"]] == [good] and dead.num_rows == 0
+    assert manifest["counts"]["read"] == scores.num_rows == 40
+    assert {s["uri"]: s["skipped"] for s in manifest["skipped"]} == {
+        f"{d}/.part-0.parquet.crc": "a metadata file (its name starts with '.')",
+        f"{d}/_SUCCESS": "a metadata file (its name starts with '_')",
+        f"{d}/_temporary": "a directory"}
+    assert f"skipped {d}/_SUCCESS: a metadata file (its name starts with '_'), not read" in res.output
+    only = helpers.score_cli(features_registry, [f"{d}/*/*/*.parquet"], tmp_path / "out", run_id="only")
+    assert only.exit_code == 2 and (f"only 1 that are not read, e.g. {d}/_temporary/0/part-9.parquet: "
+                                    "in a metadata folder (_temporary)") in only.output
+    named = helpers.score_cli(features_registry, [f"{d}/_temporary/*/*.parquet"], tmp_path / "out",
+                              run_id="named")
+    assert named.exit_code == 0, named.output
+    assert helpers.read_run(str(tmp_path / "out" / "named"))[0].num_rows == 40
+
+
 def test_carried_columns_of_different_types_are_unified(features_registry, tmp_path):
     """One shard's label is an integer, another's a float, a third's text: the run is
     published with the label as the type that holds all three."""
