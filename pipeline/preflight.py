@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import itertools
 import os
 import re
 import stat
@@ -107,11 +108,19 @@ def skipped_matches(patterns: list[str] | tuple[str, ...]) -> list[dict]:
 
 
 def _matched(pattern: str) -> list:
-    """Beam's match of one glob (file metadata); InputError if it cannot be listed."""
+    """Beam's match of one glob (file metadata); InputError if it cannot be listed.
+
+    ``/**/`` also matches no folder at all, as in Python's and the shell's globs: Beam's
+    needs at least one, so ``data/**/*.parquet`` would leave out the files in ``data/``.
+    """
+    parts = pattern.split("/**/")
+    variants = {parts[0] + "".join(sep + part for sep, part in zip(seps, parts[1:]))
+                for seps in itertools.product(("/**/", "/"), repeat=len(parts) - 1)}
     try:
-        return FileSystems.match([pattern])[0].metadata_list
+        found = {m.path: m for r in FileSystems.match(sorted(variants)) for m in r.metadata_list}
     except Exception as exc:  # noqa: BLE001 - Beam raises BeamIOError for bad paths
         raise InputError(f"--input {pattern}: cannot be listed ({exc})") from exc
+    return [found[p] for p in sorted(found)]
 
 
 def match_inputs(patterns: list[str] | tuple[str, ...], max_files: int) -> list[tuple[str, int, str]]:

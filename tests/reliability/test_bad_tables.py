@@ -352,6 +352,21 @@ def test_metadata_files_of_a_spark_output_folder_are_listed_not_read(features_re
     assert helpers.read_run(str(tmp_path / "out" / "named"))[0].num_rows == 40
 
 
+def test_a_double_star_matches_files_at_every_depth_including_none(tmp_path):
+    """'data/**/*.parquet' holds data/x.parquet too, as in Python's and the shell's globs
+    (Beam's own match needs a folder there, and left such files out without a word)."""
+    from vigil.pipeline.preflight import match_inputs
+    for rel in ("top.parquet", "a/mid.parquet", "a/b/deep.parquet", "a/b/note.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+
+    def matched(pattern):
+        return [os.path.relpath(uri, tmp_path) for uri, _, _ in match_inputs([f"{tmp_path}/{pattern}"], 10)]
+    assert matched("**/*.parquet") == ["a/b/deep.parquet", "a/mid.parquet", "top.parquet"]
+    assert matched("*/**/*.parquet") == ["a/b/deep.parquet", "a/mid.parquet"]
+    assert matched("**/b/**/*.parquet") == ["a/b/deep.parquet"]
+
+
 def test_carried_columns_of_different_types_are_unified(features_registry, tmp_path):
     """One shard's label is an integer, another's a float, a third's text: the run is
     published with the label as the type that holds all three."""
