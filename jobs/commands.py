@@ -120,6 +120,7 @@ def _check_beam_args(beam_args: list[str], vigil_options: list[str], where: str)
 
 
 def _score_and_report(cfg, beam_args, report: bool = True, fail_on_dq: bool = False) -> None:
+    from vigil.pipeline.commit import reasons_text
     from vigil.pipeline.options import pipeline_options
     from vigil.pipeline.run import plan_run
     from vigil.pipeline.run import score as run_score
@@ -136,8 +137,9 @@ def _score_and_report(cfg, beam_args, report: bool = True, fail_on_dq: bool = Fa
         return
     c = result.manifest["counts"]
     target = plan.config.target_fpr
+    reasons = f" ({reasons_text(c['dead_letter_reasons'])})" if c["dead_lettered"] else ""
     click.echo(f"run {result.run_dir}: read {c['read']}, scored {c['scored']}, "
-               f"dead-lettered {c['dead_lettered']}, anomalies {c['anomalies']} "
+               f"dead-lettered {c['dead_lettered']}{reasons}, anomalies {c['anomalies']} "
                f"(model {cfg.name}/{plan.version}, target FPR {target:g})")
     why = plan.bundle.calibration.cannot_flag(target)
     if why:

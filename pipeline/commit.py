@@ -21,7 +21,9 @@ import re
 import socket
 import sys
 import uuid
+from collections import Counter
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
@@ -191,17 +193,30 @@ def count_rows(directory: str) -> int:
     return total
 
 
-def count_true(directory: str, column: str) -> int:
-    """How many rows of a table folder hold True in a boolean column."""
-    total = 0
+def value_counts(directory: str, column: str) -> Counter:
+    """How many rows of a table folder hold each value of a column."""
+    counts: Counter = Counter()
     for path in parquet_files(directory):
         with _open(path) as f:
             # Not pq.read_table: its dataset scan leaves Arrow threads holding buffers of this
             # Python file, and one released while the interpreter exits aborts the process
             # (SIGABRT after a published run; apache/arrow#34314).
             table = pq.ParquetFile(f).read(columns=[column])
-        total += int(sum(table.column(column).to_pylist()))
-    return total
+        for item in pc.value_counts(table.column(column)).to_pylist():
+            counts[item["values"]] += item["counts"]
+    return counts
+
+
+def count_true(directory: str, column: str) -> int:
+    """How many rows of a table folder hold True in a boolean column."""
+    return value_counts(directory, column)[True]
+
+
+def reasons_text(reasons: dict[str, int], shown: int = 3) -> str:
+    """Dead-letter reasons, most frequent first: "2 empty_file, 1 non_finite_feature"."""
+    ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    more = f" and {len(ranked) - shown} more reasons" if len(ranked) > shown else ""
+    return ", ".join(f"{n} {reason}" for reason, n in ranked[:shown]) + more
 
 
 def read_stats(directory: str) -> list[dict]:
@@ -227,7 +242,8 @@ def tally(staging: str) -> tuple[dict, list[dict]]:
               "uncounted_files": sum(1 for s in stats if not s["count_known"]),
               "read": records + lost, "scored": scored, "dead_lettered": dead,
               "read_is_lower_bound": any(not s["count_known"] for s in stats),
-              "anomalies": count_true(f"{staging}/scores", "is_anomaly") if scored else 0}
+              "anomalies": count_true(f"{staging}/scores", "is_anomaly") if scored else 0,
+              "dead_letter_reasons": dict(value_counts(f"{staging}/dead_letter", "reason")) if dead else {}}
     return counts, stats
 
 
@@ -255,7 +271,8 @@ def check_books(counts: dict, stats: list[dict], max_bad_fraction: float, n_file
         counts["bad_fraction"] = bad
         if bad > max_bad_fraction:
             raise BadRecordsError(f"{counts['dead_lettered']} of {counts['read']} records dead-lettered "
-                           f"({bad:.1%}) is above --max-bad-fraction {max_bad_fraction:.1%}")
+                                  f"({bad:.1%}: {reasons_text(counts['dead_letter_reasons'])}) is above "
+                                  f"--max-bad-fraction {max_bad_fraction:.1%}")
 
 
 def publish(staging: str, final: str, manifest: dict) -> None:

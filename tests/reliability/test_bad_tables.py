@@ -251,6 +251,13 @@ def test_symlink_out_of_the_input_folder_is_not_read(bad_run):
     _check(bad_run)
 
 
+def test_the_manifest_counts_dead_letters_by_reason(bad_run):
+    from collections import Counter
+    reasons = bad_run["manifest"]["counts"]["dead_letter_reasons"]
+    assert reasons == dict(Counter(d["reason"] for d in bad_run["dead"]))
+    assert sum(reasons.values()) == bad_run["manifest"]["counts"]["dead_lettered"]
+
+
 def test_dead_letters_hold_no_payload(bad_run):
     for d in bad_run["dead"]:
         assert set(d) == {"id", "id_hex", "source", "stage", "reason", "message"}

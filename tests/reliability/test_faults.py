@@ -255,7 +255,7 @@ def _fail_commit(monkeypatch):
     (_fail_read, "/injected/read: Input/output error (EIO)"),
     (_fail_decode, "failed: RuntimeError: injected decode fault"),
     (_fail_rows, "failed: RuntimeError: injected postprocess fault"),
-    (_fail_inference, "records dead-lettered (100.0%) is above --max-bad-fraction"),
+    (_fail_inference, "inference_failed) is above --max-bad-fraction"),
     (_fail_sink, "No space left on device (ENOSPC)"),
     (_fail_dead_letter_sink, "No space left on device (ENOSPC)"),
     (_fail_stats_sink, "No space left on device (ENOSPC)"),
