@@ -17,6 +17,7 @@ import numpy as np
 from vigil.jobs.train_config import TrainJobConfig
 from vigil.models import registry
 from vigil.models.training import TrainResult
+from vigil.pipeline.commit import reasons_text
 from vigil.pipeline.decode import DecodeSpec, decode
 from vigil.pipeline.formats import UNKNOWN_FORMAT
 from vigil.pipeline.preflight import (
@@ -82,7 +83,7 @@ class Skipped:
     def summary(self, what: str) -> str:
         """"skipped 2 unusable training records (2 non_finite_feature; first: id 7 in f.csv: ...)"."""
         n = sum(self.reasons.values())
-        counts = ", ".join(f"{k} {r}" for r, k in self.reasons.most_common())
+        counts = reasons_text(self.reasons)
         where = f"id {self.first.id} in {self.first.source}" if self.first.id else self.first.source
         return (f"skipped {n} unusable {what} record{'s' if n != 1 else ''} ({counts}; first: "
                 f"{where}: {self.first.message})")

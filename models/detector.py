@@ -113,8 +113,8 @@ class Detector:
 
         ``source`` is "memory" and ``run_id`` empty: the records come from no file and
         no run.  A DataFrame's scores keep its index, so they align with its rows
-        (``X.join(det.score(X))``).  ``target_fpr`` defaults to the rate the model was calibrated for;
-        ``precision`` is ``vigil score --precision``'s (the VAE decoder's compute precision).
+        (``X.join(det.score(X))``).  ``target_fpr`` defaults to the rate the model was
+        calibrated for; ``precision`` is ``vigil score --precision``'s (the VAE decoder's compute precision).
         """
         import pandas as pd
         bundle = self._require_model()
