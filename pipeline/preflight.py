@@ -210,6 +210,10 @@ def columns_hint(missing: str, names: list[str], shown: int = 8) -> str:
     close = difflib.get_close_matches(missing, names, n=3, cutoff=0.5)
     ordered = close + [n for n in names if n not in close]
     more = f" and {len(ordered) - shown} more" if len(ordered) > shown else ""
+    separator = next((c for c in ";\t|" if len(names) == 1 and c in names[0]), None)
+    if separator:       # a whole header read as one column name
+        return (f"the file has one column, {names[0][:60]!r}...: its values are separated by "
+                f"{separator!r}, and vigil reads comma-separated CSV")
     return f"the file has {', '.join(ordered[:shown])}{more}"
 
 

@@ -276,6 +276,16 @@ def test_missing_renamed_column_stops_before_anything_is_written(features_regist
     assert res.output.strip().count("\n") == 0 and not (tmp_path / "out").exists()
 
 
+def test_a_csv_separated_by_semicolons_is_named_as_such(features_registry, tmp_path):
+    cols = features_registry["columns"]
+    rows = [";".join(["id", *cols])] + [";".join([f"r{i}", *(repr(float(v)) for v in x)])
+                                        for i, x in enumerate(features_registry["x"][:5])]
+    (tmp_path / "semi.csv").write_text("\n".join(rows) + "\n")
+    res = helpers.score_cli(features_registry, [str(tmp_path / "semi.csv")], tmp_path / "out")
+    assert res.exit_code == 2 and not (tmp_path / "out").exists()
+    assert "its values are separated by ';', and vigil reads comma-separated CSV" in res.output
+
+
 def test_training_skips_a_file_whose_name_says_no_format(tmp_path):
     from vigil.jobs.train import TrainJobConfig, load_training_data
     x = np.random.default_rng(0).normal(size=(40, 3))
