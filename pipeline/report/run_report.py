@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from vigil.models import registry
 from vigil.models.bundle import Bundle
-from vigil.pipeline.commit import MANIFEST, is_published, require_published
+from vigil.pipeline.commit import MANIFEST, is_published, reasons_text, require_published
 from vigil.pipeline.config import absolute_uri
 from vigil.pipeline.decode import DecodeSpec, decode
 from vigil.pipeline.readers import ReadSpec
@@ -174,6 +174,8 @@ def _page(manifest: dict, result: quality.QualityReport, top: list[dict],
                          else f"<tr><td>{esc(k)}</td><td>{'none' if v is None else esc(str(v))}</td></tr>"
                          for k, v in t.items() if k != "target_fpr")
     tops = "".join(f"<li>{esc(r['id'])} — {r['anomaly_score']:.4g}</li>" for r in top)
+    by_reason = c.get("dead_letter_reasons")      # runs published before it was counted lack it
+    reasons = f"<br><small>{esc(reasons_text(by_reason))}</small>" if by_reason else ""
     passed = len(result.checks) - len(failed)
     docs = " · ".join(f'<a href="{esc(href)}">{esc(suite)}</a>' for suite, href in validation_pages.items()) \
         or "none"
@@ -191,7 +193,7 @@ summary{{cursor:pointer;font-size:1.2em}}</style></head>
 <body><h1>vigil run {esc(manifest['run_id'])}</h1>
 <p>model <b>{esc(manifest['model']['name'])}/{esc(manifest['model']['version'])}</b></p>
 <div class="card"><div><b>{c['read']}</b>read</div><div><b>{c['scored']}</b>scored</div>
-<div><b>{c['dead_lettered']}</b>dead-lettered</div><div><b>{c['anomalies']}</b>anomalies</div>
+<div><b>{c['dead_lettered']}</b>dead-lettered{reasons}</div><div><b>{c['anomalies']}</b>anomalies</div>
 <div><b>{rate:.2%}</b>anomaly rate (target FPR {target:g}, {rate / target:.1f}x)</div>
 <div><b>{'none' if threshold is None else f'{threshold:.4g}'}</b>threshold on anomaly_score</div></div>
 {no_flag}

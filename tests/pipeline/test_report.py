@@ -58,6 +58,7 @@ def test_known_defects_fail_exactly_the_expected_checks(defective_run):
     assert "CRITICAL" in output and (run / "report" / "data_docs" / "index.html").exists()
     page = (run / "report" / "index.html").read_text()
     assert "Files not fully read" in page and "part-9.parquet" in page
+    assert "30 non_finite_feature" in page          # dead letters by reason, under their count
 
 
 def test_exit_code_follows_fail_on_dq(defective_run):
