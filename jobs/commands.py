@@ -214,9 +214,11 @@ def evaluate(ctx, run_dir, label_column, normal_values):
     """
     def go():
         from vigil.jobs.evaluate import evaluate as run_eval
-        from vigil.jobs.evaluate import format_table
+        from vigil.jobs.evaluate import format_table, save
         values = tuple(v.strip() for v in normal_values.split(",")) if normal_values else ()
-        click.echo(format_table(run_eval(run_dir, label_column, values)))
+        result = run_eval(run_dir, label_column, values)
+        click.echo(format_table(result))      # shown even where the run folder is read-only
+        save(result)
     run_guarded(ctx, go)
 
 

@@ -50,9 +50,15 @@ def evaluate(run_dir: str, label_column: str, normal_values: tuple[str, ...] = (
                               "auprc": float(average_precision_score(y, s)),
                               "precision": float(p), "recall": float(r), "f1": float(f1),
                               "fpr": float(flags[y == 0].mean())}
-    with tf.io.gfile.GFile(f"{run_dir.rstrip('/')}/evaluation.json", "w") as f:
-        json.dump(out, f, indent=1, allow_nan=False)
     return out
+
+
+def save(result: dict) -> str:
+    """Write an evaluation to ``<run>/evaluation.json``; return its path."""
+    path = f"{result['run'].rstrip('/')}/evaluation.json"
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump(result, f, indent=1, allow_nan=False)
+    return path
 
 
 def _column_hint(missing: str, table) -> str:

@@ -99,6 +99,26 @@ def test_read_only_file_system(features_registry, shards, tmpfs, runner):
     assert str(out) in line and "Read-only file system (EROFS)" in line, line
 
 
+def test_evaluating_a_run_on_read_only_storage_shows_the_metrics_then_names_the_file(
+        features_registry, tmp_path, tmpfs):
+    import numpy as np
+    from click.testing import CliRunner
+
+    from vigil.jobs.cli import cli
+    x, y = features_registry["x"], features_registry["y"]
+    rows = np.concatenate([np.flatnonzero(y == 0)[:200], np.flatnonzero(y == 1)[:40]])
+    helpers.table_shards(tmp_path / "labelled", x[rows], y[rows], shards=1)
+    point = tmpfs("20m")
+    res = helpers.score_cli(features_registry, [f"{tmp_path}/labelled/*.parquet"], point)
+    assert res.exit_code == 0, res.output
+    subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
+    res = CliRunner().invoke(cli, ["evaluate", str(point / "run1"), "--label-column", "label",
+                                   "--normal-values", "0"])
+    assert res.exit_code == 1 and "anomaly_score" in res.output and "AUROC" in res.output
+    line = _one_error_line(res)
+    assert f"{point}/run1/evaluation.json" in line and "Read-only file system" in line, line
+
+
 @RUNNERS
 def test_full_file_system_while_the_pipeline_writes(features_registry, shards, tmpfs, runner):
     """The error happens in a worker (another process, in multi-process mode); Beam
