@@ -54,7 +54,7 @@ def _keep(record: RawRecord, cfg: TrainJobConfig) -> bool:
 
 def _input_files(inputs: tuple[str, ...], cfg: TrainJobConfig, what: str):
     """(matched files, those of a known format, their one kind) of a set of input globs."""
-    files = resolve_formats(match_inputs(inputs, 100_000), cfg.format, None)
+    files = resolve_formats(match_inputs(inputs, 100_000).files, cfg.format, None)
     known = [f for f in files if f.format != UNKNOWN_FORMAT]    # the rest are skipped
     kinds = {"image" if f.format in ("image", "tfrecord-image") else "features" for f in known}
     if len(kinds) != 1:

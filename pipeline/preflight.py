@@ -84,27 +84,54 @@ def _hidden(path: str, pattern: str) -> str | None:
             f"in a metadata folder ({hidden})")
 
 
-def skipped_matches(patterns: list[str] | tuple[str, ...]) -> list[dict]:
-    """What a glob matches that is not read, each listed with why: metadata files that
-    data tools leave beside data (``_hidden``), and local paths that are not regular
-    files, which are never opened.
+@dataclass(frozen=True)
+class Matched:
+    """What the ``--input`` globs matched: the files to read, and what is listed as not read."""
+    files: list[tuple[str, int, str]]     # (uri, size, glob root), sorted by uri
+    skipped: list[dict]                   # {"uri", "skipped": why}, sorted by uri
 
-    Beam's own match leaves out directories and dangling links and keeps pipes and
-    sockets; this lists them all, with what each is.
+
+def match_inputs(patterns: list[str] | tuple[str, ...], max_files: int) -> Matched:
+    """Every regular file the globs match, listed once; InputError for a glob that matches none.
+
+    Not read, each listed with why: metadata files that data tools leave beside data
+    (``_hidden``), and local paths that are not regular files (never opened: a pipe would
+    block a reader).  Beam's match leaves out directories and dangling links and keeps
+    pipes and sockets; a local glob lists them all.
     """
-    out = {}
+    found: dict[str, tuple[str, int, str]] = {}
+    skipped: dict[str, dict] = {}
     for pattern in patterns:
+        if not pattern.strip():
+            raise InputError("an --input pattern is empty")
+        if "://" not in pattern and os.path.isdir(pattern):
+            raise InputError(f"--input {pattern} is a folder; give a glob of its files, e.g. "
+                             f"'{pattern.rstrip('/')}/*.parquet' or '{pattern.rstrip('/')}/*.png'")
+        files, not_read = [], {}
         for m in _matched(pattern):
-            what = _hidden(m.path, pattern)
-            if what is not None:
-                out.setdefault(m.path, {"uri": printable(m.path), "skipped": what})
-        if "://" in pattern:
-            continue
-        for path in glob.glob(pattern, recursive="**" in pattern):
-            what = _not_a_file(path)
-            if what is not None:
-                out.setdefault(path, {"uri": printable(path), "skipped": what})
-    return [out[p] for p in sorted(out)]
+            why = _hidden(m.path, pattern) or ("://" not in m.path and _not_a_file(m.path))
+            if why:
+                not_read[m.path] = {"uri": printable(m.path), "skipped": why}
+            elif not m.path.endswith("/"):
+                files.append(m)
+        for path in [] if "://" in pattern else glob.glob(pattern, recursive="**" in pattern):
+            why = _not_a_file(path)
+            if why:
+                not_read.setdefault(path, {"uri": printable(path), "skipped": why})
+        if not files:
+            first = not_read[min(not_read)] if not_read else None
+            what = f" to read (only {len(not_read)} that are not read, e.g. {first['uri']}: " \
+                   f"{first['skipped']})" if first else ""
+            raise InputError(f"--input {pattern}: matches no files{what}; check the path and quote "
+                             "the glob so the shell does not expand it")
+        for m in files:
+            found.setdefault(m.path, (m.path, m.size_in_bytes, glob_root(pattern)))
+        for path, item in not_read.items():
+            skipped.setdefault(path, item)
+        if len(found) > max_files:
+            raise InputError(f"--input matches more than {max_files} files; raise --max-files "
+                             "or narrow the glob")
+    return Matched(sorted(found.values()), [skipped[p] for p in sorted(skipped)])
 
 
 def _matched(pattern: str) -> list:
@@ -121,31 +148,6 @@ def _matched(pattern: str) -> list:
     except Exception as exc:  # noqa: BLE001 - Beam raises BeamIOError for bad paths
         raise InputError(f"--input {pattern}: cannot be listed ({exc})") from exc
     return [found[p] for p in sorted(found)]
-
-
-def match_inputs(patterns: list[str] | tuple[str, ...], max_files: int) -> list[tuple[str, int, str]]:
-    """(uri, size, root) of every regular file matched; raises InputError for an empty glob."""
-    found: dict[str, tuple[str, int, str]] = {}
-    for pattern in patterns:
-        if not pattern.strip():
-            raise InputError("an --input pattern is empty")
-        if "://" not in pattern and os.path.isdir(pattern):
-            raise InputError(f"--input {pattern} is a folder; give a glob of its files, e.g. "
-                             f"'{pattern.rstrip('/')}/*.parquet' or '{pattern.rstrip('/')}/*.png'")
-        files = [m for m in _matched(pattern) if not m.path.endswith("/")
-                 and ("://" in m.path or _not_a_file(m.path) is None) and _hidden(m.path, pattern) is None]
-        if not files:
-            others = skipped_matches([pattern])
-            what = f" to read (only {len(others)} that are not read, e.g. {others[0]['uri']}: " \
-                   f"{others[0]['skipped']})" if others else ""
-            raise InputError(f"--input {pattern}: matches no files{what}; check the path and quote "
-                             "the glob so the shell does not expand it")
-        for m in files:
-            found.setdefault(m.path, (m.path, m.size_in_bytes, glob_root(pattern)))
-        if len(found) > max_files:
-            raise InputError(f"--input matches more than {max_files} files; raise --max-files "
-                             "or narrow the glob")
-    return sorted(found.values())
 
 
 def resolve_formats(files, override: str, kind: str | None) -> list[InputFile]:

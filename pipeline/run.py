@@ -39,7 +39,6 @@ from vigil.pipeline.preflight import (
     check_folder,
     match_inputs,
     resolve_formats,
-    skipped_matches,
 )
 from vigil.pipeline.readers import ReadSpec, printable, records_held
 from vigil.pipeline.transforms import (
@@ -74,7 +73,7 @@ class RunPlan:
     decode_spec: DecodeSpec
     label_fields: list[pa.Field]
     staging: str
-    skipped: list[dict] = field(default_factory=list)   # matched paths that are not files
+    skipped: list[dict] = field(default_factory=list)   # matched paths that are not read, and why
 
     @property
     def thresholds(self) -> dict:
@@ -107,10 +106,10 @@ def plan_run(config: ScoreConfig) -> RunPlan:
     kind = bundle.config.kind
     config = dataclasses.replace(config, target_fpr=_target_fpr(config, bundle, version),
                                  batch_size=config.batch_size or BATCH_SIZE[kind])
-    files = match_inputs(config.inputs, config.max_files)
+    matched = match_inputs(config.inputs, config.max_files)
     features = list(bundle.preprocessing.feature_columns)
     try:
-        files = resolve_formats(files, config.format, kind)
+        files = resolve_formats(matched.files, config.format, kind)
         check_columns(files, config.id_column, features)
     except InputError as exc:
         raise InputError(f"{exc} (model {config.name}/{version} takes {kind} input "
@@ -124,7 +123,7 @@ def plan_run(config: ScoreConfig) -> RunPlan:
                    read_spec=read_spec, decode_spec=decode_spec,
                    label_fields=carried_fields(files, config.carry_columns),
                    staging=commit.staging_dir(config.output, run_id),
-                   skipped=skipped_matches(config.inputs))
+                   skipped=matched.skipped)
 
 
 def _target_fpr(config: ScoreConfig, bundle: Bundle, version: str) -> float:

@@ -378,7 +378,8 @@ def test_a_double_star_matches_files_at_every_depth_including_none(tmp_path):
         (tmp_path / rel).write_bytes(b"x")
 
     def matched(pattern):
-        return [os.path.relpath(uri, tmp_path) for uri, _, _ in match_inputs([f"{tmp_path}/{pattern}"], 10)]
+        found = match_inputs([f"{tmp_path}/{pattern}"], 10).files
+        return [os.path.relpath(uri, tmp_path) for uri, _, _ in found]
     assert matched("**/*.parquet") == ["a/b/deep.parquet", "a/mid.parquet", "top.parquet"]
     assert matched("*/**/*.parquet") == ["a/b/deep.parquet", "a/mid.parquet"]
     assert matched("**/b/**/*.parquet") == ["a/b/deep.parquet"]
