@@ -114,9 +114,10 @@ def match_inputs(patterns: list[str] | tuple[str, ...], max_files: int) -> Match
                 not_read[m.path] = {"uri": printable(m.path), "skipped": why}
             elif not m.path.endswith("/"):
                 files.append(m)
-        for path in [] if "://" in pattern else glob.glob(pattern, recursive="**" in pattern):
+        recursive = "**" in pattern         # then folders are gone through, not skipped
+        for path in [] if "://" in pattern else glob.glob(pattern, recursive=recursive):
             why = _not_a_file(path)
-            if why:
+            if why and not (recursive and os.path.isdir(path)):
                 not_read.setdefault(path, {"uri": printable(path), "skipped": why})
         if not files:
             first = not_read[min(not_read)] if not_read else None

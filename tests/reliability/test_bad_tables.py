@@ -383,6 +383,10 @@ def test_a_double_star_matches_files_at_every_depth_including_none(tmp_path):
     assert matched("**/*.parquet") == ["a/b/deep.parquet", "a/mid.parquet", "top.parquet"]
     assert matched("*/**/*.parquet") == ["a/b/deep.parquet", "a/mid.parquet"]
     assert matched("**/b/**/*.parquet") == ["a/b/deep.parquet"]
+    (tmp_path / "a" / "_SUCCESS").write_bytes(b"")
+    everything = match_inputs([f"{tmp_path}/**/*"], 10)       # folders are gone through, not listed
+    assert [item["uri"] for item in everything.skipped] == [f"{tmp_path}/a/_SUCCESS"]
+    assert len(everything.files) == 4
 
 
 def test_carried_columns_of_different_types_are_unified(features_registry, tmp_path):
