@@ -54,7 +54,12 @@ def _keep(record: RawRecord, cfg: TrainJobConfig) -> bool:
 
 def _input_files(inputs: tuple[str, ...], cfg: TrainJobConfig, what: str):
     """(matched files, those of a known format, their one kind) of a set of input globs."""
-    files = resolve_formats(match_inputs(inputs, 100_000).files, cfg.format, None)
+    matched = match_inputs(inputs, 100_000)
+    for item in matched.skipped[:5]:
+        LOG.info("skipped %s: %s, not read", item["uri"], item["skipped"])
+    if len(matched.skipped) > 5:
+        LOG.info("skipped %d more matched paths that are not read", len(matched.skipped) - 5)
+    files = resolve_formats(matched.files, cfg.format, None)
     known = [f for f in files if f.format != UNKNOWN_FORMAT]    # the rest are skipped
     kinds = {"image" if f.format in ("image", "tfrecord-image") else "features" for f in known}
     if len(kinds) != 1:

@@ -339,7 +339,7 @@ def test_matches_that_are_not_files_are_listed_and_never_opened(features_registr
     json.dumps(manifest, allow_nan=False)
 
 
-def test_metadata_files_of_a_spark_output_folder_are_listed_not_read(features_registry, tmp_path):
+def test_metadata_files_of_a_spark_output_folder_are_listed_not_read(features_registry, tmp_path, caplog):
     """A job's output folder holds _SUCCESS, .crc checksums and, while it writes, _temporary/:
     a wildcard reads the data beside them and lists them as not read, as Spark's and Arrow's
     own readers skip them; a pattern that names the prefix reads such files."""
@@ -363,6 +363,11 @@ def test_metadata_files_of_a_spark_output_folder_are_listed_not_read(features_re
     only = helpers.score_cli(features_registry, [f"{d}/*/*/*.parquet"], tmp_path / "out", run_id="only")
     assert only.exit_code == 2 and (f"only 1 that are not read, e.g. {d}/_temporary/0/part-9.parquet: "
                                     "in a metadata folder (_temporary)") in only.output
+    from vigil.jobs.train import TrainJobConfig, load_training_data
+    caplog.set_level("INFO", logger="vigil.train")
+    _, ids, _, _, _ = load_training_data(TrainJobConfig((f"{d}/*",), str(tmp_path / "reg"), "t"))
+    assert len(ids) == 40
+    assert f"skipped {d}/_SUCCESS: a metadata file (its name starts with '_'), not read" in caplog.messages
     named = helpers.score_cli(features_registry, [f"{d}/_temporary/*/*.parquet"], tmp_path / "out",
                               run_id="named")
     assert named.exit_code == 0, named.output
