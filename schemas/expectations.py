@@ -41,8 +41,12 @@ def scores_suite() -> list[dict]:
 
 
 def summary_suite(target_fpr: float, max_anomaly_multiple: float, max_bad_fraction: float) -> list[dict]:
-    """The checks on a run's summary: unique ids, the anomaly rate near the target, the bad fraction."""
+    """The checks on a run's summary: records scored, unique ids, the anomaly rate near the
+    target, the bad fraction."""
     return [
+        _e("ExpectColumnValuesToBeBetween", True,
+           "records were scored (an empty input usually means the export upstream failed)",
+           column="scored", min_value=1),
         _e("ExpectColumnValuesToBeBetween", False, "ids are unique (duplicates are scored twice)",
            column="duplicate_ids", min_value=0, max_value=0),
         _e("ExpectColumnValuesToBeBetween", True,

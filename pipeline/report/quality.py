@@ -87,7 +87,7 @@ def validate(frames: dict[str, pd.DataFrame], specs: dict[str, list[dict]], docs
     source = context.data_sources.add_pandas("vigil")
     report = QualityReport()
     for frame, spec in specs.items():
-        if frame not in frames or not spec:
+        if frame not in frames or not spec or frames[frame].empty:    # no rows, nothing to check
             continue
         batch = source.add_dataframe_asset(frame).add_batch_definition_whole_dataframe(frame)
         suite = context.suites.add(gx.ExpectationSuite(name=f"vigil-{frame}", expectations=[
@@ -137,6 +137,7 @@ def frames_for_run(scores: pd.DataFrame, manifest: dict, duplicates: int,
     frames = {
         "scores": scores,
         "summary": pd.DataFrame([{
+            "scored": counts["scored"],
             "duplicate_ids": duplicates,
             "anomaly_rate": counts["anomalies"] / counts["scored"] if counts["scored"] else 0.0,
             "bad_fraction": counts["dead_lettered"] / counts["read"] if counts["read"] else 0.0}]),

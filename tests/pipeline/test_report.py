@@ -78,6 +78,21 @@ def test_clean_run_passes_every_check(features_registry, tmp_path):
     assert _failed(tmp_path / "runs" / "ok") == set()
 
 
+def test_an_empty_input_is_published_and_fails_one_named_check(features_registry, tmp_path):
+    """A nightly drop with no rows: the run is published (read 0 = scored 0 + dead-lettered 0)
+    and its report fails the one check that says so, not a check about model versions."""
+    x = features_registry["x"]
+    helpers.table_shards(tmp_path / "in", x[:0], np.zeros(0), shards=1)
+    res = CliRunner().invoke(cli, [
+        "score", "--input", str(tmp_path / "in" / "*.parquet"), "--registry", features_registry["registry"],
+        "--name", "cardio", "--output", str(tmp_path / "runs"), "--run-id", "empty", "--fail-on-dq"])
+    assert res.exit_code == 4, res.output
+    assert "read 0, scored 0, dead-lettered 0" in res.output
+    assert _failed(tmp_path / "runs" / "empty") == {
+        ("summary", "expect_column_values_to_be_between", "scored")}
+    assert "records were scored (an empty input usually means the export upstream failed)" in res.output
+
+
 def test_a_wide_table_is_two_checks_that_name_their_features(tmp_path):
     """2,000 features: the per-feature checks are two checks over one row per feature (not
     6,000 checks), and a failure names the features, worst included, and counts the rest."""
