@@ -36,7 +36,8 @@ def _history(run_dir: str, model: str, target: float) -> list[tuple[str, float]]
         if other["model"]["name"] != model or other["thresholds"].get("target_fpr") != target:
             continue
         c = other["counts"]
-        out.append((name.rstrip("/"), c["anomalies"] / c["scored"] if c["scored"] else 0.0))
+        if c["scored"]:                 # a run that scored nothing has no rate
+            out.append((name.rstrip("/"), c["anomalies"] / c["scored"]))
     return out
 
 
@@ -55,8 +56,9 @@ def build_run_report(run_dir: str, max_anomaly_multiple: float = 3.0, sample_row
     if bundle is None or bundle.path != registry.version_dir(m["registry"], m["name"], m["version"]):
         bundle = registry.load(m["registry"], m["name"], m["version"])
     out = f"{run_dir}/report"
-    if tf.io.gfile.isdir(f"{out}/data_docs"):     # a rebuilt report holds this build's results only
-        tf.io.gfile.rmtree(f"{out}/data_docs")
+    for built in ("data_docs", "plots"):          # a rebuilt report holds this build's results only
+        if tf.io.gfile.isdir(f"{out}/{built}"):
+            tf.io.gfile.rmtree(f"{out}/{built}")
     tf.io.gfile.makedirs(f"{out}/plots")
     cols = ["id", *SCORE_NAMES, *(f"{n}_pvalue" for n in SCORE_NAMES), "anomaly_score",
             "anomaly_pvalue", "model_version"]
@@ -78,14 +80,15 @@ def build_run_report(run_dir: str, max_anomaly_multiple: float = 3.0, sample_row
     # combined score's is drawn.
     drawn = {"anomaly_score": thresholds.get("anomaly_score")} if bundle.calibration.slopes \
         else thresholds
-    plots.score_histograms({c: scores[c].to_numpy() for c in (*SCORE_NAMES, "anomaly_score")},
-                           drawn, f"{out}/plots/scores.png")
+    if len(scores):
+        plots.score_histograms({c: scores[c].to_numpy() for c in (*SCORE_NAMES, "anomaly_score")},
+                               drawn, f"{out}/plots/scores.png")
     plots.rate_history(_history(run_dir, m["name"], thresholds["target_fpr"]), manifest["run_id"],
                        thresholds["target_fpr"],
                        f"model {m['name']} at target FPR {thresholds['target_fpr']:g}",
                        f"{out}/plots/anomaly_rate.png")
     top = sample.top_anomalies(run_dir, top_n).to_pylist()
-    if kind == "image":
+    if top and kind == "image":
         found = sample.find_records(manifest["inputs"], spec, {r["id"] for r in top})
         dspec = DecodeSpec("image", tuple(bundle.config.input_shape))
         items = []
@@ -97,7 +100,7 @@ def build_run_report(run_dir: str, max_anomaly_multiple: float = 3.0, sample_row
                 x = bundle.preprocessing.transform(dec.x[None])
                 items.append((r["id"], r["anomaly_score"], x[0], scorer.reconstruct(x)[0]))
         plots.image_anomalies(items, f"{out}/plots/top_anomalies.png")
-    else:
+    elif top:
         names = features or [f"f{i}" for i in range(bundle.config.input_dim)]
         plots.feature_anomalies([(r["id"], r["anomaly_score"],
                                   [(names[t["index"]], t["contribution"]) for t in r["top_features"]])
@@ -145,8 +148,12 @@ def _page(manifest: dict, result: quality.QualityReport, top: list[dict],
     thresholds), then the plots, then every check, folded.  Self-contained: it loads
     nothing from the network."""
     c, t = manifest["counts"], manifest["thresholds"]
-    rate = c["anomalies"] / c["scored"] if c["scored"] else 0.0
     target = t["target_fpr"]
+    rate = (f"{c['anomalies'] / c['scored']:.2%}</b>anomaly rate (target FPR {target:g}, "
+            f"{c['anomalies'] / c['scored'] / target:.1f}x)") if c["scored"] else \
+        f"none</b>anomaly rate: nothing was scored (target FPR {target:g})"
+    scores_plot = '<img src="plots/scores.png" alt="score histograms">' if c["scored"] else \
+        "<p>No records were scored.</p>"
     esc = html.escape
     failed = [k for k in result.checks if not k.success]
     status = "passed" if result.success else (
@@ -174,6 +181,8 @@ def _page(manifest: dict, result: quality.QualityReport, top: list[dict],
                          else f"<tr><td>{esc(k)}</td><td>{'none' if v is None else esc(str(v))}</td></tr>"
                          for k, v in t.items() if k != "target_fpr")
     tops = "".join(f"<li>{esc(r['id'])} — {r['anomaly_score']:.4g}</li>" for r in top)
+    tops_html = f'<ol>{tops}</ol><img src="plots/top_anomalies.png" alt="top anomalies">' if top else \
+        "<p>No records were scored.</p>"
     by_reason = c.get("dead_letter_reasons")      # runs published before it was counted lack it
     reasons = f"<br><small>{esc(reasons_text(by_reason))}</small>" if by_reason else ""
     passed = len(result.checks) - len(failed)
@@ -194,14 +203,14 @@ summary{{cursor:pointer;font-size:1.2em}}</style></head>
 <p>model <b>{esc(manifest['model']['name'])}/{esc(manifest['model']['version'])}</b></p>
 <div class="card"><div><b>{c['read']}</b>read</div><div><b>{c['scored']}</b>scored</div>
 <div><b>{c['dead_lettered']}</b>dead-lettered{reasons}</div><div><b>{c['anomalies']}</b>anomalies</div>
-<div><b>{rate:.2%}</b>anomaly rate (target FPR {target:g}, {rate / target:.1f}x)</div>
+<div><b>{rate}</div>
 <div><b>{'none' if threshold is None else f'{threshold:.4g}'}</b>threshold on anomaly_score</div></div>
 {no_flag}
 <h2 class="verdict {verdict}">Data quality: {status} ({passed} of {len(result.checks)} checks passed)</h2>
 {failed_table}
-<h2>Scores</h2><img src="plots/scores.png" alt="score histograms">
+<h2>Scores</h2>{scores_plot}
 <h2>Anomaly rate across runs</h2><img src="plots/anomaly_rate.png" alt="anomaly rate history">
-<h2>Top anomalies</h2><ol>{tops}</ol><img src="plots/top_anomalies.png" alt="top anomalies">
+<h2>Top anomalies</h2>{tops_html}
 {files}{skipped_html}
 <h2>Thresholds at target FPR {target:g}</h2><table>{thresholds}</table>
 <details><summary>All {len(result.checks)} data-quality checks</summary>

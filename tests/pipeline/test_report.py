@@ -91,6 +91,9 @@ def test_an_empty_input_is_published_and_fails_one_named_check(features_registry
     assert _failed(tmp_path / "runs" / "empty") == {
         ("summary", "expect_column_values_to_be_between", "scored")}
     assert "records were scored (an empty input usually means the export upstream failed)" in res.output
+    page = (tmp_path / "runs" / "empty" / "report" / "index.html").read_text()
+    assert page.count("No records were scored.") == 2 and "nothing was scored" in page
+    assert "plots/scores.png" not in page and "plots/top_anomalies.png" not in page
 
 
 def test_a_wide_table_is_two_checks_that_name_their_features(tmp_path):
