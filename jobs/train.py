@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from vigil.jobs.train_config import TrainJobConfig
 from vigil.models import registry
@@ -108,6 +109,13 @@ def _collect(decoded, limit: int) -> tuple[list[np.ndarray], list[str], Skipped]
     return arrays, ids, skipped
 
 
+def _numeric(t: pa.DataType) -> bool:
+    """Whether a column of this Arrow type reads as numbers (as the readers convert them)."""
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
+        or pa.types.is_decimal(t)
+
+
 def load_training_data(cfg: TrainJobConfig):
     """(decoded array, ids, kind, feature columns) of the normal training records."""
     files, known, kind = _input_files(cfg.inputs, cfg, "training")
@@ -119,14 +127,16 @@ def load_training_data(cfg: TrainJobConfig):
         # "label" is metadata by convention (scoring carries it through by default); a
         # label used as a feature would leak the answer into the model.
         skip = {cfg.id_column, cfg.label_column, *METADATA_COLUMNS}
-        numeric = ("int", "uint", "float", "double", "bool")
-        columns = [f.name for f in schema if f.name not in skip and str(f.type).startswith(numeric)]
-        LOG.info("feature columns (%d): %s", len(columns), ", ".join(columns[:20])
-                 + (" ..." if len(columns) > 20 else ""))
+        columns = [f.name for f in schema if f.name not in skip and _numeric(f.type)]
         # A numeric column with one stray text value ("?", "n/a") reads as text: say so
         # rather than train without it.
-        left_out = [f"{f.name} ({f.type})" for f in schema
-                    if f.name not in skip and not str(f.type).startswith(numeric)]
+        left_out = [f"{f.name} ({f.type})" for f in schema if f.name not in skip and not _numeric(f.type)]
+        if not columns:
+            raise InputError(f"{known[0].uri}: no numeric feature columns"
+                             + (f" ({', '.join(left_out[:8])} are not numbers)" if left_out else "")
+                             + "; name the features with --feature-columns")
+        LOG.info("feature columns (%d): %s", len(columns), ", ".join(columns[:20])
+                 + (" ..." if len(columns) > 20 else ""))
         if left_out:
             LOG.warning("not numeric, so not used as features: %s%s; to use a column, name it "
                         "in --feature-columns (rows whose value is not a number are then skipped)",

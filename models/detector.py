@@ -238,6 +238,8 @@ def as_records(X, ids: Sequence[str] | None, kind: str | None,
                              f"(N, H, W[, C]) uint8 images" + (f" for kind={kind!r}" if kind else ""))
     if len(x) == 0:
         raise DataError("X holds no records")
+    if kind == "features" and x.shape[1] == 0:
+        raise DataError("X has no feature columns")
     if kind == "features":
         if columns and x.shape[1] != len(columns):
             raise DataError(f"X has {x.shape[1]} columns; the model takes {len(columns)}")

@@ -148,3 +148,5 @@ def test_bad_input_names_the_bad_value():
         as_records(pd.DataFrame({"a": ["x"]}), None, None)
     with pytest.raises(ValueError, match="3 ids for 5 records"):
         as_records(np.ones((5, 3)), ["a", "b", "c"], None)
+    with pytest.raises(ValueError, match="X has no feature columns"):
+        as_records(pd.DataFrame(index=range(5)), None, None)

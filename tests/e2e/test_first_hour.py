@@ -235,3 +235,35 @@ def test_a_numeric_column_with_a_stray_text_value_is_named_not_silently_dropped(
                        f"{tmp_path / 'train' / 't.csv'}: column 'f0' holds a value that is not a number)"]
     manifest = _strict(tmp_path / "reg" / "named" / "versions" / "0001" / "manifest.json")
     assert manifest["preprocessing"]["feature_columns"] == cols
+
+
+def test_a_table_without_numeric_columns_stops_training_in_one_line(tmp_path):
+    """It aborted the process (SIGABRT) when TensorFlow built a model of no features."""
+    (tmp_path / "t.csv").write_text("id,a,b\n" + "".join(f"r{i},x{i},y\n" for i in range(200)))
+    res = CliRunner().invoke(cli, ["train", "--input", str(tmp_path / "t.csv"), "--registry",
+                                   str(tmp_path / "reg"), "--name", "t"])
+    assert res.exit_code == 2
+    assert res.output.strip() == (f"vigil: error: {tmp_path / 't.csv'}: no numeric feature columns (a "
+                                  "(string), b (string) are not numbers); name the features with "
+                                  "--feature-columns")
+
+
+def test_decimal_half_float_and_dictionary_columns_are_features(tmp_path):
+    """Parquet's other number types are numbers to training, as they are to scoring."""
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vigil.jobs.train import TrainJobConfig, load_training_data
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(60, 3)).round(2)
+    pq.write_table(pa.table({
+        "id": [f"r{i}" for i in range(60)],
+        "price": pa.array([decimal.Decimal(f"{x:.2f}") for x in v[:, 0]], pa.decimal128(6, 2)),
+        "temp": pa.array(v[:, 1], pa.float64()).cast(pa.float16()),
+        "count": pa.array((v[:, 2] * 10).astype("int32")).dictionary_encode()}), tmp_path / "t.parquet")
+    x, _, _, columns, _ = load_training_data(TrainJobConfig((str(tmp_path / "t.parquet"),),
+                                                            str(tmp_path / "reg"), "t"))
+    assert columns == ["price", "temp", "count"] and x.shape == (60, 3)
+    np.testing.assert_allclose(x[:, 0], v[:, 0])
