@@ -87,7 +87,7 @@ class Skipped:
         self.first = self.first or dead
 
     def summary(self, what: str) -> str:
-        """"skipped 2 unusable training records (2 non_finite_feature; first: id 7 in f.csv: ...)"."""
+        """The warning: skipped 2 unusable training records (2 non_finite_feature; first: ...)."""
         n = sum(self.reasons.values())
         counts = reasons_text(self.reasons)
         where = f"id {self.first.id} in {self.first.source}" if self.first.id else self.first.source
