@@ -234,6 +234,12 @@ def check_columns(files: list[InputFile], id_column: str, required: list[str],
                 raise InputError(f"{f.uri}: missing column '{column}' (the model needs "
                                  f"'{id_column}' and its {len(required)} feature columns); "
                                  f"{columns_hint(column, schema.names)}")
+        for column in required:
+            kind = schema.field(column).type
+            if pa.types.is_nested(kind):
+                raise InputError(f"{f.uri}: column '{column}' holds {kind} values; a feature is one "
+                                 "number per row: expand the vectors into a column each, or write "
+                                 "TFRecords with a float list 'features'")
         if label_column and label_column not in schema.names:
             raise InputError(f"{f.uri}: no label column '{label_column}' (--label-column); "
                              f"{columns_hint(label_column, schema.names)}")
