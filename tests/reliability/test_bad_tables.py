@@ -283,7 +283,7 @@ def test_a_column_of_vectors_is_refused_before_the_run_with_what_to_do(features_
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(5)], **cols}), tmp_path / "vec.parquet")
     res = helpers.score_cli(features_registry, [str(tmp_path / "vec.parquet")], tmp_path / "out")
     assert res.exit_code == 2 and not (tmp_path / "out").exists()
-    assert "column 'f3' holds list<element: float> values; a feature is one number per row" in res.output
+    assert "column 'f3' holds list<" in res.output and "a feature is one number per row" in res.output
 
 
 def test_a_csv_separated_by_semicolons_is_named_as_such(features_registry, tmp_path):
