@@ -13,7 +13,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 
 from vigil.jobs.train_config import TrainJobConfig
 from vigil.models import registry
@@ -29,7 +28,7 @@ from vigil.pipeline.preflight import (
     resolve_formats,
     table_schema,
 )
-from vigil.pipeline.readers import ReadSpec, printable, read_file
+from vigil.pipeline.readers import ReadSpec, number_type, printable, read_file
 from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, ScoringInput
 
 LOG = logging.getLogger("vigil.train")
@@ -109,13 +108,6 @@ def _collect(decoded, limit: int) -> tuple[list[np.ndarray], list[str], Skipped]
     return arrays, ids, skipped
 
 
-def _numeric(t: pa.DataType) -> bool:
-    """Whether a column of this Arrow type reads as numbers (as the readers convert them)."""
-    t = t.value_type if pa.types.is_dictionary(t) else t
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
-        or pa.types.is_decimal(t)
-
-
 def load_training_data(cfg: TrainJobConfig):
     """(decoded array, ids, kind, feature columns) of the normal training records."""
     files, known, kind = _input_files(cfg.inputs, cfg, "training")
@@ -127,10 +119,10 @@ def load_training_data(cfg: TrainJobConfig):
         # "label" is metadata by convention (scoring carries it through by default); a
         # label used as a feature would leak the answer into the model.
         skip = {cfg.id_column, cfg.label_column, *METADATA_COLUMNS}
-        columns = [f.name for f in schema if f.name not in skip and _numeric(f.type)]
+        columns = [f.name for f in schema if f.name not in skip and number_type(f.type)]
         # A numeric column with one stray text value ("?", "n/a") reads as text: say so
         # rather than train without it.
-        left_out = [f"{f.name} ({f.type})" for f in schema if f.name not in skip and not _numeric(f.type)]
+        left_out = [f"{f.name} ({f.type})" for f in schema if f.name not in skip and not number_type(f.type)]
         if not columns:
             raise InputError(f"{known[0].uri}: no numeric feature columns"
                              + (f" ({', '.join(left_out[:8])} are not numbers)" if left_out else "")

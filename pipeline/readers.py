@@ -292,10 +292,17 @@ def _read_image_file(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecor
 
 
 # ----------------------------------------------------------------------------- tables
+def number_type(t: pa.DataType) -> bool:
+    """Whether a column of this Arrow type holds numbers (also dictionary-encoded): such a
+    column is cast to float64 whole; any other is parsed as text, value by value."""
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
+        or pa.types.is_decimal(t)
+
+
 def _numeric(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(float64 values with NaN for nulls, mask of values that are not numbers)."""
-    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) \
-            or pa.types.is_boolean(column.type) or pa.types.is_decimal(column.type):
+    if number_type(column.type):
         values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
         return np.asarray(values, dtype=np.float64), np.zeros(len(values), dtype=bool)
     texts = pc.cast(column, pa.string()).to_pylist()
