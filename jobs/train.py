@@ -17,18 +17,21 @@ import numpy as np
 from vigil.jobs.train_config import TrainJobConfig
 from vigil.models import registry
 from vigil.models.training import TrainResult
+from vigil.pipeline.columns import element_names, number_type, vector_type
 from vigil.pipeline.commit import reasons_text
 from vigil.pipeline.decode import DecodeSpec, decode
 from vigil.pipeline.formats import UNKNOWN_FORMAT
 from vigil.pipeline.preflight import (
     InputError,
+    InputFile,
     check_columns,
     check_folder,
     match_inputs,
     resolve_formats,
     table_schema,
+    vector_length,
 )
-from vigil.pipeline.readers import ReadSpec, number_type, printable, read_file
+from vigil.pipeline.readers import ReadSpec, printable, read_file
 from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, ScoringInput
 
 LOG = logging.getLogger("vigil.train")
@@ -112,17 +115,19 @@ def load_training_data(cfg: TrainJobConfig):
     """(decoded array, ids, kind, feature columns) of the normal training records."""
     files, known, kind = _input_files(cfg.inputs, cfg, "training")
     columns = list(cfg.feature_columns)
-    if kind == "features" and not columns and known[0].format in ("parquet", "csv"):
+    if kind == "features" and known[0].format in ("parquet", "csv") and not columns:
         schema = table_schema(known[0])
         if schema is None:
             raise InputError(f"{known[0].uri}: cannot read its header to find feature columns")
         # "label" is metadata by convention (scoring carries it through by default); a
         # label used as a feature would leak the answer into the model.
         skip = {cfg.id_column, cfg.label_column, *METADATA_COLUMNS}
-        columns = [f.name for f in schema if f.name not in skip and number_type(f.type)]
+        usable = [f for f in schema if f.name not in skip]
+        columns = [f.name for f in usable if number_type(f.type) or vector_type(f.type)]
         # A numeric column with one stray text value ("?", "n/a") reads as text: say so
         # rather than train without it.
-        left_out = [f"{f.name} ({f.type})" for f in schema if f.name not in skip and not number_type(f.type)]
+        left_out = [f"{f.name} ({f.type})" for f in usable
+                    if not (number_type(f.type) or vector_type(f.type))]
         if not columns:
             raise InputError(f"{known[0].uri}: no numeric feature columns"
                              + (f" ({', '.join(left_out[:8])} are not numbers)" if left_out else "")
@@ -133,6 +138,8 @@ def load_training_data(cfg: TrainJobConfig):
             LOG.warning("not numeric, so not used as features: %s%s; to use a column, name it "
                         "in --feature-columns (rows whose value is not a number are then skipped)",
                         ", ".join(left_out[:20]), " ..." if len(left_out) > 20 else "")
+    if kind == "features" and known[0].format == "parquet":
+        columns = _vector_elements(known[0], columns)
     check_columns(files, cfg.id_column, columns, cfg.label_column)
     carry = (cfg.label_column,) if cfg.label_column else ()
     shape, others = None, []
@@ -160,6 +167,27 @@ def load_training_data(cfg: TrainJobConfig):
     if kind == "features" and not columns:
         columns = [f"f{i}" for i in range(shape[0])]
     return np.stack(arrays), ids, kind, columns, (np.stack(others) if others else None)
+
+
+def _vector_elements(first: InputFile, columns: list[str]) -> list[str]:
+    """``columns`` with each column of number lists (an embedding) replaced by its
+    elements, ``emb[0]`` ... ``emb[n-1]``, n the length of the first row that has one."""
+    schema = table_schema(first)
+    if schema is None:
+        return columns
+    out = []
+    for name in columns:
+        if name not in schema.names or not vector_type(schema.field(name).type):
+            out.append(name)
+            continue
+        length = vector_length(first, name)
+        if not length:
+            raise InputError(f"{first.uri}: column '{name}' holds no list with a value; "
+                             "a feature column needs numbers")
+        LOG.info("column '%s' holds vectors of %d numbers: features %s[0] ... %s[%d]",
+                 name, length, name, name, length - 1)
+        out.extend(element_names(name, length))
+    return out
 
 
 def load_calibration_data(cfg: TrainJobConfig, kind: str, shape: tuple[int, ...],

@@ -38,7 +38,8 @@ class TrainJobConfig:
     format: str = field(default="auto", metadata=option(FORMAT_HELP, choices=FORMATS))
     id_column: str = field(default="id", metadata=option(ID_HELP))
     feature_columns: tuple[str, ...] = field(default=(), metadata=option(
-        "Comma-separated (default: all numeric).", parse=comma_list))
+        "Comma-separated (default: all numeric); a column of number lists (an embedding) "
+        "gives a feature per element.", parse=comma_list))
     label_column: str | None = field(default=None, metadata=option(
         "Train only on rows whose label is normal."))
     normal_values: tuple[str, ...] = field(default=(), metadata=option(

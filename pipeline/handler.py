@@ -21,6 +21,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from vigil.models.bundle import Bundle, load_bundle
 from vigil.models.scoring import BLOCK, Scorer
+from vigil.pipeline.columns import source
 from vigil.pipeline.records import RecordBlock, ScoringInput
 
 
@@ -132,4 +133,8 @@ def _array(example: Any, feature_columns: tuple[str, ...]) -> np.ndarray:
     fields = example._asdict()
     if "x" in fields:
         return np.asarray(fields["x"])
-    return np.asarray([fields[c] for c in feature_columns], np.float64)
+    values = []
+    for name in feature_columns:
+        column, index = source(name, fields) or (name, None)
+        values.append(fields[column] if index is None else fields[column][index])
+    return np.asarray(values, np.float64)

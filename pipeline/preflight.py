@@ -17,11 +17,13 @@ import stat
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from vigil.pipeline.columns import column_name, source, vector_type
 from vigil.pipeline.formats import UNKNOWN_FORMAT, csv_stream, format_of
 from vigil.pipeline.readers import printable, tfrecord_kind
 from vigil.schemas.tables import scores_schema
@@ -222,27 +224,55 @@ def columns_hint(missing: str, names: list[str], shown: int = 8) -> str:
 
 def check_columns(files: list[InputFile], id_column: str, required: list[str],
                   label_column: str | None = None) -> None:
-    """Every readable table has the id column, the model's feature columns and the label."""
+    """Every readable table has the id column, the model's feature columns (a vector
+    element ``emb[3]`` in a column of number lists ``emb``) and the label."""
     for f in files:
         if f.format not in ("parquet", "csv") or f.size == 0:
             continue
         schema = table_schema(f)
         if schema is None:
             continue
-        for column in [id_column, *required]:
-            if column not in schema.names:
-                raise InputError(f"{f.uri}: missing column '{column}' (the model needs "
-                                 f"'{id_column}' and its {len(required)} feature columns); "
+        needs = f"the model needs '{id_column}' and its {len(required)} feature columns"
+        if id_column not in schema.names:
+            raise InputError(f"{f.uri}: missing column '{id_column}' ({needs}); "
+                             f"{columns_hint(id_column, schema.names)}")
+        checked = set()
+        for name in required:
+            found = source(name, schema.names)
+            if found is None:
+                column = column_name(name)
+                among = "" if column == name else f", {name} among them"
+                raise InputError(f"{f.uri}: missing column '{column}' ({needs}{among}); "
                                  f"{columns_hint(column, schema.names)}")
-        for column in required:
+            column, index = found
+            if column in checked:
+                continue
+            checked.add(column)
             kind = schema.field(column).type
-            if pa.types.is_nested(kind):
-                raise InputError(f"{f.uri}: column '{column}' holds {kind} values; a feature is one "
-                                 "number per row: expand the vectors into a column each, or write "
-                                 "TFRecords with a float list 'features'")
+            if index is None and pa.types.is_nested(kind):
+                raise InputError(f"{f.uri}: column '{column}' holds {kind} values; the model reads "
+                                 "it as one number per row")
+            if index is not None and not vector_type(kind):
+                raise InputError(f"{f.uri}: column '{column}' holds {kind} values; the model reads "
+                                 f"its features ({name}, ...) as elements of a column of number lists")
         if label_column and label_column not in schema.names:
             raise InputError(f"{f.uri}: no label column '{label_column}' (--label-column); "
                              f"{columns_hint(label_column, schema.names)}")
+
+
+def vector_length(f: InputFile, column: str) -> int | None:
+    """How many numbers a list column holds per row: its fixed size, else the first
+    non-null row's length in ``f``; None if no row has a list."""
+    with FileSystems.open(f.uri, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+        parquet = pq.ParquetFile(fh)
+        kind = parquet.schema_arrow.field(column).type
+        if pa.types.is_fixed_size_list(kind):
+            return kind.list_size
+        for batch in parquet.iter_batches(batch_size=1024, columns=[column]):
+            lengths = pc.list_value_length(batch.column(0)).drop_null()
+            if len(lengths):
+                return lengths[0].as_py()
+    return None
 
 
 def carried_fields(files: list[InputFile], carry_columns: tuple[str, ...]) -> list[pa.Field]:

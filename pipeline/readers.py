@@ -17,12 +17,12 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from vigil.pipeline.columns import feature_matrix, table_columns
 from vigil.pipeline.decode import DecodeSpec, decode_rows
 from vigil.pipeline.formats import EXTENSIONS_HINT, FORMATS, UNKNOWN_FORMAT, csv_stream
 from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, RecordBlock
@@ -292,30 +292,6 @@ def _read_image_file(uri: str, source: str, spec: ReadSpec) -> Iterator[RawRecor
 
 
 # ----------------------------------------------------------------------------- tables
-def number_type(t: pa.DataType) -> bool:
-    """Whether a column of this Arrow type holds numbers (also dictionary-encoded): such a
-    column is cast to float64 whole; any other is parsed as text, value by value."""
-    t = t.value_type if pa.types.is_dictionary(t) else t
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
-        or pa.types.is_decimal(t)
-
-
-def _numeric(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(float64 values with NaN for nulls, mask of values that are not numbers)."""
-    if number_type(column.type):
-        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-        return np.asarray(values, dtype=np.float64), np.zeros(len(values), dtype=bool)
-    texts = pc.cast(column, pa.string()).to_pylist()
-    values = np.empty(len(texts))
-    bad = np.zeros(len(texts), dtype=bool)
-    for i, t in enumerate(texts):
-        try:
-            values[i] = float(t) if t is not None else np.nan
-        except ValueError:
-            values[i], bad[i] = np.nan, True
-    return values, bad
-
-
 def _ids(column: pa.ChunkedArray | pa.Array) -> list:
     """Each row's id as ``decode_rows`` takes it: str, None (missing or empty), or bytes (not UTF-8)."""
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
@@ -340,19 +316,19 @@ def _table_items(batch: pa.RecordBatch, source: str, spec: ReadSpec,
     row (``blocks``), or a record per row; a value that is not a number is a dead letter."""
     names = batch.schema.names
     ids = _ids(batch.column(names.index(spec.id_column)))
-    columns = [_numeric(batch.column(names.index(c))) for c in spec.feature_columns]
-    x = np.column_stack([v for v, _ in columns]) if columns else np.zeros((len(ids), 0))
+    x, bad, wrong_shape = feature_matrix(batch, spec.feature_columns)
     labels = {c: batch.column(names.index(c)).to_pylist() for c in spec.carry_columns if c in names}
-    bad = np.column_stack([b for _, b in columns]) if columns else np.zeros((len(ids), 0), bool)
-    non_numeric = bad.any(axis=1)
-    for r in np.flatnonzero(non_numeric):
+    unusable = bad.any(axis=1)
+    unusable[list(wrong_shape)] = True
+    for r in np.flatnonzero(unusable):
         rid = ids[r]
-        col = spec.feature_columns[int(np.argmax(bad[r]))]
-        yield DeadLetter(source, "decode", "non_numeric_feature",
-                         f"column '{col}' holds a value that is not a number",
+        reason, message = ("wrong_shape", wrong_shape[r]) if r in wrong_shape else (
+            "non_numeric_feature",
+            f"column '{spec.feature_columns[int(np.argmax(bad[r]))]}' holds a value that is not a number")
+        yield DeadLetter(source, "decode", reason, message,
                          rid if isinstance(rid, str) else None, rid.hex() if isinstance(rid, bytes) else None)
-    if non_numeric.any():
-        keep = np.flatnonzero(~non_numeric)
+    if unusable.any():
+        keep = np.flatnonzero(~unusable)
         ids, x = [ids[r] for r in keep], x[keep]
         labels = {c: [v[r] for r in keep] for c, v in labels.items()}
     if not blocks:
@@ -372,8 +348,9 @@ def _table_items(batch: pa.RecordBatch, source: str, spec: ReadSpec,
 def _read_parquet(uri: str, source: str, spec: ReadSpec) -> Iterator[pa.RecordBatch]:
     with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         parquet = pq.ParquetFile(f)
-        columns = [spec.id_column, *spec.feature_columns,
-                   *[c for c in spec.carry_columns if c in parquet.schema_arrow.names]]
+        names = parquet.schema_arrow.names
+        columns = [spec.id_column, *table_columns(spec.feature_columns, names),
+                   *[c for c in spec.carry_columns if c in names]]
         try:
             yield from parquet.iter_batches(batch_size=spec.batch_rows, columns=columns)
         except (pa.ArrowException, OSError) as exc:

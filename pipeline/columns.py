@@ -1,0 +1,151 @@
+"""Which table columns hold a model's features, and one Arrow batch as its feature matrix.
+
+A feature is one number per row: a numeric column, or one element of a column of number
+lists (an embedding, as Spark and pandas write them to Parquet), named ``column[i]``.
+Training expands such a column into its elements, so a model's feature names are always
+scalar names; reading resolves each name back to its column: a name that is a column of
+the file is that column, else ``emb[3]`` is element 3 of the list column ``emb``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_ELEMENT = re.compile(r"^(?P<column>.+)\[(?P<index>\d+)\]$")
+
+
+def number_type(t: pa.DataType) -> bool:
+    """Whether a column of this Arrow type holds numbers (also dictionary-encoded): such a
+    column is cast to float64 whole; any other is parsed as text, value by value."""
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
+        or pa.types.is_decimal(t)
+
+
+def vector_type(t: pa.DataType) -> bool:
+    """Whether a column of this Arrow type holds lists of numbers (an embedding column)."""
+    return (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
+        and number_type(t.value_type)
+
+
+def element_names(column: str, length: int) -> list[str]:
+    """The feature names of a vector column's elements: ``emb[0]`` ... ``emb[length-1]``."""
+    return [f"{column}[{i}]" for i in range(length)]
+
+
+@dataclass(frozen=True)
+class Vector:
+    """The elements of one list column that a model reads, and the row length it expects:
+    the full length when the model has every element (a row of another length is another
+    embedding), else any length that holds the highest element."""
+    column: str
+    indices: tuple[int, ...]
+
+    @property
+    def length(self) -> int | None:
+        return len(self.indices) if self.indices == tuple(range(len(self.indices))) else None
+
+    def fits(self, lengths: np.ndarray) -> np.ndarray:
+        """Which rows' list lengths (-1 for a null list) hold the model's elements."""
+        if self.length is not None:
+            return lengths == self.length
+        return lengths > max(self.indices)
+
+    def expected(self) -> str:
+        return (f"{self.length} values" if self.length is not None
+                else f"at least {max(self.indices) + 1} values")
+
+
+def source(name: str, columns: Iterable[str]) -> tuple[str, int | None] | None:
+    """(column, element index or None) that holds feature ``name`` in a table with these
+    columns; None if no column does."""
+    columns = set(columns)
+    if name in columns:
+        return name, None
+    m = _ELEMENT.match(name)
+    if m and m["column"] in columns:
+        return m["column"], int(m["index"])
+    return None
+
+
+def column_name(name: str) -> str:
+    """The column a feature name refers to: ``emb`` for ``emb[3]``, else the name itself."""
+    m = _ELEMENT.match(name)
+    return m["column"] if m else name
+
+
+def table_columns(names: Sequence[str], columns: Sequence[str]) -> list[str]:
+    """The table's columns that hold these features, each once, in the features' order
+    (a name no column holds is kept, so reading it fails with Arrow's own message)."""
+    out: dict[str, None] = {}
+    for name in names:
+        found = source(name, columns)
+        out[found[0] if found else name] = None
+    return list(out)
+
+
+def feature_matrix(batch: pa.RecordBatch, names: Sequence[str]
+                   ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """(float64 values (rows, features) with NaN for nulls, mask of values that are not
+    numbers, {row: why its shape is wrong}) of the features ``names`` in one batch.
+
+    A row whose list column is null or holds another number of values than the model's
+    is a shape problem, reported per row; its values are NaN.
+    """
+    n = batch.num_rows
+    columns = batch.schema.names
+    x = np.full((n, len(names)), np.nan)
+    bad = np.zeros((n, len(names)), dtype=bool)
+    vectors: dict[str, list[tuple[int, int]]] = {}     # column -> [(feature position, index)]
+    for j, name in enumerate(names):
+        column, index = source(name, columns) or (name, None)
+        if index is None:
+            x[:, j], bad[:, j] = _numeric(batch.column(column))
+        else:
+            vectors.setdefault(column, []).append((j, index))
+    wrong: dict[int, str] = {}
+    for column, wanted in vectors.items():
+        positions = [j for j, _ in wanted]
+        vector = Vector(column, tuple(i for _, i in wanted))
+        values, lengths = _elements(batch.column(column), vector)
+        x[:, positions] = values
+        for r in np.flatnonzero(~vector.fits(lengths)):
+            held = "is null" if lengths[r] < 0 else f"holds {lengths[r]} values"
+            wrong.setdefault(int(r), f"column '{column}' {held}; the model reads {vector.expected()}")
+    return x, bad, wrong
+
+
+def _numeric(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values with NaN for nulls, mask of values that are not numbers)."""
+    if number_type(column.type):
+        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        return np.asarray(values, dtype=np.float64), np.zeros(len(values), dtype=bool)
+    texts = pc.cast(column, pa.string()).to_pylist()
+    values = np.empty(len(texts))
+    bad = np.zeros(len(texts), dtype=bool)
+    for i, t in enumerate(texts):
+        try:
+            values[i] = float(t) if t is not None else np.nan
+        except ValueError:
+            values[i], bad[i] = np.nan, True
+    return values, bad
+
+
+def _elements(column: pa.Array, vector: Vector) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 (rows, len(indices)) of the wanted elements, NaN where a row does not fit;
+    each row's list length, -1 for a null list)."""
+    lengths = pc.list_value_length(column).fill_null(-1).to_numpy(zero_copy_only=False)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    out = np.full((len(column), len(vector.indices)), np.nan)
+    fits = vector.fits(lengths)
+    if fits.any():
+        rows = column.filter(pa.array(fits))
+        flat = pc.cast(pc.list_flatten(rows), pa.float64()).to_numpy(zero_copy_only=False)
+        starts = np.concatenate([[0], np.cumsum(lengths[fits])[:-1]])
+        out[fits] = np.asarray(flat, np.float64)[starts[:, None] + np.asarray(vector.indices)[None, :]]
+    return out, lengths
