@@ -17,7 +17,7 @@ import numpy as np
 from vigil.jobs.train_config import TrainJobConfig
 from vigil.models import registry
 from vigil.models.training import TrainResult
-from vigil.pipeline.columns import element_names, number_type, vector_type
+from vigil.pipeline.columns import number_type, vector_type
 from vigil.pipeline.commit import reasons_text
 from vigil.pipeline.decode import DecodeSpec, decode
 from vigil.pipeline.formats import UNKNOWN_FORMAT
@@ -33,6 +33,7 @@ from vigil.pipeline.preflight import (
 )
 from vigil.pipeline.readers import ReadSpec, printable, read_file
 from vigil.pipeline.records import DeadLetter, FileStats, RawRecord, ScoringInput
+from vigil.schemas.features import element_names
 
 LOG = logging.getLogger("vigil.train")
 METADATA_COLUMNS = ("label",)      # never picked as features unless named in --feature-columns

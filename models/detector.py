@@ -25,6 +25,7 @@ from vigil.models.preprocessing import Preprocessing
 from vigil.models.publishing import GatePolicy, Published, build_manifest, gates, publish_version
 from vigil.models.splits import train_split_size
 from vigil.models.training import data_profile, fit
+from vigil.schemas.features import column_name, element_names, source
 from vigil.schemas.tables import SCORE_NAMES, top_features
 
 KINDS = ("features", "image")
@@ -210,16 +211,9 @@ def as_records(X, ids: Sequence[str] | None, kind: str | None,
     if _is_frame(X):
         if kind == "image":
             raise DataError("a DataFrame holds a table; images are uint8 arrays (N, H, W[, C])")
-        missing = [c for c in (columns or []) if c not in X.columns]
-        if missing:
-            raise DataError(f"X has no column {missing[0]!r} (the model's features: {columns})")
-        picked = X[list(columns)] if columns else X
-        from pandas.api.types import is_bool_dtype, is_numeric_dtype
-        bad = [c for c in picked.columns if not (is_numeric_dtype(picked[c]) or is_bool_dtype(picked[c]))]
-        if bad:
-            raise DataError(f"column {bad[0]!r} is {picked[bad[0]].dtype}, not numeric")
         frame_index = [str(i) for i in X.index]
-        x, kind, columns = picked.to_numpy(np.float64), "features", [str(c) for c in picked.columns]
+        x, columns = _frame_features(X, columns)
+        kind = "features"
     else:
         x = np.asarray(X)
         if x.ndim == 2 and kind != "image":
@@ -251,3 +245,66 @@ def as_records(X, ids: Sequence[str] | None, kind: str | None,
     if len(ids) != len(x):
         raise DataError(f"{len(ids)} ids for {len(x)} records")
     return x, ids, kind, list(columns or [])
+
+
+def _frame_features(X, columns: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    """(float64 values, feature names) of a DataFrame: the model's ``columns``, else every
+    column.  A column of number lists or arrays (an embedding) is a feature per element,
+    named ``emb[0]`` ... by ``vigil.schemas.features``, as ``vigil train`` names them."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+    if len(X) == 0:
+        raise DataError("X holds no records")
+    label = {str(c): c for c in X.columns}
+    if columns is None:
+        columns = []
+        for c in label:
+            length = _vector_length(X[label[c]]) if X[label[c]].dtype == object else None
+            columns += element_names(c, length) if length else [c]
+    vectors: dict[str, np.ndarray] = {}
+    out = np.empty((len(X), len(columns)))
+    for j, name in enumerate(columns):
+        found = source(name, label)
+        if found is None:
+            raise DataError(f"X has no column {column_name(name)!r} (the model's features: "
+                            f"{_shown(columns)})")
+        column, index = found
+        values = X[label[column]]
+        if index is None:
+            if not (is_numeric_dtype(values) or is_bool_dtype(values)):
+                raise DataError(f"column {column!r} is {values.dtype}, not numeric")
+            out[:, j] = values.to_numpy(np.float64)
+            continue
+        if column not in vectors:
+            vectors[column] = _stacked(values, column)
+        if index >= vectors[column].shape[1]:
+            raise DataError(f"column {column!r} holds {vectors[column].shape[1]} values per row; "
+                            f"the model reads {name}")
+        out[:, j] = vectors[column][:, index]
+    return out, columns
+
+
+def _vector_length(values) -> int | None:
+    """The length of the first value if a column holds sequences of numbers, else None."""
+    first = next((v for v in values if v is not None), None)
+    if isinstance(first, (list, tuple, np.ndarray)) and np.asarray(first).ndim == 1 \
+            and np.asarray(first).dtype.kind in "biuf":
+        return len(first)
+    return None
+
+
+def _stacked(values, column: str) -> np.ndarray:
+    """A column of equal-length number sequences as one float64 (rows, length) array."""
+    lengths = [-1 if v is None else len(v) for v in values]
+    for row, n in enumerate(lengths):
+        if n < 0:
+            raise DataError(f"column {column!r} row {row} holds no list")
+        if n != lengths[0]:
+            raise DataError(f"column {column!r} row {row} holds {n} values; row 0 holds {lengths[0]}")
+    try:
+        return np.stack([np.asarray(v, np.float64) for v in values])
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"column {column!r} is not a column of numbers or of number lists") from exc
+
+
+def _shown(columns: list[str], n: int = 6) -> str:
+    return ", ".join(columns[:n]) + (f" and {len(columns) - n} more" if len(columns) > n else "")

@@ -4,19 +4,19 @@ A feature is one number per row: a numeric column, or one element of a column of
 lists (an embedding, as Spark and pandas write them to Parquet), named ``column[i]``.
 Training expands such a column into its elements, so a model's feature names are always
 scalar names; reading resolves each name back to its column: a name that is a column of
-the file is that column, else ``emb[3]`` is element 3 of the list column ``emb``.
+the file is that column, else ``emb[3]`` is element 3 of the list column ``emb``
+(``vigil.schemas.features``).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-_ELEMENT = re.compile(r"^(?P<column>.+)\[(?P<index>\d+)\]$")
+from vigil.schemas.features import source
 
 
 def number_type(t: pa.DataType) -> bool:
@@ -31,11 +31,6 @@ def vector_type(t: pa.DataType) -> bool:
     """Whether a column of this Arrow type holds lists of numbers (an embedding column)."""
     return (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
         and number_type(t.value_type)
-
-
-def element_names(column: str, length: int) -> list[str]:
-    """The feature names of a vector column's elements: ``emb[0]`` ... ``emb[length-1]``."""
-    return [f"{column}[{i}]" for i in range(length)]
 
 
 @dataclass(frozen=True)
@@ -59,24 +54,6 @@ class Vector:
     def expected(self) -> str:
         return (f"{self.length} values" if self.length is not None
                 else f"at least {max(self.indices) + 1} values")
-
-
-def source(name: str, columns: Iterable[str]) -> tuple[str, int | None] | None:
-    """(column, element index or None) that holds feature ``name`` in a table with these
-    columns; None if no column does."""
-    columns = set(columns)
-    if name in columns:
-        return name, None
-    m = _ELEMENT.match(name)
-    if m and m["column"] in columns:
-        return m["column"], int(m["index"])
-    return None
-
-
-def column_name(name: str) -> str:
-    """The column a feature name refers to: ``emb`` for ``emb[3]``, else the name itself."""
-    m = _ELEMENT.match(name)
-    return m["column"] if m else name
 
 
 def table_columns(names: Sequence[str], columns: Sequence[str]) -> list[str]:

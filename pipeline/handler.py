@@ -21,8 +21,8 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from vigil.models.bundle import Bundle, load_bundle
 from vigil.models.scoring import BLOCK, Scorer
-from vigil.pipeline.columns import source
 from vigil.pipeline.records import RecordBlock, ScoringInput
+from vigil.schemas.features import source
 
 
 class LoadedModel:

@@ -23,9 +23,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from vigil.pipeline.columns import column_name, source, vector_type
+from vigil.pipeline.columns import vector_type
 from vigil.pipeline.formats import UNKNOWN_FORMAT, csv_stream, format_of
 from vigil.pipeline.readers import printable, tfrecord_kind
+from vigil.schemas.features import column_name, source
 from vigil.schemas.tables import scores_schema
 
 

@@ -89,3 +89,24 @@ def test_a_file_whose_column_cannot_hold_the_vectors_stops_the_run(embedding_mod
     pq.write_table(pa.table(table), tmp_path / "bad.parquet")
     res = helpers.score_cli(embedding_model, [str(tmp_path / "bad.parquet")], tmp_path / "out")
     assert res.exit_code == 2 and message in res.output and not (tmp_path / "out").exists()
+
+
+def test_the_python_api_reads_an_embedding_column_of_a_dataframe_like_the_cli(embedding_model,
+                                                                               tmp_path):
+    import pandas as pd
+
+    from vigil.models import Detector
+    m = embedding_model
+    path = _write(tmp_path / "new.parquet", m["x"][:40], m["ids"][:40])
+    frame = pd.read_parquet(path).set_index("id")          # 'emb' holds numpy arrays
+    api = Detector.load(m["registry"], m["name"]).score(frame)
+    res = helpers.score_cli(m, [path], tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    cli = helpers.read_run(str(tmp_path / "out" / "run1"))[0].to_pandas().set_index("id")
+    assert np.array_equal(api["anomaly_score"].to_numpy(), cli.loc[api.index, "anomaly_score"].to_numpy())
+    # Fitted on such a frame, a Detector names the features as vigil train does.
+    det = Detector(epochs=2).fit(frame.iloc[:30])
+    assert det.bundle_.preprocessing.feature_columns[:2] == ("emb[0]", "emb[1]")
+    with pytest.raises(ValueError, match="column 'emb' row 1 holds 3 values; row 0 holds 48"):
+        Detector.load(m["registry"], m["name"]).score(
+            pd.DataFrame({"emb": [np.zeros(DIM), np.zeros(3)]}))

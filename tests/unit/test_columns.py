@@ -5,7 +5,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from vigil.pipeline.columns import element_names, feature_matrix, source, table_columns, vector_type
+from vigil.pipeline.columns import feature_matrix, table_columns, vector_type
+from vigil.schemas.features import element_names, source
 
 ROWS = [[1.0, 2.0, 3.0], None, [4.0, 5.0], [6.0, None, 8.0]]
 
