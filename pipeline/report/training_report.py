@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from vigil.schemas.tables import SCORE_NAMES
 
@@ -36,11 +37,14 @@ def _losses(history: dict) -> str:
         for name in (n for n in history if n == model or n.startswith(model + "_")):
             for key in ("loss", "val_loss"):
                 if key in history[name]:
-                    ax.plot(history[name][key], label=key if name == model else None,
+                    values = history[name][key]
+                    ax.plot(range(1, len(values) + 1), values, label=key if name == model else None,
                             alpha=1.0 if name == model else 0.35,
                             color="C0" if key == "loss" else "C1")
         ax.set_title(f"{model} loss per epoch" + (" (all members)" if f"{model}_1" in history else ""),
                      fontsize=12)
+        ax.set_xlabel("epoch", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=10)
     return _png(fig)
 
@@ -70,7 +74,7 @@ def _calibration(calibration) -> str:
     t = calibration.threshold(alpha)
     if math.isfinite(t):
         axes[-1].axvline(t, color="#c44e52", linestyle="--")
-    axes[-1].set_title(f"anomaly_score (calibration), threshold @ {alpha:g}", fontsize=10)
+    axes[-1].set_title(f"anomaly_score (calibration)\nthreshold at FPR {alpha:g}", fontsize=10)
     return _png(fig)
 
 
