@@ -280,8 +280,9 @@ def carried_fields(files: list[InputFile], carry_columns: tuple[str, ...]) -> li
     """Arrow fields of the carried label columns present in the inputs.
 
     A column's type is one that holds every file's values: integers in every file stay
-    int64, integers and floats become float64, any other mix becomes string, so one odd
-    shard cannot fail the Parquet sink after the whole run.  A name the scores table
+    int64, integers and floats become float64, a list or struct column of one type in
+    every file keeps it, any other mix becomes string (JSON for lists and structs), so one
+    odd shard cannot fail the Parquet sink after the whole run.  A name the scores table
     already uses is refused here, before anything is read.
     """
     taken = set(scores_schema().names)
@@ -293,14 +294,27 @@ def carried_fields(files: list[InputFile], carry_columns: tuple[str, ...]) -> li
         return []
     if any(f.format.startswith("tfrecord") for f in files):
         return [pa.field("label", pa.int64())] if "label" in carry_columns else []
-    kinds: dict[str, set[str]] = {}
+    types: dict[str, set[pa.DataType]] = {}
     for f in files:
         if f.format in ("parquet", "csv") and f.size:
             schema = table_schema(f)
             for name in carry_columns:
                 if schema is not None and name in schema.names:
-                    kinds.setdefault(name, set()).add(_kind(schema.field(name).type))
-    return [pa.field(name, _unified(kinds[name])) for name in carry_columns if name in kinds]
+                    types.setdefault(name, set()).add(schema.field(name).type)
+    return [pa.field(name, _unified(types[name])) for name in carry_columns if name in types]
+
+
+def _unified(types: set[pa.DataType]) -> pa.DataType:
+    if len(types) == 1 and pa.types.is_nested(next(iter(types))):
+        return next(iter(types))
+    kinds = {_kind(t) for t in types}
+    if kinds <= {"int"}:
+        return pa.int64()
+    if kinds <= {"int", "float"}:
+        return pa.float64()
+    if kinds == {"bool"}:
+        return pa.bool_()
+    return pa.string()
 
 
 def _kind(t: pa.DataType) -> str:
@@ -311,13 +325,3 @@ def _kind(t: pa.DataType) -> str:
     if pa.types.is_boolean(t):
         return "bool"
     return "string"
-
-
-def _unified(kinds: set[str]) -> pa.DataType:
-    if kinds <= {"int"}:
-        return pa.int64()
-    if kinds <= {"int", "float"}:
-        return pa.float64()
-    if kinds == {"bool"}:
-        return pa.bool_()
-    return pa.string()

@@ -5,6 +5,7 @@ run can account for every record: read = scored + dead-lettered.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -114,14 +115,16 @@ def carried_column(values: list, field: pa.Field) -> pa.Array:
     """A carried label column as its field's unified type (``preflight.carried_fields``).
 
     Values of another kind than the field's (an int in a string column, from another
-    file) are converted one by one, as Python does: ``str(1)``, ``float(1)``.
+    file) are converted one by one: ``str(1)``, ``float(1)``, a list or a struct's dict
+    as JSON.
     """
     try:
         return pa.array(values, field.type)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
     if pa.types.is_string(field.type):
-        values = [v if v is None or isinstance(v, str) else str(v) for v in values]
+        values = [v if v is None or isinstance(v, str) else
+                  json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v) for v in values]
     elif pa.types.is_floating(field.type):
         values = [None if v is None else float(v) for v in values]
     return pa.array(values, field.type)

@@ -427,6 +427,29 @@ def test_carried_columns_of_different_types_are_unified(features_registry, tmp_p
     assert sorted(set(scores.column("label").to_pylist())) == ["0", "1.5", "odd"]
 
 
+def test_carried_lists_and_structs_keep_their_type_or_become_json(features_registry, tmp_path):
+    """A struct or list column of one type in every shard keeps that type in the scores
+    table; one whose type differs between shards becomes JSON text (not Python's repr)."""
+    x = features_registry["x"]
+    d = tmp_path / "in"
+    d.mkdir()
+    for k, n in enumerate((7, 8)):
+        part = {f"f{j}": x[k * 10:(k + 1) * 10, j] for j in range(x.shape[1])}
+        meta = pa.array([{"camera": "left", "frame": i} for i in range(10)])
+        mixed = pa.array([{"a": 1}] * 10) if k == 0 else pa.array([[1, 2]] * 10)
+        pq.write_table(pa.table({"id": [f"{n}-{i}" for i in range(10)], **part, "meta": meta,
+                                 "tags": pa.array([["x", "y"]] * 10), "mixed": mixed}),
+                       d / f"{n}.parquet")
+    res = helpers.score_cli(features_registry, [f"{d}/*.parquet"], tmp_path / "out", "--carry-column",
+                            "meta", "--carry-column", "tags", "--carry-column", "mixed")
+    assert res.exit_code == 0, res.output
+    scores = helpers.read_run(str(tmp_path / "out" / "run1"))[0].sort_by("id")
+    assert scores.schema.field("meta").type == pa.struct([("camera", pa.string()), ("frame", pa.int64())])
+    assert scores.column("meta")[0].as_py() == {"camera": "left", "frame": 0}
+    assert scores.column("tags")[0].as_py() == ["x", "y"]
+    assert set(scores.column("mixed").to_pylist()) == {'{"a": 1}', "[1, 2]"}
+
+
 @pytest.mark.parametrize("column", ["source", "is_anomaly", "anomaly_score"])
 def test_a_carried_column_named_like_an_output_column_is_refused(features_registry, tmp_path, column):
     x, y = features_registry["x"], features_registry["y"]
