@@ -279,10 +279,10 @@ def vector_length(f: InputFile, column: str) -> int | None:
 def carried_fields(files: list[InputFile], carry_columns: tuple[str, ...]) -> list[pa.Field]:
     """Arrow fields of the carried label columns present in the inputs.
 
-    A column's type is one that holds every file's values: integers in every file stay
-    int64, integers and floats become float64, a list or struct column of one type in
-    every file keeps it, any other mix becomes string (JSON for lists and structs), so one
-    odd shard cannot fail the Parquet sink after the whole run.  A name the scores table
+    A column of one type in every file keeps it (a timestamp, a list, a struct); otherwise
+    its type is one that holds every file's values: integers become int64, integers and
+    floats float64, any other mix string (JSON for lists and structs), so one odd shard
+    cannot fail the Parquet sink after the whole run.  A name the scores table
     already uses is refused here, before anything is read.
     """
     taken = set(scores_schema().names)
@@ -305,7 +305,7 @@ def carried_fields(files: list[InputFile], carry_columns: tuple[str, ...]) -> li
 
 
 def _unified(types: set[pa.DataType]) -> pa.DataType:
-    if len(types) == 1 and pa.types.is_nested(next(iter(types))):
+    if len(types) == 1 and not pa.types.is_null(next(iter(types))):
         return next(iter(types))
     kinds = {_kind(t) for t in types}
     if kinds <= {"int"}:

@@ -8,6 +8,7 @@ records before a corruption point are kept and scored, and the file gets one
 """
 from __future__ import annotations
 
+import datetime
 import gzip
 import os
 import struct
@@ -427,9 +428,10 @@ def test_carried_columns_of_different_types_are_unified(features_registry, tmp_p
     assert sorted(set(scores.column("label").to_pylist())) == ["0", "1.5", "odd"]
 
 
-def test_carried_lists_and_structs_keep_their_type_or_become_json(features_registry, tmp_path):
-    """A struct or list column of one type in every shard keeps that type in the scores
-    table; one whose type differs between shards becomes JSON text (not Python's repr)."""
+def test_carried_columns_keep_their_type_or_become_json(features_registry, tmp_path):
+    """A column of one type in every shard (a struct, a list, a timestamp, a dictionary)
+    keeps it in the scores table; a list or struct whose type differs between shards
+    becomes JSON text (not Python's repr)."""
     x = features_registry["x"]
     d = tmp_path / "in"
     d.mkdir()
@@ -437,17 +439,21 @@ def test_carried_lists_and_structs_keep_their_type_or_become_json(features_regis
         part = {f"f{j}": x[k * 10:(k + 1) * 10, j] for j in range(x.shape[1])}
         meta = pa.array([{"camera": "left", "frame": i} for i in range(10)])
         mixed = pa.array([{"a": 1}] * 10) if k == 0 else pa.array([[1, 2]] * 10)
+        when = pa.array([datetime.datetime(2026, 12, 8, 1, k)] * 10, pa.timestamp("ms", tz="UTC"))
+        site = pa.array(["north", "south"] * 5).dictionary_encode()
         pq.write_table(pa.table({"id": [f"{n}-{i}" for i in range(10)], **part, "meta": meta,
-                                 "tags": pa.array([["x", "y"]] * 10), "mixed": mixed}),
-                       d / f"{n}.parquet")
-    res = helpers.score_cli(features_registry, [f"{d}/*.parquet"], tmp_path / "out", "--carry-column",
-                            "meta", "--carry-column", "tags", "--carry-column", "mixed")
+                                 "tags": pa.array([["x", "y"]] * 10), "mixed": mixed,
+                                 "when": when, "site": site}), d / f"{n}.parquet")
+    carried = [a for c in ("meta", "tags", "mixed", "when", "site") for a in ("--carry-column", c)]
+    res = helpers.score_cli(features_registry, [f"{d}/*.parquet"], tmp_path / "out", *carried)
     assert res.exit_code == 0, res.output
     scores = helpers.read_run(str(tmp_path / "out" / "run1"))[0].sort_by("id")
     assert scores.schema.field("meta").type == pa.struct([("camera", pa.string()), ("frame", pa.int64())])
     assert scores.column("meta")[0].as_py() == {"camera": "left", "frame": 0}
     assert scores.column("tags")[0].as_py() == ["x", "y"]
     assert set(scores.column("mixed").to_pylist()) == {'{"a": 1}', "[1, 2]"}
+    assert scores.schema.field("when").type == pa.timestamp("ms", tz="UTC")
+    assert set(scores.column("site").to_pylist()) == {"north", "south"}
 
 
 @pytest.mark.parametrize("column", ["source", "is_anomaly", "anomaly_score"])
