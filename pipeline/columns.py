@@ -60,6 +60,7 @@ def table_columns(names: Sequence[str], columns: Sequence[str]) -> list[str]:
     """The table's columns that hold these features, each once, in the features' order
     (a name no column holds is kept, so reading it fails with Arrow's own message)."""
     out: dict[str, None] = {}
+    columns = set(columns)
     for name in names:
         found = source(name, columns)
         out[found[0] if found else name] = None
@@ -75,7 +76,7 @@ def feature_matrix(batch: pa.RecordBatch, names: Sequence[str]
     is a shape problem, reported per row; its values are NaN.
     """
     n = batch.num_rows
-    columns = batch.schema.names
+    columns = set(batch.schema.names)
     x = np.full((n, len(names)), np.nan)
     bad = np.zeros((n, len(names)), dtype=bool)
     vectors: dict[str, list[tuple[int, int]]] = {}     # column -> [(feature position, index)]
@@ -100,8 +101,7 @@ def feature_matrix(batch: pa.RecordBatch, names: Sequence[str]
 def _numeric(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(float64 values with NaN for nulls, mask of values that are not numbers)."""
     if number_type(column.type):
-        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-        return np.asarray(values, dtype=np.float64), np.zeros(len(values), dtype=bool)
+        return _float64(column), np.zeros(len(column), dtype=bool)
     texts = pc.cast(column, pa.string()).to_pylist()
     values = np.empty(len(texts))
     bad = np.zeros(len(texts), dtype=bool)
@@ -118,11 +118,26 @@ def _elements(column: pa.Array, vector: Vector) -> tuple[np.ndarray, np.ndarray]
     each row's list length, -1 for a null list)."""
     lengths = pc.list_value_length(column).fill_null(-1).to_numpy(zero_copy_only=False)
     lengths = np.asarray(lengths, dtype=np.int64)
-    out = np.full((len(column), len(vector.indices)), np.nan)
     fits = vector.fits(lengths)
-    if fits.any():
-        rows = column.filter(pa.array(fits))
-        flat = pc.cast(pc.list_flatten(rows), pa.float64()).to_numpy(zero_copy_only=False)
-        starts = np.concatenate([[0], np.cumsum(lengths[fits])[:-1]])
-        out[fits] = np.asarray(flat, np.float64)[starts[:, None] + np.asarray(vector.indices)[None, :]]
+    rows = column if fits.all() else column.filter(pa.array(fits))
+    flat = _float64(pc.list_flatten(rows))
+    if vector.length is not None:       # every row that fits holds exactly the model's elements
+        picked = flat.reshape(-1, vector.length)
+    else:
+        starts = np.concatenate([[0], np.cumsum(lengths[fits])[:-1]]).astype(np.int64)
+        picked = flat[starts[:, None] + np.asarray(vector.indices)[None, :]]
+    if fits.all():
+        return picked, lengths
+    out = np.full((len(column), len(vector.indices)), np.nan)
+    out[fits] = picked
     return out, lengths
+
+
+def _float64(values: pa.Array) -> np.ndarray:
+    """Numbers as float64, NaN for nulls.  Integers and floats convert in numpy, which is
+    several times faster than Arrow's cast (and rounds an integer past 2**53 as float64
+    arithmetic does, where Arrow's checked cast refuses it)."""
+    t = values.type
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return np.asarray(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)

@@ -237,9 +237,9 @@ def check_columns(files: list[InputFile], id_column: str, required: list[str],
         if id_column not in schema.names:
             raise InputError(f"{f.uri}: missing column '{id_column}' ({needs}); "
                              f"{columns_hint(id_column, schema.names)}")
-        checked = set()
+        checked, names = set(), set(schema.names)
         for name in required:
-            found = source(name, schema.names)
+            found = source(name, names)
             if found is None:
                 column = column_name(name)
                 among = "" if column == name else f", {name} among them"

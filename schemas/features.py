@@ -8,7 +8,7 @@ Python API (``vigil.models.detector``) read tables by this one rule.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Container
 
 _ELEMENT = re.compile(r"^(?P<column>.+)\[(?P<index>\d+)\]$")
 
@@ -24,10 +24,9 @@ def column_name(name: str) -> str:
     return m["column"] if m else name
 
 
-def source(name: str, columns: Iterable[str]) -> tuple[str, int | None] | None:
+def source(name: str, columns: Container[str]) -> tuple[str, int | None] | None:
     """(column, element index or None) that holds feature ``name`` in a table with these
-    columns; None if no column does."""
-    columns = set(columns)
+    columns (a set or a dict: looked up once per feature); None if no column does."""
     if name in columns:
         return name, None
     m = _ELEMENT.match(name)
