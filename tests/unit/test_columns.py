@@ -45,3 +45,11 @@ def test_only_lists_of_numbers_are_vectors():
     assert vector_type(pa.list_(pa.float32())) and vector_type(pa.list_(pa.bool_(), 3))
     assert not vector_type(pa.list_(pa.string())) and not vector_type(pa.float64())
     assert not vector_type(pa.struct([("a", pa.float64())]))
+
+
+def test_a_beam_row_with_a_vector_field_gives_the_models_features():
+    import apache_beam as beam
+
+    from vigil.pipeline.handler import _array
+    row = beam.Row(id="r1", emb=[1.0, 2.0, 3.0], size=7.0)
+    assert _array(row, ("size", "emb[2]", "emb[0]")).tolist() == [7.0, 3.0, 1.0]
