@@ -183,8 +183,8 @@ def _vector_elements(first: InputFile, columns: list[str]) -> list[str]:
             continue
         length = vector_length(first, name)
         if not length:
-            raise InputError(f"{first.uri}: column '{name}' holds no list with a value; "
-                             "a feature column needs numbers")
+            raise InputError(f"{first.uri}: column '{name}' holds only null or empty lists; "
+                             "name the feature columns with --feature-columns")
         LOG.info("column '%s' holds vectors of %d numbers: features %s[0] ... %s[%d]",
                  name, length, name, name, length - 1)
         out.extend(element_names(name, length))

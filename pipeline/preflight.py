@@ -262,8 +262,8 @@ def check_columns(files: list[InputFile], id_column: str, required: list[str],
 
 
 def vector_length(f: InputFile, column: str) -> int | None:
-    """How many numbers a list column holds per row: its fixed size, else the first
-    non-null row's length in ``f``; None if no row has a list."""
+    """How many numbers a list column holds per row: its fixed size, else the length of
+    the first row in ``f`` whose list holds any; None if none does."""
     with FileSystems.open(f.uri, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
         parquet = pq.ParquetFile(fh)
         kind = parquet.schema_arrow.field(column).type
@@ -271,6 +271,7 @@ def vector_length(f: InputFile, column: str) -> int | None:
             return kind.list_size
         for batch in parquet.iter_batches(batch_size=1024, columns=[column]):
             lengths = pc.list_value_length(batch.column(0)).drop_null()
+            lengths = lengths.filter(pc.greater(lengths, 0))
             if len(lengths):
                 return lengths[0].as_py()
     return None

@@ -110,3 +110,15 @@ def test_the_python_api_reads_an_embedding_column_of_a_dataframe_like_the_cli(em
     with pytest.raises(ValueError, match="column 'emb' row 1 holds 3 values; row 0 holds 48"):
         Detector.load(m["registry"], m["name"]).score(
             pd.DataFrame({"emb": [np.zeros(DIM), np.zeros(3)]}))
+
+
+def test_training_takes_the_length_from_the_first_full_row_and_skips_the_others(tmp_path, caplog):
+    from vigil.jobs.train import TrainJobConfig, load_training_data
+    rows = [[], None] + [[float(i), 1.0, 2.0] for i in range(6)] + [[1.0]]
+    _write(tmp_path / "t.parquet", rows, [f"r{i}" for i in range(len(rows))])
+    with caplog.at_level("INFO", logger="vigil.train"):
+        x, ids, kind, columns, _ = load_training_data(TrainJobConfig((str(tmp_path / "t.parquet"),),
+                                                                     str(tmp_path / "reg"), "t"))
+    assert columns == ["emb[0]", "emb[1]", "emb[2]"] and x.shape == (6, 3) and ids[0] == "r2"
+    assert "skipped 3 unusable training records (3 wrong_shape; first: id r0" in caplog.text
+    assert "column 'emb' holds 0 values; the model reads 3 values" in caplog.text
