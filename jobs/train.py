@@ -116,7 +116,7 @@ def load_training_data(cfg: TrainJobConfig):
     """(decoded array, ids, kind, feature columns) of the normal training records."""
     files, known, kind = _input_files(cfg.inputs, cfg, "training")
     columns = list(cfg.feature_columns)
-    if kind == "features" and known[0].format in ("parquet", "csv") and not columns:
+    if kind == "features" and not columns and known[0].format in ("parquet", "csv"):
         schema = table_schema(known[0])
         if schema is None:
             raise InputError(f"{known[0].uri}: cannot read its header to find feature columns")

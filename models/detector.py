@@ -255,7 +255,7 @@ def _frame_features(X, columns: list[str] | None) -> tuple[np.ndarray, list[str]
     if len(X) == 0:
         raise DataError("X holds no records")
     label = {str(c): c for c in X.columns}
-    if columns is None:
+    if not columns:
         columns = []
         for c in label:
             length = _vector_length(X[label[c]]) if X[label[c]].dtype == object else None
