@@ -16,6 +16,7 @@ import re
 import stat
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from vigil.pipeline.columns import vector_type
+from vigil.pipeline.columns import Vector, vector_type
 from vigil.pipeline.formats import UNKNOWN_FORMAT, csv_stream, format_of
 from vigil.pipeline.readers import printable, tfrecord_kind
 from vigil.schemas.features import column_name, source
@@ -237,28 +238,40 @@ def check_columns(files: list[InputFile], id_column: str, required: list[str],
         if id_column not in schema.names:
             raise InputError(f"{f.uri}: missing column '{id_column}' ({needs}); "
                              f"{columns_hint(id_column, schema.names)}")
-        checked, names = set(), set(schema.names)
-        for name in required:
-            found = source(name, names)
-            if found is None:
-                column = column_name(name)
-                among = "" if column == name else f", {name} among them"
-                raise InputError(f"{f.uri}: missing column '{column}' ({needs}{among}); "
-                                 f"{columns_hint(column, schema.names)}")
-            column, index = found
-            if column in checked:
-                continue
-            checked.add(column)
-            kind = schema.field(column).type
-            if index is None and pa.types.is_nested(kind):
-                raise InputError(f"{f.uri}: column '{column}' holds {kind} values; the model reads "
-                                 "it as one number per row")
-            if index is not None and not vector_type(kind):
-                raise InputError(f"{f.uri}: column '{column}' holds {kind} values; the model reads "
-                                 f"its features ({name}, ...) as elements of a column of number lists")
+        _check_features(f.uri, schema, required, needs)
         if label_column and label_column not in schema.names:
             raise InputError(f"{f.uri}: no label column '{label_column}' (--label-column); "
                              f"{columns_hint(label_column, schema.names)}")
+
+
+def _check_features(uri: str, schema: pa.Schema, required: list[str], needs: str) -> None:
+    """Each of the model's features has its column in ``schema``: a number column, or a
+    column of number lists for its elements (of the model's length, when the file fixes it)."""
+    names, vectors = set(schema.names), {}
+    for name in required:
+        found = source(name, names)
+        if found is None:
+            column = column_name(name)
+            among = "" if column == name else f", {name} among them"
+            raise InputError(f"{uri}: missing column '{column}' ({needs}{among}); "
+                             f"{columns_hint(column, schema.names)}")
+        column, index = found
+        kind = schema.field(column).type
+        if index is None and pa.types.is_nested(kind):
+            raise InputError(f"{uri}: column '{column}' holds {kind} values; the model reads "
+                             "it as one number per row")
+        if index is not None:
+            vectors.setdefault(column, []).append(index)
+    for column, indices in vectors.items():
+        kind = schema.field(column).type
+        if not vector_type(kind):
+            raise InputError(f"{uri}: column '{column}' holds {kind} values; the model reads its "
+                             f"features ({column}[{indices[0]}], ...) as elements of a column of "
+                             "number lists")
+        vector = Vector(column, tuple(indices))
+        if pa.types.is_fixed_size_list(kind) and not vector.fits(np.array([kind.list_size]))[0]:
+            raise InputError(f"{uri}: column '{column}' holds vectors of {kind.list_size} numbers; "
+                             f"the model reads {vector.expected()}")
 
 
 def vector_length(f: InputFile, column: str) -> int | None:

@@ -82,6 +82,8 @@ def test_vectors_score_as_their_elements_and_bad_rows_are_dead_letters(embedding
                             "(emb[0], ...) as elements of a column of number lists"),
     (pa.array([["a"] * DIM] * 4), "column 'emb' holds list<element: string> values"),
     (None, "missing column 'emb' (the model needs 'id' and its 48 feature columns, emb[0] among them)"),
+    (pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4 * 32), pa.float32()), 32),
+     "column 'emb' holds vectors of 32 numbers; the model reads 48 values"),
 ])
 def test_a_file_whose_column_cannot_hold_the_vectors_stops_the_run(embedding_model, tmp_path,
                                                                      column, message):
