@@ -258,7 +258,9 @@ def _frame_features(X, columns: list[str] | None) -> tuple[np.ndarray, list[str]
     if not columns:
         columns = []
         for c in label:
-            length = _vector_length(X[label[c]]) if X[label[c]].dtype == object else None
+            values = X[label[c]]
+            numeric = is_numeric_dtype(values) or is_bool_dtype(values)
+            length = None if numeric else _vector_length(values)
             columns += element_names(c, length) if length else [c]
     vectors: dict[str, np.ndarray] = {}
     out = np.empty((len(X), len(columns)))
@@ -284,8 +286,9 @@ def _frame_features(X, columns: list[str] | None) -> tuple[np.ndarray, list[str]
 
 
 def _vector_length(values) -> int | None:
-    """The length of the first value if a column holds sequences of numbers, else None."""
-    first = next((v for v in values if v is not None), None)
+    """The length of the first value if a column holds sequences of numbers (numpy arrays
+    or lists in an object column, or a pyarrow-backed list column), else None."""
+    first = next((v for v in values if hasattr(v, "__len__")), None)
     if isinstance(first, (list, tuple, np.ndarray)) and np.asarray(first).ndim == 1 \
             and np.asarray(first).dtype.kind in "biuf":
         return len(first)
@@ -294,12 +297,13 @@ def _vector_length(values) -> int | None:
 
 def _stacked(values, column: str) -> np.ndarray:
     """A column of equal-length number sequences as one float64 (rows, length) array."""
-    lengths = [-1 if v is None else len(v) for v in values]
+    lengths = [len(v) if hasattr(v, "__len__") else -1 for v in values]     # -1: None, NaN, pd.NA
     for row, n in enumerate(lengths):
+        where = f"column {column!r} row {row} (index {values.index[row]!r})"
         if n < 0:
-            raise DataError(f"column {column!r} row {row} holds no list")
+            raise DataError(f"{where} holds no list")
         if n != lengths[0]:
-            raise DataError(f"column {column!r} row {row} holds {n} values; row 0 holds {lengths[0]}")
+            raise DataError(f"{where} holds {n} values; row 0 holds {lengths[0]}")
     try:
         return np.stack([np.asarray(v, np.float64) for v in values])
     except (TypeError, ValueError) as exc:

@@ -106,10 +106,13 @@ def test_the_python_api_reads_an_embedding_column_of_a_dataframe_like_the_cli(em
     assert res.exit_code == 0, res.output
     cli = helpers.read_run(str(tmp_path / "out" / "run1"))[0].to_pandas().set_index("id")
     assert np.array_equal(api["anomaly_score"].to_numpy(), cli.loc[api.index, "anomaly_score"].to_numpy())
+    arrow_backed = pd.read_parquet(path, dtype_backend="pyarrow").set_index("id")   # lists, not arrays
+    same = Detector.load(m["registry"], m["name"]).score(arrow_backed)
+    assert np.array_equal(same["anomaly_score"].to_numpy(), api["anomaly_score"].to_numpy())
     # Fitted on such a frame, a Detector names the features as vigil train does.
     det = Detector(epochs=2).fit(frame.iloc[:30])
     assert det.bundle_.preprocessing.feature_columns[:2] == ("emb[0]", "emb[1]")
-    with pytest.raises(ValueError, match="column 'emb' row 1 holds 3 values; row 0 holds 48"):
+    with pytest.raises(ValueError, match=r"column .emb. row 1 \(index 1\) holds 3 values; row 0 holds 48"):
         Detector.load(m["registry"], m["name"]).score(
             pd.DataFrame({"emb": [np.zeros(DIM), np.zeros(3)]}))
 
