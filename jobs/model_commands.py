@@ -6,6 +6,7 @@ import json
 import click
 
 from vigil.jobs.errors import Failure, run_guarded
+from vigil.schemas.features import column_name
 
 
 @click.group()
@@ -35,6 +36,7 @@ def version_summary(registry: str, name: str, version: str, pointer: dict | None
     return {
         "version": version, "stage": stage, "created_at": m["created_at"],
         "kind": m["input"]["kind"], "shape": m["input"]["shape"],
+        "feature_columns": m["input"].get("feature_columns", []),
         "training_rows": sum(v for k, v in sizes.items() if k in
                              ("train", "validation", "calibration_a", "calibration_b")),
         "targets": {f"{a:g}": cal.cannot_flag(a) is None for a in cal.target_fprs},
@@ -43,6 +45,22 @@ def version_summary(registry: str, name: str, version: str, pointer: dict | None
         "thresholds": m["calibration"].get("description", {}).get("thresholds"),
         "report": f"{reg.version_dir(registry, name, version)}/report.html",
     }
+
+
+def features_text(names: list[str], shown: int = 8) -> str:
+    """A model's feature names for a person: a vector column's elements as one entry,
+    ``embedding[0..511]``; past ``shown`` entries, how many more."""
+    entries: list[str] = []
+    i = 0
+    while i < len(names):
+        column = column_name(names[i])
+        run = 0
+        while i + run < len(names) and names[i + run] == f"{column}[{run}]":
+            run += 1
+        entries.append(f"{column}[0..{run - 1}]" if run > 1 else names[i])
+        i += max(run, 1)
+    more = f" and {len(entries) - shown} more" if len(entries) > shown else ""
+    return ", ".join(entries[:shown]) + more
 
 
 def _gates(summary: dict) -> str:
@@ -139,6 +157,8 @@ def models_show(ctx, registry, name, model_version, as_json):
         click.echo(f"{name} version {v} ({s['stage']}), created {s['created_at']}")
         click.echo(f"  input:      {s['kind']}, shape {'x'.join(map(str, s['shape']))}; "
                    f"{s['training_rows']} training rows")
+        if s["feature_columns"]:
+            click.echo(f"  features:   {features_text(s['feature_columns'])}")
         for alpha, values in (s["thresholds"] or {}).items():
             line = ", ".join(f"{k} {val:.4g}" if val is not None else f"{k} none"
                              for k, val in values.items())

@@ -90,6 +90,7 @@ def test_models_commands(features_registry, tmp_path):
     assert res.exit_code == 0, res.output
     assert res.output.startswith("cardio version 0001 (production), created ")
     assert "target FPR 0.01: anomaly_score " in res.output and "gates:      passed" in res.output
+    assert "features:   f0, f1, f2, f3, f4, f5, f6, f7 and 13 more" in res.output
     shown = json.loads(CliRunner().invoke(cli, ["models", "show", *reg, "--json"]).output)
     assert shown["version"] == "0001" and shown["thresholds"]["0.01"]["anomaly_score"] is not None
     res = CliRunner().invoke(cli, ["models", "promote", *reg, "--model-version", "9"])

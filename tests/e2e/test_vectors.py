@@ -44,6 +44,9 @@ def test_training_expands_the_column_into_its_elements(embedding_model):
     manifest = json.loads(next((embedding_model["tmp"] / "reg" / "emb" / "versions").glob(
         "*/manifest.json")).read_text())
     assert manifest["input"]["feature_columns"] == [f"emb[{i}]" for i in range(DIM)]
+    res = CliRunner().invoke(cli, ["models", "show", "--registry", embedding_model["registry"],
+                                   "--name", "emb"])
+    assert f"features:   emb[0..{DIM - 1}]\n" in res.output
 
 
 def test_vectors_score_as_their_elements_and_bad_rows_are_dead_letters(embedding_model, tmp_path):
