@@ -289,21 +289,20 @@ def _vector_length(values) -> int | None:
     """The length of the first value if a column holds sequences of numbers (numpy arrays
     or lists in an object column, or a pyarrow-backed list column), else None."""
     first = next((v for v in values if hasattr(v, "__len__")), None)
-    if isinstance(first, (list, tuple, np.ndarray)) and np.asarray(first).ndim == 1 \
-            and np.asarray(first).dtype.kind in "biuf":
-        return len(first)
-    return None
+    if not isinstance(first, (list, tuple, np.ndarray)):
+        return None
+    first = np.asarray(first)
+    return len(first) if first.ndim == 1 and first.dtype.kind in "biuf" else None
 
 
 def _stacked(values, column: str) -> np.ndarray:
     """A column of equal-length number sequences as one float64 (rows, length) array."""
-    lengths = [len(v) if hasattr(v, "__len__") else -1 for v in values]     # -1: None, NaN, pd.NA
-    for row, n in enumerate(lengths):
-        where = f"column {column!r} row {row} (index {values.index[row]!r})"
-        if n < 0:
-            raise DataError(f"{where} holds no list")
-        if n != lengths[0]:
-            raise DataError(f"{where} holds {n} values; row 0 holds {lengths[0]}")
+    lengths = np.array([len(v) if hasattr(v, "__len__") else -1 for v in values])  # -1: None, NaN, pd.NA
+    odd = np.flatnonzero((lengths < 0) | (lengths != lengths[0]))
+    if len(odd):
+        row = int(odd[0])
+        held = "no list" if lengths[row] < 0 else f"{lengths[row]} values; row 0 holds {lengths[0]}"
+        raise DataError(f"column {column!r} row {row} (index {values.index[row]!r}) holds {held}")
     try:
         return np.stack([np.asarray(v, np.float64) for v in values])
     except (TypeError, ValueError) as exc:
