@@ -6,6 +6,7 @@ The reasons behind each number and their measurements are in docs/design.md.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from vigil.models.config import FEATURE_TAIL, ModelConfig
@@ -17,6 +18,22 @@ class ModelOptions:
     latent_dim: int | None = None
     likelihood: str | None = None       # "gaussian" | "bernoulli"
     members: int | None = None          # VAE+DAE pairs whose scores are averaged
+
+
+def image_filters(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The convolutional stages for images of ``shape`` (h, w, channels): their filters.
+
+    Each stage halves the image, until its longer side is at most 8 pixels (never fewer
+    than two stages); filters double from 32 up to 128.  The flattened map that the
+    dense layers read stays at most 8 x 8 x 128 whatever the image size, so the networks'
+    weights grow with the number of stages, not with the number of pixels.
+
+    Example:
+        >>> image_filters((28, 28, 1)), image_filters((128, 128, 3))
+        ((32, 64), (32, 64, 128, 128))
+    """
+    stages = max(2, math.ceil(math.log2(max(shape[0], shape[1]) / 8)))
+    return tuple(min(32 * 2 ** i, 128) for i in range(stages))
 
 
 def default_model_config(kind: str, shape: tuple[int, ...], options: ModelOptions,
@@ -36,7 +53,8 @@ def default_model_config(kind: str, shape: tuple[int, ...], options: ModelOption
         # and anomaly_score is the DAE's surprise at its blurred residual: a misplaced edge
         # leaves a +/- pair the blur cancels, a missing or extra stroke a patch it keeps.
         # 16 importance samples: conv decoders dominate scoring cost.
-        return ModelConfig("image", shape, latent_dim=options.latent_dim or 16, hidden=(32, 64),
+        return ModelConfig("image", shape, latent_dim=options.latent_dim or 16,
+                           hidden=image_filters(shape),
                            likelihood=options.likelihood or "bernoulli", n_recon_samples=16,
                            n_iwae_samples=16, combine="dae", dae_error_sigma=0.7,
                            adjust_complexity=True, members=options.members or 1)

@@ -56,7 +56,26 @@ def _not_scorer_retracing(record: logging.LogRecord) -> bool:
 # Rows per call of the compiled scoring function.  A table row is a few MFLOP spread over
 # many small kernels, whose launch cost a larger block shares out; an image is a few hundred
 # MFLOP, and a larger block only pads small batches more.
-BLOCK = {"features": 256, "image": 64}
+TABLE_BLOCK = 256
+IMAGE_BLOCK = 64
+# The decoder's last maps hold block x samples x pixels x filters floats, so larger images
+# score in smaller blocks: at most this many input values a block (64 MNIST digits, 64
+# 32x32 RGB images, 5 of 128x128 RGB, 1 from 256x256 RGB up).
+IMAGE_BLOCK_VALUES = 262_144
+
+
+def scoring_block(config: ModelConfig) -> int:
+    """Records per call of the compiled scoring function for a model of ``config``.
+
+    Fixed per model, so that a record's scores do not depend on the batch it came in.
+
+    Example:
+        >>> scoring_block(ModelConfig("image", (28, 28, 1))), scoring_block(ModelConfig("image", (128, 128, 3)))
+        (64, 5)
+    """
+    if config.kind == "features":
+        return TABLE_BLOCK
+    return max(1, min(IMAGE_BLOCK, IMAGE_BLOCK_VALUES // config.input_dim))
 
 
 def common_noise(seed: int, n_samples: int, latent_dim: int) -> tf.Tensor:
@@ -113,7 +132,7 @@ class Scorer:
         # Every call runs on exactly ``block`` rows (the last block padded): matrix kernels
         # pick different code paths for different row counts, which would change a
         # record's last bits with the size of the batch it arrived in.
-        self.block = int(block or BLOCK[config.kind])
+        self.block = int(block or scoring_block(config))
         # Attached where scoring starts (once per process), not when the module is imported.
         if _not_scorer_retracing not in tf.get_logger().filters:
             tf.get_logger().addFilter(_not_scorer_retracing)

@@ -20,7 +20,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from vigil.models.bundle import Bundle, load_bundle
-from vigil.models.scoring import BLOCK, Scorer
+from vigil.models.scoring import IMAGE_BLOCK, Scorer
 from vigil.pipeline.records import RecordBlock, ScoringInput
 from vigil.schemas.features import source
 
@@ -59,7 +59,7 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
       label: ``name/version``, used in errors and as the model id.
       target_fpr: the false-positive rate ``threshold`` and ``is_anomaly`` are set at.
       min_batch_size, max_batch_size: passed to ``BatchElements``.  The scorer runs on
-        fixed-size blocks (``vigil.models.scoring.BLOCK``, for bit-identical scores), so
+        fixed-size blocks (``vigil.models.scoring.scoring_block``, for bit-identical scores), so
         batches smaller than a block waste the padding: pass one block as the minimum.
       model_copies: load this many copies of the model per machine, shared by its worker
         processes, instead of one per process (Beam's ``model_copies``; None: per process).
@@ -67,7 +67,7 @@ class VigilModelHandler(ModelHandler[Any, dict, LoadedModel]):
     """
 
     def __init__(self, bundle_dir: str, label: str, target_fpr: float = 0.01, *,
-                 min_batch_size: int = min(BLOCK.values()), max_batch_size: int = 256,
+                 min_batch_size: int = IMAGE_BLOCK, max_batch_size: int = 256,
                  model_copies: Optional[int] = None, precision: str = "float32", **batching):
         super().__init__(min_batch_size=min(min_batch_size, max_batch_size),
                          max_batch_size=max_batch_size, model_copies=model_copies, **batching)

@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from vigil.models import registry
 from vigil.models.bundle import Bundle
 from vigil.models.calibration import default_target_fpr
-from vigil.models.scoring import BLOCK
+from vigil.models.scoring import scoring_block
 from vigil.pipeline import commit
 from vigil.pipeline.config import BATCH_SIZE, ScoreConfig
 from vigil.pipeline.decode import DecodeSpec
@@ -153,7 +153,7 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
     """
     cfg = plan.config
     handler = BlockModelHandler(plan.bundle.path, plan.bundle.label, cfg.target_fpr,
-                                min_batch_size=BLOCK[plan.bundle.config.kind], max_batch_size=cfg.batch_size,
+                                min_batch_size=scoring_block(plan.bundle.config), max_batch_size=cfg.batch_size,
                                 model_copies=cfg.model_copies or None, precision=cfg.precision)
     schema = scores_schema(plan.label_fields, {"vigil.thresholds": json.dumps(plan.thresholds),
                                                "vigil.model_version": plan.version,

@@ -22,9 +22,10 @@ def _perturbed(model: keras.Model) -> keras.Model:
     return model
 
 
-# MNIST's shape, a crop on both axes with three channels, an odd size cropped by three.
+# MNIST's shape, a crop on both axes with three channels, an odd size cropped by three,
+# a larger image of four stages.
 CASES = [((28, 28, 1), "bernoulli"), ((30, 26, 3), "gaussian"), ((9, 9, 1), "bernoulli"),
-         ((21,), "gaussian")]
+         ((70, 50, 3), "bernoulli"), ((21,), "gaussian")]
 
 
 @pytest.mark.parametrize("shape,likelihood", CASES)

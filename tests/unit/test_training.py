@@ -187,6 +187,29 @@ def test_complexity_adjustment_and_smoothed_dae_error_are_image_options():
             ModelConfig(kind, shape, dae_error_sigma=sigma)
 
 
+def test_image_networks_grow_with_stages_not_with_pixels():
+    from vigil.models import networks
+    from vigil.models.defaults import ModelOptions, default_model_config
+    from vigil.models.scoring import scoring_block
+
+    def built(shape):
+        cfg = default_model_config("image", shape, ModelOptions(), 1000)
+        nets = [networks.build_encoder(cfg), networks.build_decoder(cfg), networks.build_dae(cfg)]
+        assert nets[1].output_shape[1:] == shape and nets[2].output_shape[1:] == shape
+        return cfg, sum(n.count_params() for n in nets)
+
+    mnist, mnist_params = built((28, 28, 1))
+    assert mnist.hidden == (32, 64) and scoring_block(mnist) == 64     # the benchmarked model
+    photo, photo_params = built((128, 128, 3))
+    assert photo.hidden == (32, 64, 128, 128) and scoring_block(photo) == 5
+    large, large_params = built((300, 200, 3))                        # cropped on both axes
+    assert len(large.hidden) == 6 and scoring_block(large) == 1
+    # Four times the pixels of a 128x128 image and more: weights grow by one stage's
+    # convolutions (~0.3M), never with the pixels feeding a dense layer.
+    assert large_params - photo_params < 1_000_000
+    assert photo_params < 20_000_000 and mnist_params < 4_000_000
+
+
 def test_example_budget_caps_epochs_but_leaves_warm_up_room():
     from vigil.models.training import epoch_count
     assert epoch_count(3250, TrainConfig(max_examples=130_000)) == 40
