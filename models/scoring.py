@@ -70,8 +70,8 @@ def scoring_block(config: ModelConfig) -> int:
     Fixed per model, so that a record's scores do not depend on the batch it came in.
 
     Example:
-        >>> scoring_block(ModelConfig("image", (28, 28, 1))), scoring_block(ModelConfig("image", (128, 128, 3)))
-        (64, 5)
+        >>> [scoring_block(ModelConfig("image", shape)) for shape in ((28, 28, 1), (128, 128, 3))]
+        [64, 5]
     """
     if config.kind == "features":
         return TABLE_BLOCK

@@ -153,7 +153,8 @@ def build_pipeline(p: beam.Pipeline, plan: RunPlan) -> None:
     """
     cfg = plan.config
     handler = BlockModelHandler(plan.bundle.path, plan.bundle.label, cfg.target_fpr,
-                                min_batch_size=scoring_block(plan.bundle.config), max_batch_size=cfg.batch_size,
+                                min_batch_size=scoring_block(plan.bundle.config),
+                                max_batch_size=cfg.batch_size,
                                 model_copies=cfg.model_copies or None, precision=cfg.precision)
     schema = scores_schema(plan.label_fields, {"vigil.thresholds": json.dumps(plan.thresholds),
                                                "vigil.model_version": plan.version,

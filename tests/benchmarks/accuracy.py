@@ -19,7 +19,8 @@ With ``--protocol sklearn-unsup`` it runs held-out tables that ship with scikit-
 (``bundled.py``) under adbench-unsup's protocol, compared with reference methods fitted on
 the same split.
 
-    python tests/benchmarks/accuracy.py [--protocol P ...] [--quick] [--epochs N] [--jobs N]
+    python tests/benchmarks/accuracy.py [--protocol P ...] [--quick] [--case C ...]
+                                        [--image-size N] [--epochs N] [--jobs N]
 """
 from __future__ import annotations
 
@@ -60,14 +61,17 @@ def case_name(case: dict) -> str:
 
 
 def run_case(P, protocol: str, case: dict, work: Path, epochs: int | None,
-             dump: str | None = None, members: int | None = None) -> dict:
+             dump: str | None = None, members: int | None = None,
+             image_size: int | None = None) -> dict:
     x_train, x_test, y_test = (bundled.load(P, **case) if protocol == bundled.PROTOCOL
                                else P.load(protocol, **case))
     image = protocol.startswith("mnist")
     train_ids = [f"tr-{i:06d}" for i in range(len(x_train))]
     test_ids = [f"te-{i:06d}" for i in range(len(x_test))]
     if image:
-        to_u8 = lambda x: np.round(x.reshape(len(x), 28, 28) * 255).astype(np.uint8)  # noqa: E731
+        def to_u8(x: np.ndarray) -> np.ndarray:
+            digits = np.round(x.reshape(len(x), 28, 28) * 255).astype(np.uint8)
+            return digits if not image_size else upscaled(digits, image_size)
         write_image_shards(str(work / "train"), to_u8(x_train), np.zeros(len(x_train)), train_ids)
         write_image_shards(str(work / "test"), to_u8(x_test), y_test, test_ids)
         pattern = "*.tfrecord"
@@ -110,11 +114,23 @@ def run_case(P, protocol: str, case: dict, work: Path, epochs: int | None,
     return out
 
 
+def upscaled(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (n, h, w) images resized to (n, size, size), bilinear."""
+    from PIL import Image
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
+                     for im in images])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", action="append", choices=[*GOALS, *HELD_OUT],
                     help=f"default: {', '.join(GOALS)}")
     ap.add_argument("--quick", action="store_true", help="one case per protocol")
+    ap.add_argument("--case", action="append", default=None,
+                    help="run only this case (a digit or a data set name; repeatable)")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="mnist digits resized to N x N (bilinear), to check the image "
+                         "default at sizes it was not chosen at")
     ap.add_argument("--epochs", type=int, default=None, help="override (default: vigil's)")
     ap.add_argument("--members", type=int, default=None, help="override (default: vigil's)")
     ap.add_argument("--tag", default="", help="suffix of the results file")
@@ -132,9 +148,11 @@ def main(argv=None) -> int:
                              initializer=pin_threads, initargs=(args.threads,)) as pool:
         for protocol in args.protocol or list(GOALS):
             cases = bundled.cases() if protocol == bundled.PROTOCOL else P.cases(protocol)
+            cases = [c for c in cases if not args.case or case_name(c) in args.case]
             cases = cases[:1] if args.quick else cases
             started, done = time.time(), {}
-            jobs = {pool.submit(_case_job, protocol, case, args.epochs, args.dump, args.members): i
+            jobs = {pool.submit(_case_job, protocol, case, args.epochs, args.dump, args.members,
+                                args.image_size): i
                     for i, case in enumerate(cases)}
             for job in as_completed(jobs):
                 r, case = job.result(), cases[jobs[job]]
@@ -153,9 +171,9 @@ def main(argv=None) -> int:
 
 
 def _case_job(protocol: str, case: dict, epochs: int | None, dump: str | None,
-              members: int | None) -> dict:
+              members: int | None, image_size: int | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        return run_case(protocols(), protocol, case, Path(tmp), epochs, dump, members)
+        return run_case(protocols(), protocol, case, Path(tmp), epochs, dump, members, image_size)
 
 
 def report(protocol: str, results: list[dict], args, wall_seconds: float,
@@ -182,7 +200,8 @@ def report(protocol: str, results: list[dict], args, wall_seconds: float,
     calib = [r for r in results if r["n_test_normal"] >= 500]
     ok = all(0.005 <= r["fpr"] <= 0.015 for r in calib)
     summary = {"protocol": protocol, "quick": args.quick, "epochs": args.epochs,
-               "members": args.members, "jobs": args.jobs, "threads": args.threads,
+               "members": args.members, "image_size": args.image_size,
+               "jobs": args.jobs, "threads": args.threads,
                "mean_auroc": means, "goal": GOALS.get(protocol),
                "goal_met": (means["anomaly_score"] >= GOALS[protocol]) if protocol in GOALS else None,
                "fpr_within_0.5_1.5x_target": ok, "complete": complete,
