@@ -7,7 +7,8 @@ Image conversion rules (documented in the README):
 * EXIF orientation is applied; 16-bit images are scaled to 8 bits (value / 257);
 * channels: grayscale models take luminance (ITU-R 601-2) of colour images, RGB models
   replicate grayscale; alpha is dropped; CMYK is converted to RGB first;
-* images whose size differs from the model's are resized (bilinear).
+* images whose size differs from the model's are resized (bilinear); a JPEG of at least
+  twice the model's size is first decoded at a reduced scale by its own DCT.
 Feature rules: exactly the model's number of features, every value finite.
 """
 from __future__ import annotations
@@ -116,6 +117,12 @@ def _decode_image(record: RawRecord, spec: DecodeSpec) -> ScoringInput | DeadLet
         if w * h > spec.max_pixels:
             return record_dead_letter(record, "decode", "image_too_large",
                                       f"{w}x{h} pixels is over the cap of {spec.max_pixels}")
+        if img.format == "JPEG":
+            # A JPEG can decode at 1/2, 1/4 or 1/8 scale inside its DCT, several times faster
+            # for a camera photo scored at a fraction of its size.  Both sides at least the
+            # model's longer side, so any EXIF rotation still leaves enough pixels to resize.
+            side = max(width, height)
+            img.draft(img.mode, (side, side))
         img.load()
         img = ImageOps.exif_transpose(img)
         img = _to_channels(img, channels)

@@ -140,3 +140,28 @@ def test_no_payload_in_dead_letters(image_run):
     for r in image_run["dead"]:
         assert "not a JPEG" not in r["message"] and len(r["message"]) < 400
     _check(image_run)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (128, 96, 3)])
+def test_a_large_jpeg_decodes_at_reduced_scale_to_the_same_pixels(shape):
+    from vigil.pipeline.decode import DecodeSpec, decode
+    from vigil.pipeline.records import RawRecord
+    h, w, channels = shape
+    yy, xx = np.mgrid[0:1200, 0:1600] / 1200.0
+    photo = np.stack([0.5 + 0.3 * np.sin(20 * xx) * np.cos(15 * yy), 0.5 + 0.2 * np.cos(9 * xx),
+                      0.4 + 0.3 * np.sin(7 * yy)], -1)
+    upright = Image.fromarray((photo * 255).astype(np.uint8), "RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6                     # a portrait camera photo, stored turned
+    files = {"upright": _encode(upright, "JPEG", quality=90),
+             "turned": _encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=90,
+                               exif=exif)}
+    spec = DecodeSpec("image", shape)
+    # Decoded in full and then resized, the rule before reduced-scale decoding.
+    full = upright.convert("L" if channels == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    want = np.asarray(full, np.int16).reshape(shape)
+    for name, data in files.items():
+        got = decode(RawRecord(name, "photos/", data), spec)
+        assert got.x.shape == shape, name
+        # The JPEG's own DCT scaling differs from a full decode by rounding, not by content.
+        assert np.abs(got.x.astype(np.int16) - want).max() <= 3, name
