@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from vigil.models import registry
 from vigil.models.training import TrainResult
 from vigil.pipeline.columns import number_type, vector_type
 from vigil.pipeline.commit import reasons_text
-from vigil.pipeline.decode import DecodeSpec, decode
+from vigil.pipeline.decode import DecodeSpec, decode, source_shape
 from vigil.pipeline.formats import UNKNOWN_FORMAT
 from vigil.pipeline.preflight import (
     InputError,
@@ -37,6 +38,7 @@ from vigil.schemas.features import element_names
 
 LOG = logging.getLogger("vigil.train")
 METADATA_COLUMNS = ("label",)      # never picked as features unless named in --feature-columns
+MAX_SOURCE_SHAPES = 20             # more stored image shapes than this: sizes vary, none unexpected
 
 
 @dataclass
@@ -112,8 +114,18 @@ def _collect(decoded, limit: int) -> tuple[list[np.ndarray], list[str], Skipped]
     return arrays, ids, skipped
 
 
-def load_training_data(cfg: TrainJobConfig):
-    """(decoded array, ids, kind, feature columns) of the normal training records."""
+class TrainingData(NamedTuple):
+    """The normal training records, decoded, and what the report and manifest keep of them."""
+    x: np.ndarray                       # uint8 images or float64 feature rows
+    ids: list[str]
+    kind: str
+    columns: list[str]
+    others: np.ndarray | None           # up to 500 records outside the normal values
+    source_shapes: list[str] | str | None   # images: ``_shapes_seen``
+
+
+def load_training_data(cfg: TrainJobConfig) -> TrainingData:
+    """The normal training records of ``cfg.inputs``, decoded."""
     files, known, kind = _input_files(cfg.inputs, cfg, "training")
     columns = list(cfg.feature_columns)
     if kind == "features" and not columns and known[0].format in ("parquet", "csv"):
@@ -143,7 +155,7 @@ def load_training_data(cfg: TrainJobConfig):
         columns = _vector_elements(known[0], columns)
     check_columns(files, cfg.id_column, columns, cfg.label_column)
     carry = (cfg.label_column,) if cfg.label_column else ()
-    shape, others = None, []
+    shape, others, source_shapes = None, [], Counter()
 
     def normal_records():
         nonlocal shape
@@ -152,7 +164,10 @@ def load_training_data(cfg: TrainJobConfig):
                 yield item
             elif _keep(item, cfg):
                 shape = shape or _input_shape(item, kind, cfg)
-                yield decode(item, DecodeSpec(kind, shape, feature_names=tuple(columns)))
+                decoded = decode(item, DecodeSpec(kind, shape, feature_names=tuple(columns)))
+                if kind == "image" and isinstance(decoded, ScoringInput):
+                    source_shapes[source_shape(item.value)] += 1
+                yield decoded
             elif len(others) < 500 and shape is not None:   # for the report's latent map
                 other = decode(item, DecodeSpec(kind, shape))
                 if isinstance(other, ScoringInput):
@@ -167,7 +182,18 @@ def load_training_data(cfg: TrainJobConfig):
         LOG.warning("%s", skipped.summary("training"))
     if kind == "features" and not columns:
         columns = [f"f{i}" for i in range(shape[0])]
-    return np.stack(arrays), ids, kind, columns, (np.stack(others) if others else None)
+    return TrainingData(np.stack(arrays), ids, kind, columns, np.stack(others) if others else None,
+                        _shapes_seen(source_shapes))
+
+
+def _shapes_seen(counts: Counter) -> list[str] | str | None:
+    """The training images' stored shapes, most common first, for the run report's input
+    check; "varied" past MAX_SOURCE_SHAPES of them; None for tables."""
+    if not counts:
+        return None
+    if len(counts) > MAX_SOURCE_SHAPES:
+        return "varied"
+    return [shape for shape, _ in counts.most_common()]
 
 
 def _vector_elements(first: InputFile, columns: list[str]) -> list[str]:
@@ -235,7 +261,7 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
     # A registry that cannot be reached fails now, not after the training it would hold.
     check_folder(cfg.registry, "--registry")
     registry.production_version(cfg.registry, cfg.name)
-    x_raw, ids, kind, columns, x_other = load_training_data(cfg)
+    x_raw, ids, kind, columns, x_other, source_shapes = load_training_data(cfg)
     shape = tuple(x_raw.shape[1:])
     calibration_set = (load_calibration_data(cfg, kind, shape, columns)
                        if cfg.calibration_inputs else None)
@@ -269,7 +295,8 @@ def run_training(cfg: TrainJobConfig) -> TrainOutcome:
         gate_margin=cfg.gate_margin, id_column=cfg.id_column, extra_files=report,
         provenance={"inputs": list(cfg.inputs), "label_column": cfg.label_column,
                     "normal_values": list(cfg.normal_values),
-                    "calibration_inputs": list(cfg.calibration_inputs)})
+                    "calibration_inputs": list(cfg.calibration_inputs),
+                    **({"source_shapes": source_shapes} if source_shapes else {})})
     return TrainOutcome(published.version, published.promoted, published.gate_failures, result,
                         published.cannot_flag)
 

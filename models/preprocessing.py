@@ -33,6 +33,10 @@ class Preprocessing:
     scale: np.ndarray | None = None
     clip: float = 1e4                          # keeps float32 math finite on wild inputs
     tail: float | None = None                  # |z| beyond this grows as log (None: linear)
+    # Images: large JPEGs were decoded at reduced scale in their DCT (vigil.pipeline.decode);
+    # scoring must decode as training did, since the complexity adjustment reads the
+    # images' PNG sizes, which move with pixel rounding.  Manifests without it: False.
+    jpeg_dct_scaling: bool = False
 
     @classmethod
     def fit_features(cls, x: np.ndarray, feature_columns: list[str],
@@ -50,7 +54,7 @@ class Preprocessing:
     @classmethod
     def for_images(cls, height: int, width: int, channels: int) -> "Preprocessing":
         """Images of height x width x channels, pixels scaled to [0, 1]."""
-        return cls("image", (height, width, channels))
+        return cls("image", (height, width, channels), jpeg_dct_scaling=True)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Decoded records (uint8 images or float features) -> float32 model inputs."""
@@ -73,6 +77,7 @@ class Preprocessing:
             d["scale"] = self.scale.tolist()
         else:
             d["pixel_scale"] = "uint8 / 255"
+            d["jpeg_dct_scaling"] = self.jpeg_dct_scaling
         return d
 
     @classmethod
@@ -81,4 +86,5 @@ class Preprocessing:
         center = np.asarray(d["center"]) if "center" in d else None
         scale = np.asarray(d["scale"]) if "scale" in d else None
         return cls(d["kind"], tuple(d["input_shape"]), tuple(d.get("feature_columns", ())),
-                   center, scale, d.get("clip", 1e4), d.get("tail"))
+                   center, scale, d.get("clip", 1e4), d.get("tail"),
+                   bool(d.get("jpeg_dct_scaling", False)))

@@ -8,7 +8,8 @@ Image conversion rules (documented in the README):
 * channels: grayscale models take luminance (ITU-R 601-2) of colour images, RGB models
   replicate grayscale; alpha is dropped; CMYK is converted to RGB first;
 * images whose size differs from the model's are resized (bilinear); a JPEG of at least
-  twice the model's size is first decoded at a reduced scale by its own DCT.
+  twice the model's size is first decoded at a reduced scale by its own DCT (models
+  trained before this rule decode in full).
 Feature rules: exactly the model's number of features, every value finite.
 """
 from __future__ import annotations
@@ -30,6 +31,9 @@ class DecodeSpec:
     max_pixels: int = 50_000_000
     max_record_bytes: int = 64 << 20
     feature_names: tuple[str, ...] = ()     # tables: a dead letter names the bad value's column
+    # Decode large JPEGs at reduced scale (what training does now); False for models
+    # trained before, which read every JPEG in full (their Preprocessing says which).
+    jpeg_dct_scaling: bool = True
 
 
 def decode(record: RawRecord, spec: DecodeSpec) -> ScoringInput | DeadLetter:
@@ -117,7 +121,7 @@ def _decode_image(record: RawRecord, spec: DecodeSpec) -> ScoringInput | DeadLet
         if w * h > spec.max_pixels:
             return record_dead_letter(record, "decode", "image_too_large",
                                       f"{w}x{h} pixels is over the cap of {spec.max_pixels}")
-        if img.format == "JPEG":
+        if img.format == "JPEG" and spec.jpeg_dct_scaling:
             # A JPEG can decode at 1/2, 1/4 or 1/8 scale inside its DCT, several times faster
             # for a camera photo scored at a fraction of its size.  Both sides at least the
             # model's longer side, so any EXIF rotation still leaves enough pixels to resize.
@@ -140,6 +144,17 @@ def _decode_image(record: RawRecord, spec: DecodeSpec) -> ScoringInput | DeadLet
         return record_dead_letter(record, "decode", "undecodable_image",
                                   f"{type(exc).__name__}: {str(exc)[:200]}")
     return ScoringInput(record.id, x, record.source, record.labels)
+
+
+def source_shape(value: bytes) -> str:
+    """An encoded image's stored shape, ``HxWxC`` from its header (C as stored: RGBA is 4),
+    or ``undecodable``; what the run report's input check compares with training's."""
+    try:
+        img = Image.open(io.BytesIO(value))
+    except Exception:  # noqa: BLE001 - undecodable images are dead letters already
+        return "undecodable"
+    channels = {"L": 1, "I;16": 1, "I": 1, "RGB": 3, "RGBA": 4, "CMYK": 4}.get(img.mode, 0)
+    return f"{img.size[1]}x{img.size[0]}x{channels}"
 
 
 def _to_channels(img: Image.Image, channels: int) -> Image.Image | None:

@@ -118,7 +118,8 @@ def plan_run(config: ScoreConfig) -> RunPlan:
                          tuple(features), config.carry_columns,
                          max_record_bytes=config.max_record_bytes, batch_rows=config.batch_size)
     decode_spec = DecodeSpec(kind, tuple(bundle.config.input_shape), config.max_pixels,
-                             config.max_record_bytes, tuple(features))
+                             config.max_record_bytes, tuple(features),
+                             jpeg_dct_scaling=bundle.preprocessing.jpeg_dct_scaling)
     return RunPlan(config=config, run_id=run_id, version=version, bundle=bundle, files=files,
                    read_spec=read_spec, decode_spec=decode_spec,
                    label_fields=carried_fields(files, config.carry_columns),

@@ -64,17 +64,24 @@ def files_suite() -> list[dict]:
                column="fully_read", value_set=[True])]
 
 
-def inputs_suite(profile: dict, input_shape: list[int]) -> list[dict]:
+def inputs_suite(profile: dict, input_shape: list[int],
+                 source_shapes: list[str] | str | None = None) -> list[dict]:
     """Derived from the training profile in the model bundle.
 
-    Images: one row per sampled record (its decoded shape).  Tables: one row per model
-    feature (see ``feature_bounds``), so that a table of 2,000 features is two checks over
-    2,000 rows, not 6,000 checks of one column each, and a failure names its features.
+    Images: one row per sampled record (its stored shape), checked against the stored
+    shapes of the training images (``source_shapes``, recorded by ``vigil train``; the
+    model's input shape for models without them); none when training saw images of many
+    sizes ("varied").  Tables: one row per model feature (see ``feature_bounds``), so that
+    a table of 2,000 features is two checks over 2,000 rows, not 6,000 checks of one
+    column each, and a failure names its features.
     """
     if profile.get("kind") == "image":
+        if source_shapes == "varied":
+            return []
+        shapes = list(source_shapes or ["x".join(map(str, input_shape))])
         return [_e("ExpectColumnValuesToBeInSet", False,
-                   "images have the shape the model was trained on (others are resized or converted)",
-                   column="shape", value_set=["x".join(map(str, input_shape))], mostly=0.95)]
+                   "images have the shapes the training images had (others are resized or converted)",
+                   column="shape", value_set=shapes, mostly=0.95)]
     return [_e("ExpectColumnValuesToBeBetween", True,
                f"at most {NON_FINITE_TOLERANCE:.0%} missing or non-finite values per feature",
                column="missing_share", min_value=0.0, max_value=NON_FINITE_TOLERANCE),

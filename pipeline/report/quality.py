@@ -157,7 +157,8 @@ def specs_for_run(manifest: dict, model_manifest: dict, max_anomaly_multiple: fl
             "summary": suites.summary_suite(opts["target_fpr"], max_anomaly_multiple,
                                             opts["max_bad_fraction"]),
             "files": suites.files_suite(),
-            "inputs": suites.inputs_suite(model_manifest["profile"], model_manifest["input"]["shape"])}
+            "inputs": suites.inputs_suite(model_manifest["profile"], model_manifest["input"]["shape"],
+                                          model_manifest["training"].get("source_shapes"))}
 
 
 def input_frame(records, kind: str, feature_columns: list[str],
@@ -166,18 +167,8 @@ def input_frame(records, kind: str, feature_columns: list[str],
     feature with its share of missing (or non-finite) values and, of the others, its share
     outside ``bounds`` (``vigil.schemas.expectations.feature_bounds``)."""
     if kind == "image":
-        import io
-
-        from PIL import Image
-        shapes = []
-        for r in records:
-            try:
-                img = Image.open(io.BytesIO(r.value))
-                channels = {"L": 1, "I;16": 1, "I": 1, "RGB": 3, "RGBA": 4, "CMYK": 4}.get(img.mode, 0)
-                shapes.append(f"{img.size[1]}x{img.size[0]}x{channels}")
-            except Exception:  # noqa: BLE001 - undecodable images are dead letters already
-                shapes.append("undecodable")
-        return pd.DataFrame({"shape": shapes})
+        from vigil.pipeline.decode import source_shape
+        return pd.DataFrame({"shape": [source_shape(r.value) for r in records]})
     rows = [np.asarray(r.value, dtype=np.float64) for r in records if r.value is not None]
     x = np.stack(rows) if rows else np.zeros((0, len(feature_columns)))
     finite = np.isfinite(x)

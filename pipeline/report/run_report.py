@@ -90,7 +90,8 @@ def build_run_report(run_dir: str, max_anomaly_multiple: float = 3.0, sample_row
     top = sample.top_anomalies(run_dir, top_n).to_pylist()
     if top and kind == "image":
         found = sample.find_records(manifest["inputs"], spec, {r["id"] for r in top})
-        dspec = DecodeSpec("image", tuple(bundle.config.input_shape))
+        dspec = DecodeSpec("image", tuple(bundle.config.input_shape),
+                           jpeg_dct_scaling=bundle.preprocessing.jpeg_dct_scaling)
         items = []
         scorer = bundle.scorer()
         for r in top:

@@ -263,7 +263,7 @@ def test_decimal_half_float_and_dictionary_columns_are_features(tmp_path):
         "price": pa.array([decimal.Decimal(f"{x:.2f}") for x in v[:, 0]], pa.decimal128(6, 2)),
         "temp": pa.array(v[:, 1], pa.float64()).cast(pa.float16()),
         "count": pa.array((v[:, 2] * 10).astype("int32")).dictionary_encode()}), tmp_path / "t.parquet")
-    x, _, _, columns, _ = load_training_data(TrainJobConfig((str(tmp_path / "t.parquet"),),
+    x, _, _, columns, _, _ = load_training_data(TrainJobConfig((str(tmp_path / "t.parquet"),),
                                                             str(tmp_path / "reg"), "t"))
     assert columns == ["price", "temp", "count"] and x.shape == (60, 3)
     np.testing.assert_allclose(x[:, 0], v[:, 0])

@@ -125,7 +125,7 @@ def test_training_takes_the_length_from_the_first_full_row_and_skips_the_others(
     rows = [[], None] + [[float(i), 1.0, 2.0] for i in range(6)] + [[1.0]]
     _write(tmp_path / "t.parquet", rows, [f"r{i}" for i in range(len(rows))])
     with caplog.at_level("INFO", logger="vigil.train"):
-        x, ids, kind, columns, _ = load_training_data(TrainJobConfig((str(tmp_path / "t.parquet"),),
+        x, ids, kind, columns, _, _ = load_training_data(TrainJobConfig((str(tmp_path / "t.parquet"),),
                                                                      str(tmp_path / "reg"), "t"))
     assert columns == ["emb[0]", "emb[1]", "emb[2]"] and x.shape == (6, 3) and ids[0] == "r2"
     assert "skipped 3 unusable training records (3 wrong_shape; first: id r0" in caplog.text

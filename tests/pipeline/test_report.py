@@ -142,6 +142,10 @@ def test_images_of_another_shape_are_named_by_their_shape(tmp_path):
                               str(tmp_path / "docs"))
     [check] = report.checks
     assert not check.success and check.observed == "40% unexpected, such as 16x16x4, 8x8x1"
+    # Training's stored shapes, where `vigil train` recorded them, are what is expected.
+    [trained] = expectations.inputs_suite({"kind": "image"}, [8, 8, 1], ["16x16x1", "16x16x4"])
+    assert trained["kwargs"]["value_set"] == ["16x16x1", "16x16x4"]
+    assert expectations.inputs_suite({"kind": "image"}, [8, 8, 1], "varied") == []
 
 
 def test_training_report_is_in_the_bundle(features_registry):

@@ -144,6 +144,7 @@ def test_no_payload_in_dead_letters(image_run):
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (128, 96, 3)])
 def test_a_large_jpeg_decodes_at_reduced_scale_to_the_same_pixels(shape):
+    from vigil.models.preprocessing import Preprocessing
     from vigil.pipeline.decode import DecodeSpec, decode
     from vigil.pipeline.records import RawRecord
     h, w, channels = shape
@@ -165,3 +166,12 @@ def test_a_large_jpeg_decodes_at_reduced_scale_to_the_same_pixels(shape):
         assert got.x.shape == shape, name
         # The JPEG's own DCT scaling differs from a full decode by rounding, not by content.
         assert np.abs(got.x.astype(np.int16) - want).max() <= 3, name
+    # Models trained before the rule recorded no jpeg_dct_scaling: they decode in full, as
+    # their training did, to the same pixels.
+    old = Preprocessing.from_dict({"kind": "image", "input_shape": list(shape)})
+    assert old.jpeg_dct_scaling is False and Preprocessing.for_images(*shape).jpeg_dct_scaling
+    assert Preprocessing.from_dict(Preprocessing.for_images(*shape).to_dict()).jpeg_dct_scaling
+    full_spec = DecodeSpec("image", shape, jpeg_dct_scaling=old.jpeg_dct_scaling)
+    got = decode(RawRecord("upright", "photos/", files["upright"]), full_spec)
+    expected = Image.open(io.BytesIO(files["upright"])).convert("L" if channels == 1 else "RGB")
+    assert np.array_equal(got.x, np.asarray(expected.resize((w, h), Image.BILINEAR)).reshape(shape))

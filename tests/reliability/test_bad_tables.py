@@ -236,7 +236,7 @@ def test_gzipped_csv_is_checked_before_the_run_and_trains(features_registry, tmp
     assert f"{tmp_path}/renamed.csv.gz: missing column 'f7'" in res.output
     from vigil.jobs.train import TrainJobConfig, load_training_data
     cfg = TrainJobConfig((str(tmp_path / "rows.csv.gz"),), str(tmp_path / "reg"), "t")
-    arrays, ids, kind, columns, _ = load_training_data(cfg)
+    arrays, ids, kind, columns, _, _ = load_training_data(cfg)
     assert (kind, columns, len(ids)) == ("features", cols, 60)
     np.testing.assert_allclose(arrays, x)
     (tmp_path / "only").mkdir()
@@ -304,7 +304,7 @@ def test_training_skips_a_file_whose_name_says_no_format(tmp_path):
     helpers.table_shards(tmp_path / "train", x)
     (tmp_path / "train" / "README.md").write_text("exported nightly\n")
     cfg = TrainJobConfig((str(tmp_path / "train" / "*"),), str(tmp_path / "reg"), "t")
-    arrays, ids, kind, columns, _ = load_training_data(cfg)
+    arrays, ids, kind, columns, _, _ = load_training_data(cfg)
     assert (kind, columns, len(ids)) == ("features", ["f0", "f1", "f2"], 40)
 
 
@@ -377,7 +377,7 @@ def test_metadata_files_of_a_spark_output_folder_are_listed_not_read(features_re
                                     "in a metadata folder (_temporary)") in only.output
     from vigil.jobs.train import TrainJobConfig, load_training_data
     caplog.set_level("INFO", logger="vigil.train")
-    _, ids, _, _, _ = load_training_data(TrainJobConfig((f"{d}/*",), str(tmp_path / "reg"), "t"))
+    _, ids, _, _, _, _ = load_training_data(TrainJobConfig((f"{d}/*",), str(tmp_path / "reg"), "t"))
     assert len(ids) == 40
     assert f"skipped {d}/_SUCCESS: a metadata file (its name starts with '_'), not read" in caplog.messages
     named = helpers.score_cli(features_registry, [f"{d}/_temporary/*/*.parquet"], tmp_path / "out",
