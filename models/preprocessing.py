@@ -21,6 +21,10 @@ import numpy as np
 
 from vigil.models.config import FEATURE_TAIL
 
+# How training decodes JPEGs now: at reduced scale when the image is at least twice the
+# model's size (models trained before this rule record nothing and decode in full).
+JPEG_DCT_SCALING = True
+
 
 @dataclass
 class Preprocessing:
@@ -54,7 +58,7 @@ class Preprocessing:
     @classmethod
     def for_images(cls, height: int, width: int, channels: int) -> "Preprocessing":
         """Images of height x width x channels, pixels scaled to [0, 1]."""
-        return cls("image", (height, width, channels), jpeg_dct_scaling=True)
+        return cls("image", (height, width, channels), jpeg_dct_scaling=JPEG_DCT_SCALING)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Decoded records (uint8 images or float features) -> float32 model inputs."""

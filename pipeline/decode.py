@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from vigil.models.preprocessing import JPEG_DCT_SCALING
 from vigil.pipeline.records import DeadLetter, RawRecord, RecordBlock, ScoringInput, record_dead_letter
 
 
@@ -31,9 +32,9 @@ class DecodeSpec:
     max_pixels: int = 50_000_000
     max_record_bytes: int = 64 << 20
     feature_names: tuple[str, ...] = ()     # tables: a dead letter names the bad value's column
-    # Decode large JPEGs at reduced scale (what training does now); False for models
-    # trained before, which read every JPEG in full (their Preprocessing says which).
-    jpeg_dct_scaling: bool = True
+    # Decode large JPEGs at reduced scale, as training does now; scoring passes what the
+    # model's Preprocessing recorded (False for models trained before the rule).
+    jpeg_dct_scaling: bool = JPEG_DCT_SCALING
 
 
 def decode(record: RawRecord, spec: DecodeSpec) -> ScoringInput | DeadLetter:
